@@ -1,0 +1,1 @@
+"""est_megatron.data"""
