@@ -1,0 +1,112 @@
+"""Causal self-attention that can run any sampled subset of its heads.
+
+Q/K/V live in one fused weight laid out group-major: for each key/value group, its query heads, then its key
+head, then its value head (Megatron's layout; tensor parallelism splits it into whole groups). A plan's heads
+become one row index into that weight and one column index into the output projection: the block gathers the
+smaller matrices once, multiplies them, and autograd scatters the gradients back to the full parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from est_megatron.model.rope import RotaryTables, apply_rope
+from est_megatron.subnet.plan import LayerPlan
+
+try:  # optional: flash-attn kernels on CUDA
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the installation
+    flash_attn_func = None
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with a causal mask; q (b, hq, s, d), k and v (b, hkv, s, d), hq % hkv == 0.
+
+    Query head i attends with key/value head i // (hq / hkv). flash-attn when importable on a CUDA half-precision
+    tensor, else torch's scaled_dot_product_attention (which picks its own flash/memory-efficient kernel).
+    """
+    if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return out.transpose(1, 2)
+    if q.shape[1] != k.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class SubnetIndex:
+    """Row index into the fused QKV weight and column index into the output weight for one layer plan.
+
+    Built once per plan and reused by every micro-batch (the plan object is the cache key).
+    """
+
+    def __init__(self, plan: LayerPlan, num_groups: int, heads_per_group: int, head_dim: int):
+        g = heads_per_group
+        device = plan.query_heads.device
+        groups = plan.kv_heads if plan.kv_heads is not None else torch.arange(num_groups, device=device)
+        queries = plan.query_heads.view(groups.numel(), -1)
+        base = groups[:, None] * (g + 2)
+        blocks = torch.cat([base + queries % g, base + g, base + g + 1], dim=1)
+        offsets = torch.arange(head_dim, device=device)
+        self.qkv_rows = (blocks[..., None] * head_dim + offsets).reshape(-1)
+        self.out_columns = (plan.query_heads[:, None] * head_dim + offsets).reshape(-1)
+        self.num_groups = groups.numel()
+        self.heads_per_group = queries.shape[1]
+
+
+class Attention(nn.Module):
+    def __init__(self, config, rotary: Optional[RotaryTables], num_groups: Optional[int] = None):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.heads_per_group = config.heads_per_group
+        self.num_groups = num_groups or config.num_query_groups  # local groups (fewer under tensor parallelism)
+        qkv_rows = self.num_groups * (self.heads_per_group + 2) * self.head_dim
+        out_columns = self.num_groups * self.heads_per_group * self.head_dim
+        self.qkv = nn.Linear(config.hidden_size, qkv_rows, bias=config.bias)
+        self.out = nn.Linear(out_columns, config.hidden_size, bias=config.bias)
+        self.rotary = rotary  # None: positions come from learned embeddings (GPT-2)
+        self._index_cache = (None, None)
+
+    def subnet_index(self, plan: LayerPlan) -> SubnetIndex:
+        if self._index_cache[0] is not plan:
+            self._index_cache = (plan, SubnetIndex(plan, self.num_groups, self.heads_per_group, self.head_dim))
+        return self._index_cache[1]
+
+    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        if plan is None or plan.query_heads is None:  # dense fast path: no gather, no scale
+            qkv_w, qkv_b, out_w = self.qkv.weight, self.qkv.bias, self.out.weight
+            groups, per_group = self.num_groups, self.heads_per_group
+        else:
+            index = self.subnet_index(plan)
+            qkv_w = self.qkv.weight.index_select(0, index.qkv_rows)
+            qkv_b = None if self.qkv.bias is None else self.qkv.bias.index_select(0, index.qkv_rows)
+            # eq. 5: the head sum is scaled by 1/p_H; folding it into the gathered weight is cheaper
+            out_w = self.out.weight.index_select(1, index.out_columns) * plan.head_scale
+            groups, per_group = index.num_groups, index.heads_per_group
+        qkv = F.linear(x, qkv_w, qkv_b).view(batch, seq, groups, per_group + 2, self.head_dim)
+        q = qkv[:, :, :, :per_group].reshape(batch, seq, groups * per_group, self.head_dim).transpose(1, 2)
+        k = qkv[:, :, :, per_group].transpose(1, 2)
+        v = qkv[:, :, :, per_group + 1].transpose(1, 2)
+        if self.rotary is not None:
+            cos, sin = self.rotary.get(seq, x.device)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        context = causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
+        # the output bias is not part of the head sum: it is never scaled
+        return F.linear(context, out_w, self.out.bias)
+
+
+def init_attention(module: Attention, std: float, out_std: float) -> None:
+    nn.init.normal_(module.qkv.weight, std=std)
+    nn.init.normal_(module.out.weight, std=out_std)
+    for linear in (module.qkv, module.out):
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
+
+
+def scaled_init_std(std: float, num_layers: int) -> float:
+    """GPT-2/Megatron: residual output projections start at std / sqrt(2 * layers)."""
+    return std / math.sqrt(2.0 * num_layers)

@@ -1,0 +1,59 @@
+"""Feed-forward block (SwiGLU for Llama, GELU for GPT-2) that can run any sampled subset of its columns.
+
+Llama's gate and up projections share one weight, [gate; up], so a sampled column set is one row gather and one
+matmul; the down projection gathers the same columns. The sampled output is scaled by 1/p_M (paper eq. 6),
+folded into the gathered down weight.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from est_megatron.subnet.plan import LayerPlan
+
+
+class MLP(nn.Module):
+    def __init__(self, config, ffn_size: Optional[int] = None):
+        super().__init__()
+        self.gated = config.is_llama
+        self.ffn_size = ffn_size or config.ffn_hidden_size  # local columns (fewer under tensor parallelism)
+        up_rows = 2 * self.ffn_size if self.gated else self.ffn_size
+        self.up = nn.Linear(config.hidden_size, up_rows, bias=config.bias)
+        self.down = nn.Linear(self.ffn_size, config.hidden_size, bias=config.bias)
+        self._index_cache = (None, None)
+
+    def up_rows(self, plan: LayerPlan) -> torch.Tensor:
+        """Rows of the fused up weight for the plan's columns, computed once per plan."""
+        if self._index_cache[0] is not plan:
+            cols = plan.mlp_columns
+            rows = torch.cat([cols, cols + self.ffn_size]) if self.gated else cols
+            self._index_cache = (plan, rows)
+        return self._index_cache[1]
+
+    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+        if plan is None or plan.mlp_columns is None:  # dense fast path
+            up_w, up_b, down_w = self.up.weight, self.up.bias, self.down.weight
+        else:
+            rows = self.up_rows(plan)
+            up_w = self.up.weight.index_select(0, rows)
+            up_b = None if self.up.bias is None else self.up.bias.index_select(0, rows)
+            down_w = self.down.weight.index_select(1, plan.mlp_columns) * plan.mlp_scale
+        hidden = F.linear(x, up_w, up_b)
+        if self.gated:
+            gate, up = hidden.chunk(2, dim=-1)
+            hidden = F.silu(gate) * up
+        else:
+            hidden = F.gelu(hidden, approximate="tanh")
+        # the output bias is not part of the column sum: it is never scaled
+        return F.linear(hidden, down_w, self.down.bias)
+
+
+def init_mlp(module: MLP, std: float, out_std: float) -> None:
+    nn.init.normal_(module.up.weight, std=std)
+    nn.init.normal_(module.down.weight, std=out_std)
+    for linear in (module.up, module.down):
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
