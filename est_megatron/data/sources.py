@@ -1,0 +1,277 @@
+"""Raw text inputs: find the files of a corpus and cut them into chunks of records for the tokenizer workers.
+
+Formats: SlimPajama trees (`*.jsonl.zst`/`*.jsonl`, `{"text", "meta": {"redpajama_set_name"}}`, RedPajamaGithub
+dropped by default as TinyLlama did), Starcoder trees (`*.parquet`, column `content`), generic jsonl and parquet,
+and Hugging Face `datasets`. Files are read in sorted order so the output does not depend on directory listing
+order. JSON lines are parsed in the workers (`chunk_texts`), so the main process only decompresses and splits
+lines; file-level faults (missing file, truncated zstd, missing column) are found here, record-level faults
+(bad JSON, no text field) in `chunk_texts`. Both go to a `BadInputs`, which raises or counts them.
+"""
+import collections
+import dataclasses
+import glob
+import json
+import os
+
+import zstandard
+
+from est_megatron.errors import UsageError
+
+FORMATS = ("slimpajama", "starcoder", "jsonl", "parquet", "hf")
+EXTENSIONS = {
+    "slimpajama": (".jsonl.zst", ".jsonl"),
+    "jsonl": (".jsonl.zst", ".jsonl"),
+    "starcoder": (".parquet",),
+    "parquet": (".parquet",),
+}
+DEFAULT_EXCLUDED_SETS = ("RedPajamaGithub",)
+CHUNK_BYTES = 1 << 20
+CHUNK_RECORDS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """How records are read and filtered; shared by preprocessing and tokenizer training."""
+
+    format: str
+    json_key: str = "text"
+    column: str = "text"
+    hf_split: str = "train"
+    hf_column: str = "text"
+    keep_sets: tuple = ()
+    exclude_sets: tuple = DEFAULT_EXCLUDED_SETS
+    skip_bad_records: bool = False
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise UsageError(f"unknown --format {self.format!r}; use one of {', '.join(FORMATS)}")
+
+    @property
+    def text_key(self):
+        return "text" if self.format == "slimpajama" else self.json_key
+
+    @property
+    def text_column(self):
+        return {"starcoder": "content", "hf": self.hf_column}.get(self.format, self.column)
+
+
+@dataclasses.dataclass
+class Chunk:
+    """A run of consecutive records of one file: raw JSON lines (kind 'lines') or texts (kind 'texts')."""
+
+    path: str
+    first: int  # line number (1-based) of the first line, or row number (0-based) of the first record
+    kind: str
+    items: list
+    nbytes: int = 0
+
+
+class BadInputs:
+    """Collects faulty inputs: raises a UsageError naming file and place, or with skip on, counts them."""
+
+    MAX_EXAMPLES = 100
+
+    def __init__(self, skip):
+        self.skip = skip
+        self.counts = collections.Counter()
+        self.examples = []
+
+    def report(self, path, where, reason, problem):
+        message = f"{path}{', ' + where if where else ''}: {problem}"
+        if not self.skip:
+            raise UsageError(f"{message}; fix or remove it, or pass --skip-bad-records to skip and count it")
+        self.counts[reason] += 1
+        if len(self.examples) < self.MAX_EXAMPLES:
+            self.examples.append(message)
+
+
+def discover(inputs, fmt):
+    """The files named by --input (files, folders searched recursively, globs), sorted and de-duplicated.
+
+    Named files are kept even when missing, so that the reader reports them (or skips them with the others).
+    """
+    if not inputs:
+        raise UsageError("no --input given; pass a file, folder or glob (repeatable)")
+    if fmt == "hf":
+        return list(inputs)
+    extensions = EXTENSIONS[fmt]
+    files = set()
+    for pattern in inputs:
+        if os.path.isdir(pattern):
+            found = [os.path.join(root, name) for root, _, names in os.walk(pattern)
+                     for name in names if name.endswith(extensions)]
+            if not found:
+                raise UsageError(f"folder {pattern} holds no {'/'.join(extensions)} files for --format {fmt}; "
+                                 f"check --input and --format")
+            files.update(found)
+        elif glob.has_magic(pattern):
+            found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+            if not found:
+                raise UsageError(f"--input {pattern} matches no files; check the pattern")
+            files.update(found)
+        else:
+            files.add(pattern)
+    return sorted(files)
+
+
+def iter_chunks(files, options, bad):
+    """Chunks of records of all files, in order."""
+    for path in files:
+        if options.format == "hf":
+            yield from _hf_chunks(path, options)
+        elif not os.path.isfile(path) or not os.access(path, os.R_OK):
+            bad.report(path, "", "unreadable_file", "file does not exist or cannot be read")
+        elif path.endswith(".parquet"):
+            yield from _parquet_chunks(path, options.text_column, bad)
+        else:
+            yield from _line_chunks(path, bad)
+
+
+def _line_chunks(path, bad):
+    first, lines, nbytes = 1, [], 0
+    line_no = 0
+    for line in _read_lines(path, bad):
+        line_no += 1
+        lines.append(line)
+        nbytes += len(line)
+        if nbytes >= CHUNK_BYTES or len(lines) >= CHUNK_RECORDS:
+            yield Chunk(path, first, "lines", lines, nbytes)
+            first, lines, nbytes = line_no + 1, [], 0
+    if lines:
+        yield Chunk(path, first, "lines", lines, nbytes)
+
+
+def _read_lines(path, bad):
+    """Lines (bytes) of a .jsonl or .jsonl.zst file; a truncated or corrupt zstd stream is reported."""
+    try:
+        with open(path, "rb") as f:
+            if not path.endswith(".zst"):
+                yield from f
+                return
+            yield from _zstd_lines(path, f, bad)
+    except OSError as err:
+        bad.report(path, "", "unreadable_file", f"cannot be read ({err.strerror or err})")
+
+
+def _zstd_lines(path, f, bad):
+    decompressor = zstandard.ZstdDecompressor()
+    dobj, pending, line_no, in_frame = decompressor.decompressobj(), b"", 0, False
+    while True:
+        block = f.read(1 << 20)
+        if not block:
+            break
+        while block:
+            in_frame = True
+            try:
+                out = dobj.decompress(block)
+            except zstandard.ZstdError as err:
+                bad.report(path, f"after line {line_no}", "corrupt_zstd", f"corrupt zstd data ({err})")
+                return
+            block = b""
+            if dobj.eof:  # a frame ended; the rest of the block starts the next frame
+                block, dobj, in_frame = dobj.unused_data, decompressor.decompressobj(), False
+            lines = (pending + out).split(b"\n")
+            pending = lines.pop()
+            line_no += len(lines)
+            yield from lines
+    if in_frame:
+        bad.report(path, f"after line {line_no}", "truncated_zstd",
+                   "zstd stream ends mid-frame (truncated file; the records read before the cut are kept)")
+        return
+    if pending:
+        yield pending
+
+
+def _parquet_chunks(path, column, bad):
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as err:
+        bad.report(path, "", "unreadable_file", f"is not a readable parquet file ({err})")
+        return
+    names = pf.schema_arrow.names
+    if column not in names:
+        bad.report(path, "", "missing_column",
+                   f"has no column {column!r} (columns: {', '.join(names)}); pass --column for --format parquet")
+        return
+    row = 0
+    for batch in pf.iter_batches(batch_size=CHUNK_RECORDS, columns=[column]):
+        texts = batch.column(0).to_pylist()
+        yield Chunk(path, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)))
+        row += len(texts)
+
+
+def _hf_chunks(name, options):
+    import datasets
+
+    try:
+        if os.path.isdir(name):
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=options.hf_split)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+        raise UsageError(f"cannot load Hugging Face dataset {name!r} ({err}); pass a dataset name or a folder "
+                         f"written by Dataset.save_to_disk") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if options.hf_split not in ds:
+            raise UsageError(f"dataset {name} has no split {options.hf_split!r} (splits: {', '.join(ds)}); "
+                             f"pass --hf-split")
+        ds = ds[options.hf_split]
+    column = options.hf_column
+    if column not in ds.column_names:
+        raise UsageError(f"dataset {name} has no column {column!r} (columns: {', '.join(ds.column_names)}); "
+                         f"pass --hf-column")
+    for row in range(0, len(ds), CHUNK_RECORDS):
+        texts = ds[row:row + CHUNK_RECORDS][column]
+        yield Chunk(name, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)))
+
+
+def chunk_texts(chunk, options):
+    """The texts of a chunk's records that pass the filters, with counts of filtered records and faults.
+
+    Returns (texts, filtered: Counter of reasons, faults: list of (where, reason, problem)).
+    """
+    filtered, faults = collections.Counter(), []
+    if chunk.kind == "texts":
+        texts = []
+        for i, text in enumerate(chunk.items):
+            if isinstance(text, str):
+                texts.append(text)
+            elif text is None:
+                filtered["empty"] += 1
+            else:
+                faults.append((f"row {chunk.first + i}", "bad_record", f"value is {type(text).__name__}, not text"))
+        return texts, filtered, faults
+    texts, key, slim = [], options.text_key, options.format == "slimpajama"
+    keep, exclude = set(options.keep_sets), set(options.exclude_sets)
+    for i, line in enumerate(chunk.items):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            faults.append((f"line {chunk.first + i}", "invalid_json", f"invalid JSON ({err})"))
+            continue
+        text = record.get(key) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            faults.append((f"line {chunk.first + i}", "bad_record", f"record has no string field {key!r}"
+                           + ("" if slim else "; pass --json-key")))
+            continue
+        if slim:
+            meta = record.get("meta")
+            name = meta.get("redpajama_set_name") if isinstance(meta, dict) else None
+            if (keep and name not in keep) or (not keep and name in exclude):
+                filtered[f"set:{name}"] += 1
+                continue
+        texts.append(text)
+    return texts, filtered, faults
+
+
+def iter_texts(files, options, bad):
+    """All texts in order, in this process (for tokenizer training)."""
+    for chunk in iter_chunks(files, options, bad):
+        texts, _, faults = chunk_texts(chunk, options)
+        for where, reason, problem in faults:
+            bad.report(chunk.path, where, reason, problem)
+        yield from texts
