@@ -92,7 +92,7 @@ class Attention(nn.Module):
         k = qkv[:, :, :, per_group].transpose(1, 2)
         v = qkv[:, :, :, per_group + 1].transpose(1, 2)
         if self.rotary is not None:
-            cos, sin = self.rotary.get(seq, x.device)
+            cos, sin = self.rotary.get(seq, x)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         context = causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
         # the output bias is not part of the head sum: it is never scaled

@@ -5,7 +5,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in fp32, as Llama does, then cast back."""
+    """Root-mean-square norm computed in (at least) fp32, as Llama does, then cast back."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -13,11 +13,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(F, "rms_norm"):
-            return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).type_as(x)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        return F.rms_norm(x.to(dtype), (x.shape[-1],), self.weight.to(dtype), self.eps).type_as(x)
 
 
 def build_norm(config) -> nn.Module:

@@ -3,7 +3,7 @@ import torch
 
 
 class RotaryTables:
-    """cos/sin tables shared by all layers, kept in fp32 on whatever device asks for them.
+    """cos/sin tables shared by all layers, in (at least) fp32 on whatever device asks for them.
 
     Not module buffers on purpose: casting the model to bf16 must not round the angles.
     """
@@ -12,13 +12,15 @@ class RotaryTables:
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
-        self._tables = {torch.device("cpu"): (angles.cos().float(), angles.sin().float())}
+        self._master = (angles.cos(), angles.sin())
+        self._tables = {}
 
-    def get(self, seq: int, device: torch.device) -> tuple:
-        if device not in self._tables:
-            cos, sin = self._tables[torch.device("cpu")]
-            self._tables[device] = (cos.to(device), sin.to(device))
-        cos, sin = self._tables[device]
+    def get(self, seq: int, like: torch.Tensor) -> tuple:
+        """Tables for the first `seq` positions, on `like`'s device, in its dtype promoted to fp32."""
+        key = (like.device, torch.promote_types(like.dtype, torch.float32))
+        if key not in self._tables:
+            self._tables[key] = tuple(t.to(device=key[0], dtype=key[1]) for t in self._master)
+        cos, sin = self._tables[key]
         return cos[:seq], sin[:seq]
 
 
@@ -26,4 +28,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate x of shape (batch, heads, seq, head_dim) by tables of shape (seq, head_dim)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).type_as(x)
+    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).type_as(x)

@@ -30,6 +30,10 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+        scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale
+        if scale != 1.0:
+            x = x + scale * self.attn(self.attn_norm(x), plan)
+            return x + scale * self.mlp(self.mlp_norm(x), plan)
         x = x + self.attn(self.attn_norm(x), plan)
         return x + self.mlp(self.mlp_norm(x), plan)
 
