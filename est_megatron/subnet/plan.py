@@ -18,7 +18,7 @@ from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.subnet.schedule import Rates, ResolvedSchedule
 
 PACK_VERSION = 1
-HEADER_LEN = 8  # version, step, stage, num_layers, n_query, n_kv, n_columns, reserved
+HEADER_LEN = 8  # version, step, stage, num_layers, n_query, n_kv, n_columns, explicit-scales flag
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ class LayerPlan:
     query_heads: Optional[torch.Tensor] = None  # sorted query-head indices
     kv_heads: Optional[torch.Tensor] = None  # sorted key/value-head indices
     mlp_columns: Optional[torch.Tensor] = None  # sorted MLP intermediate columns
-    head_scale: float = 1.0  # 1 / realised p_heads
-    mlp_scale: float = 1.0  # 1 / realised p_mlp
+    head_scale: float = 1.0  # 1 / realised p_heads (EST); SAT keeps 1.0
+    mlp_scale: float = 1.0  # 1 / realised p_mlp (EST); SAT keeps 1.0
+    residual_scale: float = 1.0  # multiplies both residual branches of an active layer (RAPTR's option)
 
     def to(self, device) -> "LayerPlan":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return LayerPlan(self.active, move(self.query_heads), move(self.kv_heads), move(self.mlp_columns),
-                         self.head_scale, self.mlp_scale)
+                         self.head_scale, self.mlp_scale, self.residual_scale)
 
 
 DENSE_LAYER = LayerPlan()
@@ -66,11 +67,18 @@ class StepPlan:
         first = self.layers[0]
         count = lambda t: 0 if t is None else t.numel()  # noqa: E731
         n_q, n_kv, n_col = count(first.query_heads), count(first.kv_heads), count(first.mlp_columns)
-        parts = [torch.tensor([PACK_VERSION, self.step, self.stage, len(self.layers), n_q, n_kv, n_col, 0]),
+        scales = [(layer.head_scale, layer.mlp_scale, layer.residual_scale) for layer in self.layers]
+        derived = (model.num_attention_heads / n_q if n_q else 1.0,
+                   model.ffn_hidden_size / n_col if n_col else 1.0, 1.0)
+        explicit = any(triple != derived for triple in scales)  # unpack derives EST's 1/p scales otherwise
+        parts = [torch.tensor([PACK_VERSION, self.step, self.stage, len(self.layers), n_q, n_kv, n_col,
+                               int(explicit)]),
                  torch.tensor([int(layer.active) for layer in self.layers])]
         for attr, n in (("query_heads", n_q), ("kv_heads", n_kv), ("mlp_columns", n_col)):
             if n:
                 parts.append(torch.cat([getattr(layer, attr).cpu() for layer in self.layers]))
+        if explicit:  # float64 bit patterns carried in the int64 tensor
+            parts.append(torch.tensor(scales, dtype=torch.float64).view(torch.int64).reshape(-1))
         flat = torch.cat(parts).to(torch.int64)
         out = torch.zeros(packed_capacity(model), dtype=torch.int64)
         out[: flat.numel()] = flat
@@ -83,15 +91,15 @@ class StepPlan:
 
 
 def packed_capacity(model: ModelConfig) -> int:
-    """Fixed size of a packed plan: header, layer flags and room for every index of every layer."""
-    per_layer = 1 + model.num_attention_heads + model.num_query_groups + model.ffn_hidden_size
+    """Fixed size of a packed plan: header, layer flags, room for every index and three scales of every layer."""
+    per_layer = 1 + model.num_attention_heads + model.num_query_groups + model.ffn_hidden_size + 3
     return HEADER_LEN + model.num_layers * per_layer
 
 
 def unpack(packed: torch.Tensor, model: ModelConfig) -> StepPlan:
     """Rebuild a StepPlan from `StepPlan.pack` output (on any device; the plan comes back on CPU)."""
     packed = packed.detach().cpu()
-    version, step, stage, num_layers, n_q, n_kv, n_col, _ = packed[:HEADER_LEN].tolist()
+    version, step, stage, num_layers, n_q, n_kv, n_col, explicit = packed[:HEADER_LEN].tolist()
     if version != PACK_VERSION or num_layers != model.num_layers:
         raise ValueError(f"packed plan has version {version} and {num_layers} layers; expected version "
                          f"{PACK_VERSION} and {model.num_layers} layers")
@@ -107,11 +115,15 @@ def unpack(packed: torch.Tensor, model: ModelConfig) -> StepPlan:
             columns[attr] = None
     head_scale = model.num_attention_heads / n_q if n_q else 1.0
     mlp_scale = model.ffn_hidden_size / n_col if n_col else 1.0
+    if explicit:
+        scales = packed[pos: pos + 3 * num_layers].clone().view(torch.float64).view(num_layers, 3).tolist()
+    else:
+        scales = [(head_scale, mlp_scale, 1.0)] * num_layers
     layers = tuple(
         LayerPlan(bool(active[i]),
                   *(None if columns[a] is None else columns[a][i].clone()
                     for a in ("query_heads", "kv_heads", "mlp_columns")),
-                  head_scale, mlp_scale)
+                  *scales[i])
         for i in range(num_layers))
     rates = (1.0 / head_scale, 1.0 / mlp_scale, sum(active) / num_layers)
     return StepPlan(step, stage, layers, rates)
