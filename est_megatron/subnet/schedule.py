@@ -6,6 +6,7 @@ turns it into absolute boundaries and checks that they increase and that the las
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence, Tuple
@@ -122,10 +123,13 @@ def _parse_step(token: str) -> float:
     elif token.endswith("m"):
         token, multiplier = token[:-1], 1_000_000
     try:
-        return float(token) * multiplier
+        value = float(token) * multiplier
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):  # "inf"/"nan" parse as floats but are no step
         raise UsageError(f"schedule boundary {token!r} is not a number; write steps like 20k or fractions "
-                         "like 0.25") from None
+                         "like 0.25")
+    return value
 
 
 def parse_schedule(text: str) -> Schedule:
