@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["est_megatron", "est_megatron.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.5",
         "deepspeed>=0.14",
         "sentencepiece>=0.1.99",
         "datasets>=2.14",
