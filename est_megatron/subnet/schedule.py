@@ -146,7 +146,7 @@ def parse_schedule(text: str) -> Schedule:
         raise UsageError(f"unknown schedule {text!r}; use a preset ({', '.join(SCHEDULE_PRESETS)}) or "
                          "BOUNDARIES:RATES such as 20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1")
     bounds_text, rates_text = text.split(":", 1)
-    bounds = [_parse_step(b) for b in bounds_text.split(",") if b.strip()]
+    bounds = [_parse_step(b) for b in bounds_text.split(",")]
     try:
         rates = tuple(tuple(float(p) for p in stage.split(",")) for stage in rates_text.split("/"))
     except ValueError:
