@@ -1,1 +1,72 @@
-"""est_megatron.data"""
+"""Data pipeline: raw text -> SentencePiece tokens -> Megatron shards -> packed, blended training samples.
+
+`build_datasets` is what the training loop calls; `sampler.PretrainingSampler` and `sampler.collate` feed a
+torch DataLoader from the datasets it returns.
+"""
+import os
+
+import numpy as np
+
+from est_megatron.data.blend import BlendedDataset, cached_blending_indices, normalise, parse_data_path
+from est_megatron.data.corpus import Corpus
+from est_megatron.data.gpt_dataset import GPTDataset
+from est_megatron.errors import UsageError
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def parse_split(split):
+    """'969,30,1' -> normalised weights of train/valid/test (missing trailing parts are 0)."""
+    try:
+        parts = [float(p) for p in str(split).replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise UsageError(f"--split {split!r} must be up to three non-negative weights with a positive sum, "
+                         f"e.g. '969,30,1'")
+    parts += [0.0] * (3 - len(parts))
+    return normalise(parts)
+
+
+def split_ranges(num_documents, weights):
+    """Contiguous document ranges [(begin, end)] * 3 in proportion to the split weights."""
+    bounds = np.round(np.cumsum(np.concatenate([[0.0], weights])) * num_documents).astype(np.int64)
+    bounds[-1] = num_documents
+    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(3)]
+
+
+def build_datasets(data_path, split, seq_length, seed, num_samples, cache_dir=None):
+    """(train, valid, test) datasets of packed samples; a split with weight 0 or 0 samples is None.
+
+    data_path: Megatron's --data-path words (prefixes, or weight/prefix pairs; prefixes alone are weighted by
+    their token counts). num_samples: samples wanted per split; each dataset has exactly that many, drawn from
+    as many epochs as needed. Indices are cached beside the first corpus' shards, or in cache_dir.
+    """
+    if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
+        raise UsageError(f"num_samples {num_samples} must be three non-negative counts (train, valid, test)")
+    entries = parse_data_path(data_path)
+    corpora = [Corpus(prefix) for _, prefix in entries]
+    weights = [w for w, _ in entries]
+    if weights[0] is None:
+        weights = [c.num_tokens for c in corpora]
+    split_weights = parse_split(split)
+    ranges = [split_ranges(len(c), split_weights) for c in corpora]
+    blend_cache = cache_dir or os.path.dirname(os.path.abspath(corpora[0].prefix))
+    result = []
+    for s, name in enumerate(SPLIT_NAMES):
+        size = int(num_samples[s])
+        if split_weights[s] == 0 or size == 0:
+            result.append(None)
+            continue
+
+        def part(k, n, name=name, s=s):
+            return GPTDataset(corpora[k], *ranges[k][s], seq_length, n, seed, name, cache_dir)
+
+        if len(corpora) == 1:
+            result.append(part(0, size))
+            continue
+        dataset_index, dataset_sample_index = cached_blending_indices(weights, size, blend_cache)
+        counts = np.bincount(dataset_index, minlength=len(corpora))
+        parts = [part(k, int(n)) if n else None for k, n in enumerate(counts)]
+        result.append(BlendedDataset(parts, dataset_index, dataset_sample_index))
+    return tuple(result)

@@ -1,0 +1,97 @@
+"""Packed language-model samples over one corpus split (Megatron GPTDataset semantics).
+
+Each epoch shuffles the split's documents; the epochs' token streams are concatenated, and sample j is the
+seq_length+1 tokens starting at token j*seq_length, so consecutive samples overlap by one token (the last input
+token of one sample is the first of the next) and every token is an input exactly once per epoch. A final
+shuffle permutes the samples. The three index arrays are built with numpy (cumsum + searchsorted, no per-token
+or per-sample Python loop) and cached as .npy files named by a hash of everything they depend on.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from est_megatron.data.atomic import save_npy
+from est_megatron.errors import UsageError
+
+INDEX_VERSION = 1
+
+
+def cache_key(**params):
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def build_indices(sizes, num_samples, seq_length, rng):
+    """(document_index, sample_index, shuffle_index) for `num_samples` samples of documents with `sizes`.
+
+    document_index: document ids of the epochs in order; sample_index[j] = (position in document_index, token
+    offset) where sample j starts, for j in 0..num_samples; shuffle_index: a permutation of the samples.
+    """
+    tokens_per_epoch = int(sizes.sum())
+    needed = num_samples * seq_length + 1
+    epochs = -(-needed // tokens_per_epoch)
+    doc_dtype = np.int32 if sizes.size < 2**31 else np.int64
+    document_index = np.concatenate([rng.permutation(sizes.size).astype(doc_dtype) for _ in range(epochs)])
+    ends = np.cumsum(sizes[document_index])
+    starts = np.arange(num_samples + 1, dtype=np.int64) * seq_length
+    position = np.searchsorted(ends, starts, side="right")
+    offset = starts - (ends[position] - sizes[document_index[position]])
+    sample_index = np.stack([position, offset], axis=1).astype(np.int64)
+    shuffle_index = rng.permutation(num_samples).astype(np.int64)
+    return document_index, sample_index, shuffle_index
+
+
+class GPTDataset:
+    """`ds[i]` -> int64 array of seq_length+1 tokens; documents [doc_begin, doc_end) of `corpus`."""
+
+    def __init__(self, corpus, doc_begin, doc_end, seq_length, num_samples, seed, split_name, cache_dir=None):
+        if doc_end <= doc_begin:
+            raise UsageError(f"{corpus.prefix}: the {split_name} split holds no documents (only {len(corpus)} in "
+                             f"all); give that split a larger weight in --split or add data")
+        if seq_length < 1 or num_samples < 1:
+            raise UsageError(f"seq_length ({seq_length}) and {split_name} samples ({num_samples}) must be positive")
+        self.corpus, self.doc_begin = corpus, doc_begin
+        self.seq_length, self.num_samples = seq_length, num_samples
+        sizes = corpus.sizes[doc_begin:doc_end]
+        if sizes.sum() == 0:
+            raise UsageError(f"{corpus.prefix}: the {split_name} split's documents hold no tokens; add data")
+        self.key = cache_key(version=INDEX_VERSION, corpus=corpus.fingerprint(), docs=[doc_begin, doc_end],
+                             seq_length=seq_length, num_samples=num_samples, seed=seed, split=split_name)
+        cache_dir = cache_dir or os.path.dirname(os.path.abspath(corpus.prefix))
+        stem = os.path.join(cache_dir, f"{os.path.basename(corpus.prefix)}_{split_name}_{self.key}")
+        paths = [f"{stem}_{name}.npy" for name in ("doc", "sample", "shuffle")]
+        if all(os.path.isfile(p) for p in paths):
+            arrays = [np.load(p, mmap_mode="r") for p in paths]
+        else:
+            seq = np.random.SeedSequence([seed, int(self.key[:8], 16)])
+            arrays = build_indices(sizes, num_samples, seq_length, np.random.default_rng(seq))
+            try:
+                os.makedirs(cache_dir, exist_ok=True)
+                for path, array in zip(paths, arrays):
+                    save_npy(path, array)
+            except OSError as err:
+                raise UsageError(f"cannot write the sample index cache in {cache_dir} ({err.strerror}); pass a "
+                                 f"writable cache_dir (--data-cache-path)") from None
+        self.document_index, self.sample_index, self.shuffle_index = arrays
+        self.cache_files = paths
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"sample {i} out of range [0, {self.num_samples})")
+        return self.unshuffled(int(self.shuffle_index[i]))
+
+    def unshuffled(self, j):
+        """Sample j of the concatenated epoch stream (before the sample shuffle)."""
+        position, offset = (int(v) for v in self.sample_index[j])
+        need, parts = self.seq_length + 1, []
+        while need > 0:
+            doc = self.doc_begin + int(self.document_index[position])
+            part = self.corpus.tokens(doc, offset, need)
+            parts.append(part)
+            need -= part.size
+            position, offset = position + 1, 0
+        return np.concatenate(parts).astype(np.int64)
