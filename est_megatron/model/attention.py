@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.model.rope import RotaryTables, apply_rope
+from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
 
 try:  # optional: flash-attn kernels on CUDA
@@ -58,8 +59,9 @@ class SubnetIndex:
 
 
 class Attention(nn.Module):
-    def __init__(self, config, rotary: Optional[RotaryTables], num_groups: Optional[int] = None):
+    def __init__(self, config, rotary: Optional[RotaryTables], num_groups: Optional[int] = None, tp_group=None):
         super().__init__()
+        self.tp_group = tp_group  # tensor parallel: column-parallel QKV, row-parallel output (None: one rank)
         self.head_dim = config.head_dim
         self.heads_per_group = config.heads_per_group
         self.num_groups = num_groups or config.num_query_groups  # local groups (fewer under tensor parallelism)
@@ -77,6 +79,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         batch, seq, _ = x.shape
+        x = copy_to_tensor_parallel_region(x, self.tp_group)
         if plan is None or plan.query_heads is None:  # dense fast path: no gather, no scale
             qkv_w, qkv_b, out_w = self.qkv.weight, self.qkv.bias, self.out.weight
             groups, per_group = self.num_groups, self.heads_per_group
@@ -95,8 +98,8 @@ class Attention(nn.Module):
             cos, sin = self.rotary.get(seq, x)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         context = causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
-        # the output bias is not part of the head sum: it is never scaled
-        return F.linear(context, out_w, self.out.bias)
+        # the output bias is not part of the head sum: it is never scaled (and is added once under TP)
+        return row_parallel_linear(context, out_w, self.out.bias, self.tp_group)
 
 
 def init_attention(module: Attention, std: float, out_std: float) -> None:

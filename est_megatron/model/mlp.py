@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
 
 
 class MLP(nn.Module):
-    def __init__(self, config, ffn_size: Optional[int] = None):
+    def __init__(self, config, ffn_size: Optional[int] = None, tp_group=None):
         super().__init__()
+        self.tp_group = tp_group  # tensor parallel: column-parallel up, row-parallel down (None: one rank)
         self.gated = config.is_llama
         self.ffn_size = ffn_size or config.ffn_hidden_size  # local columns (fewer under tensor parallelism)
         up_rows = 2 * self.ffn_size if self.gated else self.ffn_size
@@ -34,6 +36,7 @@ class MLP(nn.Module):
         return self._index_cache[1]
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+        x = copy_to_tensor_parallel_region(x, self.tp_group)
         if plan is None or plan.mlp_columns is None:  # dense fast path
             up_w, up_b, down_w = self.up.weight, self.up.bias, self.down.weight
         else:
@@ -47,8 +50,8 @@ class MLP(nn.Module):
             hidden = F.silu(gate) * up
         else:
             hidden = F.gelu(hidden, approximate="tanh")
-        # the output bias is not part of the column sum: it is never scaled
-        return F.linear(hidden, down_w, self.down.bias)
+        # the output bias is not part of the column sum: it is never scaled (and is added once under TP)
+        return row_parallel_linear(hidden, down_w, self.down.bias, self.tp_group)
 
 
 def init_mlp(module: MLP, std: float, out_std: float) -> None:

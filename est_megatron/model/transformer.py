@@ -22,12 +22,13 @@ from est_megatron.subnet.plan import LayerPlan, StepPlan
 class TransformerLayer(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables]):
+    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables], num_groups: Optional[int] = None,
+                 ffn_size: Optional[int] = None, tp_group=None):
         super().__init__()
         self.attn_norm = build_norm(config)
-        self.attn = Attention(config, rotary)
+        self.attn = Attention(config, rotary, num_groups, tp_group)
         self.mlp_norm = build_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, ffn_size, tp_group)
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale

@@ -1,0 +1,56 @@
+"""Megatron's communication pairs for tensor parallelism, as autograd functions.
+
+`copy_to_tensor_parallel_region` is the identity forward and an all-reduce of the gradient backward (the input of
+a column-parallel block); `reduce_from_tensor_parallel_region` is an all-reduce forward and the identity backward
+(the output of a row-parallel block). With `group=None` both are the identity, so single-process models pay
+nothing. Only torch is imported here: the model package uses these hooks.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+class _CopyToTensorParallelRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTensorParallelRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        out = x.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def copy_to_tensor_parallel_region(x: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    return x if group is None else _CopyToTensorParallelRegion.apply(x, group)
+
+
+def reduce_from_tensor_parallel_region(x: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    return x if group is None else _ReduceFromTensorParallelRegion.apply(x, group)
+
+
+def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    """x W^T summed over the tensor-parallel ranks; the (replicated) bias is added once, after the all-reduce."""
+    if group is None:
+        return F.linear(x, weight, bias)
+    out = reduce_from_tensor_parallel_region(F.linear(x, weight), group)
+    return out if bias is None else out + bias

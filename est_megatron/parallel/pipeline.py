@@ -1,0 +1,140 @@
+"""Pipeline parallelism through DeepSpeed's PipelineModule / PipelineEngine (ZeRO-1 at most).
+
+The model becomes a flat list of layers: token embedding (and GPT-2's position embedding) on the first stage,
+the transformer layers split evenly (`partition_method='type:TransformerLayerPipe'` balances exactly the
+transformer layers), final norm, output projection and the vocab-parallel loss on the last stage. Tied
+embeddings (GPT-2) are one `TiedLayerSpec` used by the first and the last stage; DeepSpeed sums its gradient
+over the two. Every layer can also be tensor-parallel: a pipe layer is built with the TP group.
+
+Layers find the step's plan in a shared `PlanHolder` (est_megatron.parallel.subnet); a skipped layer returns its
+input unchanged. Every pipe module records `weight_prefix`, the global name of its parameters, so the seeded
+initialisation gives each stage exactly the weights of the single-process model.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from torch import nn
+
+from est_megatron.config import ModelConfig
+from est_megatron.errors import UsageError
+from est_megatron.model.norms import build_norm
+from est_megatron.model.transformer import TransformerLayer
+from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
+                                          mark_tensor_parallel, parallel_logits, vocab_parallel_cross_entropy,
+                                          vocab_range)
+from est_megatron.parallel.layout import validate_layout
+from est_megatron.parallel.model import make_rotary
+from est_megatron.parallel.subnet import PlanHolder
+
+
+class EmbeddingPipe(VocabParallelEmbedding):
+    """Token embedding (first stage); with tied embeddings also the output projection (last stage)."""
+
+    def __init__(self, cfg: ModelConfig, tp_group=None):
+        super().__init__(cfg.vocab_size, cfg.hidden_size, tp_group)
+        self.weight_prefix = "embed."
+        self.max_positions = cfg.max_position_embeddings
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                             f"{self.max_positions}")
+        return super().forward(input_ids)
+
+
+def tied_head_forward(module: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
+    return parallel_logits(x, module.weight, module.group)
+
+
+class PositionEmbeddingPipe(nn.Embedding):
+    """GPT-2's learned positions, added after the token embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.max_position_embeddings, cfg.hidden_size)
+        self.weight_prefix = "pos_embed."
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight[: x.shape[1]]
+
+
+class TransformerLayerPipe(TransformerLayer):
+    def __init__(self, cfg: ModelConfig, index: int, plans: PlanHolder, tp_group=None):
+        tp_size, _ = group_size_rank(tp_group)
+        super().__init__(cfg, make_rotary(cfg), cfg.num_query_groups // tp_size, cfg.ffn_hidden_size // tp_size,
+                         tp_group)
+        self.index = index
+        self.plans = plans
+        self.weight_prefix = f"layers.{index}."
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer_plan = self.plans.layer(self.index)
+        if layer_plan is not None and not layer_plan.active:
+            return x  # eq. 7: a skipped layer passes the activations through
+        return super().forward(x, layer_plan)
+
+
+class FinalNormPipe(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.final_norm = build_norm(cfg)
+        self.weight_prefix = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_norm(x)
+
+
+class LMHeadPipe(nn.Module):
+    """Column-parallel output projection: this rank's vocabulary shard of the logits."""
+
+    def __init__(self, cfg: ModelConfig, tp_group=None):
+        super().__init__()
+        size, rank = group_size_rank(tp_group)
+        start, end = vocab_range(cfg.vocab_size, rank, size)
+        self.lm_head = nn.Linear(cfg.hidden_size, end - start, bias=False)
+        self.group = tp_group
+        self.weight_prefix = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return parallel_logits(x, self.lm_head.weight, self.group)
+
+
+def build_pipeline_model(cfg: ModelConfig, state, plans: PlanHolder, seed: Optional[int] = None,
+                         subnet_cfg=None):
+    """A DeepSpeed PipelineModule of the model on `state`'s topology (a ParallelState); pass it to
+    `deepspeed.initialize(model=..., mpu=None)`. `plans` is set by the loop before each `train_batch()`."""
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+
+    pp = state.get_pipe_parallel_world_size()
+    validate_layout(cfg, state.tp_size, pp, subnet_cfg=subnet_cfg)
+    group = state.tp_group
+    specs = [TiedLayerSpec("embed", EmbeddingPipe, cfg, group) if cfg.tie_embeddings
+             else LayerSpec(EmbeddingPipe, cfg, group)]
+    if not cfg.is_llama:
+        specs.append(LayerSpec(PositionEmbeddingPipe, cfg))
+    specs += [LayerSpec(TransformerLayerPipe, cfg, i, plans, group) for i in range(cfg.num_layers)]
+    specs.append(LayerSpec(FinalNormPipe, cfg))
+    specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, group, forward_fn=tied_head_forward)
+                 if cfg.tie_embeddings else LayerSpec(LMHeadPipe, cfg, group))
+    loss = functools.partial(vocab_parallel_cross_entropy, group=group, vocab_size=cfg.vocab_size)
+    module = PipelineModule(layers=specs, loss_fn=loss, topology=state.topology(),
+                            partition_method="type:TransformerLayerPipe")
+    per_stage = [sum(isinstance(m, TransformerLayerPipe) for m in module.forward_funcs)]
+    if per_stage[0] != cfg.num_layers // pp:
+        raise UsageError(f"pipeline stage holds {per_stage[0]} of {cfg.num_layers} layers; "
+                         f"--pipeline-model-parallel-size {pp} must split the layers evenly")
+    named = [(m.weight_prefix + n, p) for m in _pipe_modules(module) for n, p in m.named_parameters()]
+    mark_tensor_parallel(named, state.tp_size)
+    if seed is not None:
+        initialize_from_seed(named, cfg, seed, state.tp_rank, state.tp_size)
+    return module
+
+
+def _pipe_modules(module):
+    seen = []
+    for m in module.modules():
+        if hasattr(m, "weight_prefix") and all(m is not s for s in seen):
+            seen.append(m)
+    return seen
