@@ -10,6 +10,7 @@ manifest are written under temporary names and renamed when complete, manifest l
 """
 import collections
 import datetime
+import itertools
 import multiprocessing
 import os
 import time
@@ -49,19 +50,11 @@ class ChunkEncoder:
         filtered["empty"] += len(ids) - len(docs)
         extra = int(self.append_eod) + int(self.add_bos)
         lengths = np.fromiter((len(d) + extra for d in docs), dtype=np.int64, count=len(docs))
-        tokens = np.empty(int(lengths.sum()), dtype=self.dtype)
-        starts = np.zeros(len(docs), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        body = np.fromiter((t for d in docs for t in d), dtype=self.dtype, count=tokens.size - extra * len(docs))
-        mask = np.ones(tokens.size, dtype=bool)
-        if self.add_bos:
-            tokens[starts] = self.tokenizer.bos_id
-            mask[starts] = False
-        if self.append_eod:
-            ends = starts + lengths - 1
-            tokens[ends] = self.tokenizer.eos_id
-            mask[ends] = False
-        tokens[mask] = body
+        if extra:
+            before = [[self.tokenizer.bos_id]] if self.add_bos else []
+            after = [[self.tokenizer.eos_id]] if self.append_eod else []
+            docs = [piece for d in docs for piece in (*before, d, *after)]
+        tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=self.dtype, count=int(lengths.sum()))
         return chunk.path, chunk.first, len(chunk.items), chunk.nbytes, lengths, tokens, filtered, faults
 
 

@@ -25,7 +25,7 @@ EXTENSIONS = {
     "parquet": (".parquet",),
 }
 DEFAULT_EXCLUDED_SETS = ("RedPajamaGithub",)
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 18
 CHUNK_RECORDS = 1024
 
 

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Look at preprocessed data: counts of a shard set, and the text of a document or of a training sample as the
+model sees it (document ends shown as <eos>/<bos>).
+
+    python tools/inspect_data.py --data-path /data/shards/slimpajama
+    python tools/inspect_data.py --data-path /data/shards/slimpajama --document 12
+    python tools/inspect_data.py --data-path 0.7 /data/sp 0.3 /data/sc --sample 5 --seq-length 2048
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from est_megatron.data import SPLIT_NAMES, build_datasets  # noqa: E402
+from est_megatron.data.blend import parse_data_path  # noqa: E402
+from est_megatron.data.corpus import Corpus  # noqa: E402
+from est_megatron.data.preprocess import manifest_path  # noqa: E402
+from est_megatron.data.tokenizer import SentencePieceTokenizer  # noqa: E402
+from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+
+
+def describe(prefix):
+    """Counts of one data-path prefix, with the manifest's provenance when there is one."""
+    corpus = Corpus(prefix)
+    lines = [f"{prefix}: {len(corpus.shards)} shard(s), {len(corpus):,} documents, {corpus.num_tokens:,} tokens, "
+             f"dtype {corpus.shards[0].dtype}"]
+    if os.path.isfile(manifest_path(prefix)):
+        with open(manifest_path(prefix)) as f:
+            m = json.load(f)
+        tok = m["tokenizer"]
+        lines += [f"  tokenizer {tok['model']} (vocab {tok['vocab_size']}, sha256 {tok['sha256'][:16]}...)",
+                  f"  input format {m['input_format']}, {len(m['sources'])} source file(s), eod appended: "
+                  f"{m['append_eod']}, bos added: {m['add_bos']}",
+                  f"  skipped: {', '.join(f'{k} {v:,}' for k, v in m['skipped'].items()) or 'none'}"]
+        lines += [f"  {s['prefix']}: {s['documents']:,} documents, {s['tokens']:,} tokens" for s in m["shards"]]
+    return lines
+
+
+def manifest_tokenizer(prefix):
+    path = manifest_path(prefix)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["tokenizer"]["model"]
+    return None
+
+
+def render(tokenizer, ids):
+    """Detokenized text with control tokens made visible."""
+    marks = {tokenizer.eos_id: "<eos>", tokenizer.bos_id: "<bos>"}
+    out, run = [], []
+    for i in (int(t) for t in ids):
+        if i in marks:
+            out += [tokenizer.decode(run), marks[i]]
+            run = []
+        else:
+            run.append(i)
+    out.append(tokenizer.decode(run))
+    return "".join(out)
+
+
+@exit_on_usage_error
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", nargs="+", required=True, help="PREFIX, or Megatron's weighted pairs")
+    p.add_argument("--tokenizer-model", help="default: the model named in the manifest")
+    p.add_argument("--document", type=int, help="show document i (of the first prefix, across its shards)")
+    p.add_argument("--sample", type=int, help="show sample i of the built dataset (needs --seq-length)")
+    p.add_argument("--seq-length", type=int)
+    p.add_argument("--split", default="969,30,1")
+    p.add_argument("--which", choices=SPLIT_NAMES, default="train", help="split the sample is taken from")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--num-samples", type=int, help="samples of the dataset (default: sample + 1); match training "
+                                                   "to see its exact samples")
+    p.add_argument("--cache-dir", help="where sample indices are cached (default: beside the shards)")
+    p.add_argument("--ids", action="store_true", help="also print the token ids")
+    args = p.parse_args(argv)
+    prefixes = [prefix for _, prefix in parse_data_path(args.data_path)]
+    out = [line for prefix in prefixes for line in describe(prefix)]
+    if args.document is not None or args.sample is not None:
+        model = args.tokenizer_model or manifest_tokenizer(prefixes[0])
+        if model is None:
+            raise UsageError("no manifest names the tokenizer; pass --tokenizer-model to detokenize")
+        tokenizer = SentencePieceTokenizer(model)
+    if args.document is not None:
+        corpus = Corpus(prefixes[0])
+        if not 0 <= args.document < len(corpus):
+            raise UsageError(f"--document {args.document} is out of range: {prefixes[0]} has {len(corpus)} documents")
+        ids = corpus.tokens(args.document)
+        out += [f"--- document {args.document} ({ids.size} tokens) ---", render(tokenizer, ids)]
+        out += [f"ids: {ids.tolist()}"] if args.ids else []
+    if args.sample is not None:
+        if args.seq_length is None or args.sample < 0:
+            raise UsageError("--sample needs a non-negative index and --seq-length (the training sequence length)")
+        which = SPLIT_NAMES.index(args.which)
+        counts = [0, 0, 0]
+        counts[which] = args.num_samples or args.sample + 1
+        if args.sample >= counts[which]:
+            raise UsageError(f"--sample {args.sample} is not below --num-samples {counts[which]}")
+        dataset = build_datasets(args.data_path, args.split, args.seq_length, args.seed, tuple(counts),
+                                 args.cache_dir)[which]
+        if dataset is None:
+            raise UsageError(f"the {args.which} split has weight 0 in --split {args.split}")
+        ids = dataset[args.sample]
+        out += [f"--- {args.which} sample {args.sample} ({ids.size} tokens = seq_length + 1) ---",
+                render(tokenizer, ids)]
+        out += [f"ids: {ids.tolist()}"] if args.ids else []
+    print("\n".join(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
