@@ -1,0 +1,158 @@
+"""One Megatron-style argument parser for every pretraining entry point.
+
+`build_parser(family)` takes the paper's defaults of a model family ("tinyllama" or "gpt2"); flags keep
+Megatron-LM's names so existing launch scripts carry over. `parse_args` also checks what argparse cannot
+(batch divisibility is checked later, when the data-parallel size is known).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional, Sequence
+
+from est_megatron.config import MODEL_PRESETS
+from est_megatron.errors import UsageError
+from est_megatron.subnet.schedule import SCHEDULE_PRESETS
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DS_CONFIG_DIR = os.path.join(REPO_ROOT, "ds_configs")
+
+# The paper's setups (Li et al., ICML 2024, section 4): TinyLlama-1.1B and GPT-2-base.
+FAMILY_DEFAULTS = {
+    "tinyllama": dict(model="tinyllama-1.1b", seq_length=2048, global_batch_size=1024, micro_batch_size=8,
+                      train_steps=60_000, lr=4e-4, min_lr=4e-5, lr_warmup_steps=2000, lr_decay_style="cosine",
+                      est_schedule="tinyllama"),
+    "gpt2": dict(model="gpt2-124m", seq_length=1024, global_batch_size=512, micro_batch_size=16,
+                 train_steps=150_000, lr=6e-4, min_lr=6e-5, lr_warmup_steps=2000, lr_decay_style="linear",
+                 est_schedule="gpt2"),
+}
+
+
+def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
+    d = FAMILY_DEFAULTS[family]
+    p = argparse.ArgumentParser(
+        description=f"Pretrain a {family} model with Evolving Subnetwork Training (EST) on DeepSpeed. Runs "
+                    "under `deepspeed`, `torchrun` or plain `python` (one process).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d["model"], choices=sorted(MODEL_PRESETS), help="model preset")
+    g.add_argument("--num-layers", type=int, help="override the preset's number of layers")
+    g.add_argument("--hidden-size", type=int, help="override the preset's hidden size")
+    g.add_argument("--ffn-hidden-size", type=int, help="override the preset's MLP intermediate size")
+    g.add_argument("--num-attention-heads", type=int, help="override the preset's query heads")
+    g.add_argument("--num-query-groups", type=int, help="override the preset's key/value heads (GQA groups)")
+    g.add_argument("--max-position-embeddings", type=int,
+                   help="override the preset's positions (raised to --seq-length when smaller)")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="pad the tokenizer's vocabulary up to a multiple of this (kept as is when it equals the "
+                        "preset's vocabulary)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="+",
+                   help="Megatron blend: PREFIX or W1 PREFIX1 W2 PREFIX2 ... (shards from tools/preprocess_data.py)")
+    g.add_argument("--tokenizer-model", help="SentencePiece .model the shards were made with")
+    g.add_argument("--split", default="969,30,1", help="train,valid,test document split weights")
+    g.add_argument("--seq-length", type=int, default=d["seq_length"], help="tokens per sample")
+    g.add_argument("--data-cache-dir", help="where sample indices are cached (default: beside the shards)")
+    g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=d["micro_batch_size"], help="samples per rank per micro-batch")
+    g.add_argument("--global-batch-size", type=int, default=d["global_batch_size"],
+                   help="samples per optimizer step (= micro batch x data-parallel size x accumulation steps)")
+    g.add_argument("--train-steps", type=int, default=d["train_steps"], help="optimizer steps of the run")
+    g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (AdamW)")
+    g.add_argument("--min-lr", type=float, default=d["min_lr"], help="learning rate at the end of the decay")
+    g.add_argument("--lr-warmup-steps", type=int, default=d["lr_warmup_steps"], help="linear warm-up steps")
+    g.add_argument("--lr-decay-style", default=d["lr_decay_style"], choices=("cosine", "linear", "constant"))
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip (0 disables)")
+    g.add_argument("--seed", type=int, default=1234, help="seeds initialisation and the EST plans")
+
+    g = p.add_argument_group("subnetwork training")
+    g.add_argument("--method", default="est", help="est (Evolving Subnetwork Training) or dense; "
+                   "see est_megatron.training.methods.METHODS")
+    g.add_argument("--est-schedule", default=d["est_schedule"],
+                   help=f"preset ({', '.join(SCHEDULE_PRESETS)}) or BOUNDARIES:RATES, e.g. "
+                        "20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1 (fractions of the run when all <= 1)")
+    g.add_argument("--est-whole-groups", action="store_true",
+                   help="sample whole key/value groups instead of query heads inside every group")
+    g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
+    g.add_argument("--est-mlp-strata", type=int, help="strata of MLP columns (balanced sampling)")
+    g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
+    g.add_argument("--check-plan-consistency", action="store_true",
+                   help="all-reduce each step's plan checksum and stop if ranks differ")
+
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--save", help="checkpoint directory (DeepSpeed layout, tags step_NNNNNN, `latest` file)")
+    g.add_argument("--load", help="resume from the latest checkpoint in this directory (fresh start if none)")
+    g.add_argument("--save-interval", type=int, default=1000, help="save every N steps (and at the end)")
+    g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (0: keep all)")
+    g.add_argument("--exit-interval", type=int,
+                   help="save and stop once this step is reached (the schedule stays that of --train-steps)")
+
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--eval-interval", type=int, default=1000, help="validation every N steps and at the end")
+    g.add_argument("--eval-iters", type=int, default=10, help="global batches per validation")
+    g.add_argument("--log-interval", type=int, default=10, help="log every N steps")
+    g.add_argument("--log-dir", help="metrics.jsonl and tensorboard/ go here")
+    g.add_argument("--peak-tflops", type=float,
+                   help="peak TFLOP/s of one device for MFU (default: bf16 table of A100/H100/H200; none on CPU)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--ds_config", "--ds-config", dest="deepspeed_config",
+                   default=os.path.join(DS_CONFIG_DIR, "zero1.json"),
+                   help="DeepSpeed JSON config; batch sizes, clipping and precision are filled from the flags")
+    g.add_argument("--deepspeed_config", dest="deepspeed_config", help=argparse.SUPPRESS)
+    g.add_argument("--deepspeed", action="store_true", help="accepted for Megatron-DeepSpeed compatibility "
+                   "(DeepSpeed is always used)")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help="set by the deepspeed launcher (LOCAL_RANK env otherwise)")
+
+    g = p.add_argument_group("demo")
+    g.add_argument("--demo", action="store_true",
+                   help="build a corpus from this Python installation, train a tokenizer, preprocess and pretrain "
+                        "a small Llama with a compressed EST schedule on 2 CPU processes (a few minutes)")
+    g.add_argument("--demo-dir", default="demo_run", help="work directory of --demo")
+    g.add_argument("--demo-nproc", type=int, default=2, help="processes of --demo")
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, family: str = "tinyllama") -> argparse.Namespace:
+    args = build_parser(family).parse_args(argv)
+    args.family = family
+    if args.demo:
+        return args
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Checks of single flags and their pairs, before any process group or data exists."""
+    if not args.data_path:
+        raise UsageError("--data-path is required: give shard prefixes from tools/preprocess_data.py "
+                         "(or run --demo)")
+    if not args.tokenizer_model:
+        raise UsageError("--tokenizer-model is required: the SentencePiece model the shards were made with")
+    for name in ("micro_batch_size", "global_batch_size", "train_steps", "seq_length", "log_interval",
+                 "eval_interval", "save_interval", "make_vocab_size_divisible_by",
+                 "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_iters", "lr_warmup_steps", "keep_checkpoints", "num_workers"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
+        raise UsageError(f"learning rates must satisfy 0 <= --min-lr ({args.min_lr}) <= --lr ({args.lr}), lr > 0")
+    if args.exit_interval is not None and args.exit_interval <= 0:
+        raise UsageError(f"--exit-interval must be positive, got {args.exit_interval}")
+    if not os.path.isfile(args.deepspeed_config):
+        raise UsageError(f"DeepSpeed config {args.deepspeed_config} does not exist; pass one of ds_configs/*.json "
+                         "with --ds_config")

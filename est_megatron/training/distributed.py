@@ -1,0 +1,64 @@
+"""Process-group set-up for deepspeed / torchrun / plain python launches, and a clean teardown.
+
+Plain `python` gets a world of one: MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK default to a local,
+free-port group. gloo on CPU, NCCL on GPUs. Teardown matters: a multi-process gloo run that exits with live
+DeepSpeed engine and process group aborts with "terminate called without an active exception".
+"""
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(local_rank_flag=None) -> dict:
+    """Initialise torch.distributed through DeepSpeed; returns rank, world_size, local_rank and the device."""
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.setdefault("RANK", "0")
+        os.environ["WORLD_SIZE"] = "1"
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if local_rank_flag is not None:
+        os.environ["LOCAL_RANK"] = str(local_rank_flag)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        if "OMP_NUM_THREADS" not in os.environ:  # the deepspeed launcher does not split the cores
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", min(world_size, os.cpu_count() or 1)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    import deepspeed
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dict(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def teardown(engine=None, barrier: bool = True) -> None:
+    """Barrier, destroy the engine and the process group, flush: every run and ZeRO stage exits 0.
+
+    After an error on this rank (`barrier=False`) peers may never reach a barrier, so none is entered.
+    """
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if barrier:
+                dist.barrier()
+        finally:
+            if engine is not None and hasattr(engine, "destroy"):
+                engine.destroy()
+            dist.destroy_process_group()
+    gc.collect()
+    sys.stdout.flush()
+    sys.stderr.flush()

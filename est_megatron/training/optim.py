@@ -1,0 +1,99 @@
+"""AdamW, the warm-up + decay learning-rate schedule, and the DeepSpeed config filled from the command line.
+
+We build the optimizer and the LR scheduler ourselves and hand both to `deepspeed.initialize`: DeepSpeed keeps
+and updates the full (fp32) parameters through its ZeRO wrapper, steps the scheduler at every optimizer step
+and saves both in its checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import torch
+
+from est_megatron.errors import UsageError
+
+
+class WarmupDecay:
+    """LR multiplier of step s (0-based): linear warm-up to 1 over `warmup` steps, then cosine or linear decay
+    to min_lr/lr at `train_steps` (Megatron's schedule). A class, not a lambda, so LambdaLR can save it."""
+
+    def __init__(self, warmup: int, train_steps: int, min_ratio: float, style: str):
+        if style not in ("cosine", "linear", "constant"):
+            raise UsageError(f"--lr-decay-style {style!r} is unknown; use cosine, linear or constant")
+        self.warmup, self.train_steps, self.min_ratio, self.style = warmup, train_steps, min_ratio, style
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.style == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.train_steps - self.warmup))
+        if self.style == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            decay = 1.0 - progress
+        return self.min_ratio + (1.0 - self.min_ratio) * decay
+
+
+def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms (1-D parameters). FusedAdam on CUDA when it builds."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+    if torch.cuda.is_available():
+        from deepspeed.ops.adam import FusedAdam
+        return FusedAdam(groups, adam_w_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, args) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupDecay(args.lr_warmup_steps, args.train_steps, args.min_lr / args.lr, args.lr_decay_style))
+
+
+def batch_geometry(global_batch: int, micro_batch: int, dp_size: int) -> int:
+    """Gradient-accumulation steps, or a UsageError when the batch sizes do not fit the data-parallel size."""
+    if global_batch % (micro_batch * dp_size):
+        raise UsageError(f"--global-batch-size {global_batch} is not divisible by micro-batch {micro_batch} x "
+                         f"data-parallel size {dp_size}; use a multiple of {micro_batch * dp_size} or change "
+                         "--micro-batch-size / the number of processes")
+    return global_batch // (micro_batch * dp_size)
+
+
+def load_ds_config(path: str, args, dp_size: int, use_bf16: bool) -> dict:
+    """The JSON config with batch sizes, clipping and precision set from the flags (consistency checked)."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"cannot read DeepSpeed config {path}: {err}; pass a JSON file with --ds_config") from None
+    config = copy.deepcopy(config)
+    for section in ("optimizer", "scheduler"):
+        if section in config:
+            raise UsageError(f"DeepSpeed config {path} has an {section!r} section; remove it: AdamW and the LR "
+                             "schedule come from --lr, --min-lr, --lr-warmup-steps, --weight-decay, ...")
+    accumulation = batch_geometry(args.global_batch_size, args.micro_batch_size, dp_size)
+    for key, value in (("train_batch_size", args.global_batch_size),
+                       ("train_micro_batch_size_per_gpu", args.micro_batch_size),
+                       ("gradient_accumulation_steps", accumulation)):
+        if key in config and config[key] not in (value, "auto"):
+            raise UsageError(f"DeepSpeed config {path} sets {key}={config[key]} but the flags give {value}; "
+                             "drop it from the JSON (it is filled from --global-batch-size/--micro-batch-size)")
+        config[key] = value
+    config["gradient_clipping"] = args.clip_grad
+    config["zero_allow_untested_optimizer"] = True
+    config.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
+    config.setdefault("wall_clock_breakdown", False)
+    config["bf16"] = dict(config.get("bf16", {}), enabled=bool(use_bf16))
+    if not use_bf16:
+        config["fp16"] = dict(config.get("fp16", {}), enabled=False)
+    return config
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
