@@ -88,6 +88,7 @@ def test_jsonl_key_bos_and_no_eod(tokenizer_model, tmp_path):  # noqa: F811
     tok = SentencePieceTokenizer(tokenizer_model)
     assert [list(d) for d in read_all(tmp_path / "o", manifest)] == [[1] + tok.encode("alpha beta"),
                                                                     [1] + tok.encode("gamma")]
+    assert manifest["skipped"] == {} and manifest["sources"][0]["records"] == 2
 
 
 def test_starcoder_parquet_and_hf_saved_dataset(tokenizer_model, tmp_path):  # noqa: F811

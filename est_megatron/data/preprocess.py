@@ -190,7 +190,7 @@ def preprocess(inputs, options, tokenizer_model, output_prefix, workers=1, shard
                       "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id},
         "input_format": options.format,
         "sources": [per_source.get(p, {"path": p, "records": 0, "documents": 0, "tokens": 0}) for p in files],
-        "skipped": dict(sorted(skipped.items())),
+        "skipped": {reason: n for reason, n in sorted(skipped.items()) if n},
         "bad_record_examples": bad.examples,
         "run": {"created": datetime.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3),
                 "workers": workers, "tokens_per_s": round(n_tokens / max(elapsed, 1e-9), 1)},
