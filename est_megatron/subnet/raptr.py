@@ -140,6 +140,13 @@ class RaptrPlanner:
         self.fixed = fixed_layers(model.num_layers, keep_first_last)
         self.scale_residual = scale_residual
 
+    def __call__(self, step: int) -> StepPlan:
+        return self.plan(step)
+
+    def describe(self) -> str:
+        return (self.schedule.describe() + f", keep first/last {bool(self.fixed)}, "
+                f"residual scale {'1/P(kept)' if self.scale_residual else 'off'}")
+
     def plan(self, step: int) -> StepPlan:
         num_layers, strata = self.model.num_layers, self.subnet.layer_strata
         stage = self.schedule.schedule.stage_at(step)
@@ -160,3 +167,23 @@ class RaptrPlanner:
         layers = tuple(LayerPlan(residual_scale=scales[i]) if i in scales else LayerPlan(active=False)
                        for i in range(num_layers))
         return StepPlan(step, stage, layers, (1.0, 1.0, depth / num_layers))
+
+
+def add_raptr_args(parser) -> None:
+    group = parser.add_argument_group("RAPTR (--method raptr)")
+    group.add_argument("--raptr-schedule", default=DEFAULT_RAPTR_SCHEDULE,
+                       help=f"preset ({', '.join(RAPTR_PRESETS)}; depths as fractions of the model) or "
+                            "DEPTHS:BOUNDARIES, e.g. 6,8,10,12:0.25,0.5,0.75,1")
+    group.add_argument("--raptr-no-keep-first-last", dest="raptr_keep_first_last", action="store_false",
+                       help="draw the first and last layers too (default: always keep them)")
+    group.add_argument("--raptr-scale-residual", action="store_true",
+                       help="scale kept layers' residual branches by 1 / P(kept) (L / depth without fixed layers)")
+
+
+def build_raptr(ctx) -> "RaptrPlanner":
+    """Registry builder (est_megatron.training.methods): the run's MethodContext -> step -> StepPlan."""
+    args = ctx.args
+    resolved = parse_raptr_schedule(args.raptr_schedule).resolve(ctx.model, ctx.subnet, ctx.train_steps,
+                                                                 args.raptr_keep_first_last)
+    return RaptrPlanner(ctx.model, ctx.subnet, resolved, ctx.seed, args.raptr_keep_first_last,
+                        args.raptr_scale_residual)

@@ -238,28 +238,46 @@ class SatPlanner:
     def rate(self, step: int) -> float:
         return lors_rate(step, self.train_steps, self.cfg.r_max, self.t_d, self.cfg.ladders)
 
-    def plan(self, step: int, module: torch.nn.Module, input_ids: Optional[torch.Tensor]) -> StepPlan:
-        m, s, cfg = self.model, self.subnet, self.cfg
+    def counts(self, step: int) -> Tuple[int, int]:
+        """(query heads, MLP columns) kept at step's rate, EST's balanced rounding."""
         r = self.rate(step)
-        stage = lors_ladder(step, self.train_steps, self.t_d, cfg.ladders)
         n_q, n_col, _ = self.sampler.counts((1.0 - r, 1.0 - r, 1.0))
-        if r == 0.0 or (n_q == m.num_attention_heads and n_col == m.ffn_hidden_size):
-            return StepPlan(step, stage, (DENSE_LAYER,) * m.num_layers, (1.0, 1.0, 1.0))
-        metric = cfg.metric
+        return n_q, n_col
+
+    def is_dense(self, step: int) -> bool:
+        return self.counts(step) == (self.model.num_attention_heads, self.model.ffn_hidden_size)
+
+    def scores(self, step: int, module: torch.nn.Module, input_ids: Optional[torch.Tensor]) -> Optional[list]:
+        """Per layer (query-head, group, column) scores; None on a dense step. Collective under ZeRO-3."""
+        if self.is_dense(step):
+            return None
+        m, metric = self.model, self.cfg.metric
         stats = None
         if metric in ("wanda", "maxip"):
-            stats = layer_input_stats(module, input_ids[: cfg.prepass_seqs])
-        selection = "sampling" if metric == "uniform" else cfg.selection
+            stats = layer_input_stats(module, input_ids[: self.cfg.prepass_seqs])
+        out = []
+        for i, layer in enumerate(module.layers):
+            attn_stats, mlp_stats = stats[i] if stats is not None else (None, None)
+            with _gathered([layer.attn.qkv.weight, layer.mlp.up.weight]):
+                heads, groups = head_scores(m, layer.attn.qkv.weight, attn_stats, metric)
+                columns = column_scores(m, layer.mlp.up.weight, mlp_stats, metric)
+            out.append((heads.cpu(), groups.cpu(), columns.cpu()))
+        return out
+
+    def select_plan(self, step: int, scores: Optional[list]) -> StepPlan:
+        """The step's plan from `scores` (of `scores(step, ...)`): balanced top-k or sampling."""
+        m, s, cfg = self.model, self.subnet, self.cfg
+        stage = lors_ladder(step, self.train_steps, self.t_d, cfg.ladders)
+        if self.is_dense(step):
+            return StepPlan(step, stage, (DENSE_LAYER,) * m.num_layers, (1.0, 1.0, 1.0))
+        n_q, n_col = self.counts(step)
+        selection = "sampling" if cfg.metric == "uniform" else cfg.selection
         rng = np.random.default_rng([self.seed, step, 0x5A7])
         g = m.heads_per_group
         head_scale = m.num_attention_heads / n_q if cfg.rescale else 1.0
         mlp_scale = m.ffn_hidden_size / n_col if cfg.rescale else 1.0
         layers = []
-        for i, layer in enumerate(module.layers):
-            attn_stats, mlp_stats = stats[i] if stats is not None else (None, None)
-            with _gathered([layer.attn.qkv.weight, layer.mlp.up.weight]):
-                heads, groups = head_scores(m, layer.attn.qkv.weight, attn_stats, metric)
-                columns_score = column_scores(m, layer.mlp.up.weight, mlp_stats, metric)
+        for heads, groups, columns_score in scores:
             query = kv = None
             if n_q < m.num_attention_heads:
                 if s.whole_groups:
@@ -275,6 +293,48 @@ class SatPlanner:
                                  cfg.temperature, rng)
             layers.append(LayerPlan(True, query, kv, columns, head_scale, mlp_scale))
         return StepPlan(step, stage, tuple(layers), (n_q / m.num_attention_heads, n_col / m.ffn_hidden_size, 1.0))
+
+    def plan(self, step: int, module: torch.nn.Module, input_ids: Optional[torch.Tensor]) -> StepPlan:
+        return self.select_plan(step, self.scores(step, module, input_ids))
+
+
+class SatMethod:
+    """The training loop's SAT method: `prepare` scores on the step's first micro-batch, `__call__` selects.
+
+    `prepare` runs where the loop calls it (rank 0; every rank under ZeRO-3, whose forward is collective);
+    `__call__(step)` runs on rank 0, whose plan is broadcast. `overhead_flops` is the importance computation.
+    """
+
+    def __init__(self, planner: SatPlanner, seq_length: int):
+        self.planner = planner
+        self.seq_length = seq_length
+        self._scores = (None, None)
+
+    def prepare(self, step: int, module: torch.nn.Module, input_ids: torch.Tensor) -> None:
+        self._scores = (step, self.planner.scores(step, module, input_ids))
+
+    def __call__(self, step: int) -> StepPlan:
+        if self._scores[0] != step and not self.planner.is_dense(step):
+            raise RuntimeError(f"SAT plan for step {step} requested before its importance scores were prepared")
+        return self.planner.select_plan(step, self._scores[1])
+
+    def overhead_flops(self, step: int) -> int:
+        if self.planner.is_dense(step):
+            return 0
+        seqs = self.planner.cfg.prepass_seqs
+        return importance_flops(self.planner.model, seqs, self.seq_length, self.planner.cfg.metric)
+
+    def describe(self) -> str:
+        c, p = self.planner.cfg, self.planner
+        return (f"sat: metric {c.metric}, selection {c.selection} (T={c.temperature:g}), LORS r_max {c.r_max:g}, "
+                f"t_d {p.t_d}, {c.ladders} ladders over {p.train_steps} steps, rescale {c.rescale}, "
+                f"pre-pass {c.prepass_seqs} sequence(s)")
+
+
+def build_sat(ctx) -> SatMethod:
+    """Registry builder (est_megatron.training.methods): the run's MethodContext -> SatMethod."""
+    planner = SatPlanner(ctx.model, ctx.subnet, sat_config_from_args(ctx.args), ctx.train_steps, ctx.seed)
+    return SatMethod(planner, ctx.args.seq_length)
 
 
 def add_sat_args(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 from est_megatron.config import MODEL_PRESETS
 from est_megatron.errors import UsageError
+from est_megatron.subnet.raptr import add_raptr_args
+from est_megatron.subnet.sat import add_sat_args
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,7 +76,7 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1234, help="seeds initialisation and the EST plans")
 
     g = p.add_argument_group("subnetwork training")
-    g.add_argument("--method", default="est", help="est (Evolving Subnetwork Training) or dense; "
+    g.add_argument("--method", default="est", help="est (Evolving Subnetwork Training), raptr, sat or dense; "
                    "see est_megatron.training.methods.METHODS")
     g.add_argument("--est-schedule", default=d["est_schedule"],
                    help=f"preset ({', '.join(SCHEDULE_PRESETS)}) or BOUNDARIES:RATES, e.g. "
@@ -87,7 +89,12 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--check-plan-consistency", action="store_true",
                    help="all-reduce each step's plan checksum and stop if ranks differ")
 
+    add_raptr_args(p)
+    add_sat_args(p)
+
     g = p.add_argument_group("checkpoints")
+    g.add_argument("--init-from", help="start from these weights: a converted checkpoint "
+                   "(tools/convert_hf_to_est.py) or a training one; the model shape is the checkpoint's")
     g.add_argument("--save", help="checkpoint directory (DeepSpeed layout, tags step_NNNNNN, `latest` file)")
     g.add_argument("--load", help="resume from the latest checkpoint in this directory (fresh start if none)")
     g.add_argument("--save-interval", type=int, default=1000, help="save every N steps (and at the end)")

@@ -21,7 +21,8 @@ import math
 import os
 import signal
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -118,11 +119,37 @@ def build_data(args, dist_info):
     return tokenizer, datasets
 
 
-def evaluate(engine, dataset, args, dp_rank, dp_size, device) -> Optional[float]:
+def split_tokens(batch: torch.Tensor):
+    """Pretraining batches are (batch, seq+1) tokens: inputs and next-token labels."""
+    return batch[:, :-1], batch[:, 1:]
+
+
+@dataclass(frozen=True)
+class DataHooks:
+    """Where batches come from: pretraining shards by default; launch/finetune.py plugs in SFT data here."""
+
+    build_data: Callable  # (args, dist_info) -> (tokenizer, (train, valid, test))
+    collate: Callable  # list of samples -> batch
+    split: Callable = split_tokens  # batch -> (input_ids, labels)
+
+
+def pretraining_hooks() -> DataHooks:
+    from est_megatron.data.sampler import collate
+    return DataHooks(build_data, collate, split_tokens)
+
+
+def init_weights(model: torch.nn.Module, args) -> None:
+    """--init-from: start from converted or trained weights (a resumed --load checkpoint overrides them)."""
+    from est_megatron.hf import load_est_weights
+    _, state = load_est_weights(args.init_from)
+    model.load_state_dict(state, strict=True)  # copies cast to the model's dtype
+
+
+def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks) -> Optional[float]:
     """Mean validation loss of the dense model over the first --eval-iters global batches (same each time)."""
     if dataset is None or args.eval_iters == 0:
         return None
-    from est_megatron.data.sampler import PretrainingSampler, collate
+    from est_megatron.data.sampler import PretrainingSampler
     accumulation = args.global_batch_size // (args.micro_batch_size * dp_size)
     sampler = PretrainingSampler(len(dataset), 0, args.micro_batch_size, dp_rank, dp_size)
     total, count = 0.0, 0
@@ -131,8 +158,8 @@ def evaluate(engine, dataset, args, dp_rank, dp_size, device) -> Optional[float]
         for i, indices in enumerate(sampler):
             if i >= args.eval_iters * accumulation:
                 break
-            tokens = collate([dataset[j] for j in indices]).to(device)
-            total += float(engine(tokens[:, :-1], plan=None, labels=tokens[:, 1:]))
+            inputs, labels = hooks.split(hooks.collate([dataset[j] for j in indices]).to(device))
+            total += float(engine(inputs, plan=None, labels=labels))
             count += 1
     engine.train()
     mean_total, mean_count = _all_reduce_mean([total, count], device)
@@ -143,25 +170,25 @@ def _json_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def pretrain(args) -> int:
-    """Run training from parsed arguments; returns the process exit status."""
+def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
+    """Run training from parsed arguments (and data hooks, default pretraining shards); returns the exit status."""
     check_model_parallel(args)
     install_signal_handlers()
     info = init_distributed(args.local_rank)
     engine = None
     clean = False
     try:
-        engine = _train(args, info)
+        engine = _train(args, info, hooks or pretraining_hooks())
         clean = True
     finally:
         teardown(engine, barrier=clean)
     return 0
 
 
-def _train(args, info):
+def _train(args, info, hooks: DataHooks):
     import deepspeed
     from torch.utils.data import DataLoader
-    from est_megatron.data.sampler import PretrainingSampler, collate
+    from est_megatron.data.sampler import PretrainingSampler
 
     rank, world, device = info["rank"], info["world_size"], info["device"]
     dp_size, dp_rank = world, rank
@@ -170,14 +197,23 @@ def _train(args, info):
     stage = zero_stage(ds_config)
     accumulation = ds_config["gradient_accumulation_steps"]
 
-    tokenizer, (train_ds, valid_ds, _) = build_data(args, info)
-    model_cfg = build_model_config(args, tokenizer.vocab_size)
+    tokenizer, (train_ds, valid_ds, _) = hooks.build_data(args, info)
+    if getattr(args, "init_from", None):  # the model's shape is the checkpoint's
+        from est_megatron.hf import load_est_weights
+        model_cfg = load_est_weights(args.init_from)[0]
+        if tokenizer.vocab_size > model_cfg.vocab_size:
+            raise UsageError(f"the tokenizer has {tokenizer.vocab_size} tokens but --init-from {args.init_from} "
+                             f"has a vocabulary of {model_cfg.vocab_size}; use the checkpoint's tokenizer")
+    else:
+        model_cfg = build_model_config(args, tokenizer.vocab_size)
     subnet_cfg = SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
                               mlp_strata=args.est_mlp_strata, layer_strata=args.est_layer_strata).resolved(model_cfg)
     plan_fn = build_method(args.method, MethodContext(model_cfg, subnet_cfg, args.train_steps, args.seed, args))
 
     torch.manual_seed(args.seed)
     model = Transformer(model_cfg)
+    if getattr(args, "init_from", None):
+        init_weights(model, args)
     optimizer = build_optimizer(model, args)
     scheduler = build_lr_scheduler(optimizer, args)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -197,6 +233,10 @@ def _train(args, info):
              f"{accumulation}, seq {args.seq_length}")
     log.line("precision: bf16 (GPU)" if use_bf16 else
              "precision: fp32 (CPU: the DeepSpeed config's bf16 section is overridden)")
+    if hasattr(plan_fn, "describe"):
+        log.line(plan_fn.describe())
+    if getattr(args, "init_from", None) and not step:
+        log.line(f"initialised from {args.init_from}")
     if step:
         log.line(f"resumed from {args.load} at step {step} ({consumed} samples consumed)")
     elif args.load:
@@ -208,7 +248,7 @@ def _train(args, info):
         return engine
 
     sampler = PretrainingSampler(len(train_ds), consumed, args.micro_batch_size, dp_rank, dp_size)
-    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=args.num_workers,
+    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=hooks.collate, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
     peak = peak_tflops(args.peak_tflops)
@@ -220,6 +260,10 @@ def _train(args, info):
     last_eval = None
     stop_flag = torch.zeros(1, dtype=torch.int64, device=device)
     while step < args.train_steps:
+        first = next(batches).to(device, non_blocking=True)
+        prepare = getattr(plan_fn, "prepare", None)
+        if prepare is not None and (rank == 0 or stage == 3):  # ZeRO-3's forward is collective
+            prepare(step, engine.module, hooks.split(first)[0])
         plan = broadcast_plan(plan_fn(step) if rank == 0 else None, model_cfg)
         if args.check_plan_consistency:
             check_plan_consistency(plan, model_cfg)
@@ -236,15 +280,18 @@ def _train(args, info):
             _clear_stale_zero3_grads(engine)
         lr = engine.get_lr()[0]
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for _ in range(accumulation):
-            tokens = next(batches).to(device, non_blocking=True)
-            loss = engine(tokens[:, :-1], plan=device_plan, labels=tokens[:, 1:])
+        for micro in range(accumulation):
+            batch = first if micro == 0 else next(batches).to(device, non_blocking=True)
+            inputs, labels = hooks.split(batch)
+            loss = engine(inputs, plan=device_plan, labels=labels)
             engine.backward(loss)
             engine.step()
             step_loss += loss.detach().double()
         step += 1
         consumed += args.global_batch_size
         flops = step_flops(model_cfg, plan, args.global_batch_size, args.seq_length)
+        if hasattr(plan_fn, "overhead_flops"):  # e.g. SAT's importance pre-pass, on each rank that ran it
+            flops += plan_fn.overhead_flops(step - 1) * (world if stage == 3 else 1)
         flops_done += flops
         dense_done += dense_per_step
         interval["loss"] += step_loss / accumulation
@@ -280,7 +327,7 @@ def _train(args, info):
         log.advance(1, loss=f"{float(step_loss) / accumulation:.3f}", stage=stage_now)
 
         if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
-            val = evaluate(engine, valid_ds, args, dp_rank, dp_size, device)
+            val = evaluate(engine, valid_ds, args, dp_rank, dp_size, device, hooks)
             last_eval = step
             if val is not None:
                 ppl = math.exp(min(val, 80.0))

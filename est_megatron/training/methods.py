@@ -2,6 +2,9 @@
 
 A method is registered with one line in METHODS: a builder that receives the run's `MethodContext` and returns
 the step -> plan callable. The loop draws the plan on global rank 0 only and broadcasts it to every rank.
+Optional attributes of that callable: `prepare(step, module, input_ids)`, called before it with the step's first
+micro-batch (SAT's importance pre-pass); `overhead_flops(step)`, FLOPs the method spends outside the step
+(counted in the logs); `describe()`, a line for the log.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Callable, Dict, Optional
 from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.errors import UsageError
 from est_megatron.subnet.plan import PlanSampler, StepPlan
+from est_megatron.subnet.raptr import build_raptr
+from est_megatron.subnet.sat import build_sat
 from est_megatron.subnet.schedule import parse_schedule
 
 PlanFn = Callable[[int], Optional[StepPlan]]
@@ -39,6 +44,8 @@ def build_dense(ctx: MethodContext) -> PlanFn:
 METHODS: Dict[str, Callable[[MethodContext], PlanFn]] = {
     "est": build_est,
     "dense": build_dense,
+    "raptr": build_raptr,  # random layer subsets growing in stages (est_megatron/subnet/raptr.py)
+    "sat": build_sat,  # importance-based head/column omission with LORS; has `prepare` (est_megatron/subnet/sat.py)
 }
 
 

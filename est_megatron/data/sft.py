@@ -1,0 +1,144 @@
+"""Supervised fine-tuning data: jsonl instructions -> token windows whose loss covers only the response tokens.
+
+Records are `{"prompt": ..., "response": ...}` or chat `{"messages": [{"role": ..., "content": ...}, ...]}`.
+An example is BOS + prompt (label -100) + response + EOS (labels = the tokens). Chat turns are rendered as
+"### System:\n...\n\n", "### User:\n...\n\n" and "### Assistant:\n" (all masked) followed by the assistant's
+content + EOS (trained); every assistant turn is trained.
+
+A sample is an int64 array of shape (2, seq_length + 1): row 0 the tokens, row 1 the per-token label (the token,
+or -100). The training loop feeds `tokens[:, :-1]` and `labels[:, 1:]` (`split_batch`), so position i predicts
+token i+1 exactly when token i+1 is a response token.
+- `packing="pack"`: examples are concatenated (shuffled each epoch) and cut into windows, as pretraining does;
+  attention is not blocked at example boundaries (the usual packed-SFT simplification).
+- `packing="pad"`: one example per window, truncated to seq_length + 1 or padded with EOS tokens labelled -100.
+Epochs repeat with a new seeded shuffle until the run's sample count is reached.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from est_megatron.errors import UsageError
+
+IGNORE = -100
+ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def read_records(paths: Sequence[str]) -> List[dict]:
+    records = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UsageError(f"SFT data {path} does not exist; pass jsonl files with --data-path")
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UsageError(f"{path}:{number} is not JSON ({err.msg}); write one object per line") from None
+                if not isinstance(record, dict) or not ("messages" in record or
+                                                        ("prompt" in record and "response" in record)):
+                    raise UsageError(f"{path}:{number} needs {{\"prompt\", \"response\"}} or {{\"messages\": "
+                                     "[...]}}")
+                records.append(record)
+    if not records:
+        raise UsageError(f"no SFT records in {', '.join(paths)}")
+    return records
+
+
+def encode_example(record: dict, tokenizer) -> Tuple[List[int], List[int]]:
+    """(tokens, labels) of one record: labels are -100 on the prompt side."""
+    tokens, labels = [tokenizer.bos_id], [IGNORE]
+
+    def add(text, trained):
+        ids = tokenizer.encode(text)
+        tokens.extend(ids)
+        labels.extend(ids if trained else [IGNORE] * len(ids))
+
+    if "messages" in record:
+        for message in record["messages"]:
+            role = message.get("role")
+            if role not in ROLES:
+                raise UsageError(f"chat role {role!r} is unknown; use one of {', '.join(ROLES)}")
+            if role == "assistant":
+                add("### Assistant:\n", False)
+                add(message["content"], True)
+                tokens.append(tokenizer.eos_id)
+                labels.append(tokenizer.eos_id)
+            else:
+                add(f"### {ROLES[role]}:\n{message['content']}\n\n", False)
+    else:
+        add(record["prompt"], False)
+        add(record["response"], True)
+        tokens.append(tokenizer.eos_id)
+        labels.append(tokenizer.eos_id)
+    return tokens, labels
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """`num_samples` windows (2, seq_length + 1) drawn epoch after epoch from the encoded examples."""
+
+    def __init__(self, examples: List[Tuple[List[int], List[int]]], seq_length: int, num_samples: int, seed: int,
+                 packing: str, pad_id: int):
+        if packing not in ("pack", "pad"):
+            raise UsageError(f"--sft-packing {packing!r} is unknown; use pack or pad")
+        width = seq_length + 1
+        rng = np.random.default_rng(seed)
+        windows: List[np.ndarray] = []
+        while len(windows) < num_samples:
+            order = rng.permutation(len(examples))
+            if packing == "pad":
+                for i in order:
+                    tokens, labels = (x[:width] for x in examples[i])
+                    pad = width - len(tokens)
+                    windows.append(np.array([tokens + [pad_id] * pad, labels + [IGNORE] * pad], dtype=np.int64))
+            else:
+                tokens = np.concatenate([examples[i][0] for i in order]).astype(np.int64)
+                labels = np.concatenate([examples[i][1] for i in order]).astype(np.int64)
+                for start in range(0, len(tokens) - width + 1, width):
+                    windows.append(np.stack([tokens[start:start + width], labels[start:start + width]]))
+                if len(tokens) < width:
+                    raise UsageError(f"the SFT data holds {len(tokens)} tokens, less than one packed window of "
+                                     f"{width}; use --sft-packing pad or a shorter --seq-length")
+        self.windows = windows[:num_samples]
+
+    def __len__(self):
+        return len(self.windows)
+
+    def __getitem__(self, index):
+        return self.windows[index]
+
+
+def collate(samples) -> torch.Tensor:
+    """(batch, 2, seq_length + 1) LongTensor."""
+    return torch.from_numpy(np.stack(samples))
+
+
+def split_batch(batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels): labels are shifted by one and -100 wherever the next token is not a response token."""
+    return batch[:, 0, :-1], batch[:, 1, 1:]
+
+
+def build_sft_data(args, dist_info=None):
+    """(tokenizer, (train, valid, None)) for the training loop: the last --sft-valid-fraction of records validate."""
+    from est_megatron.data.tokenizer import SentencePieceTokenizer
+    tokenizer = SentencePieceTokenizer(args.tokenizer_model)
+    records = read_records(args.data_path)
+    examples = [encode_example(r, tokenizer) for r in records]
+    n_valid = int(len(examples) * args.sft_valid_fraction)
+    train, valid = examples[: len(examples) - n_valid], examples[len(examples) - n_valid:]
+    if not train:
+        raise UsageError("--sft-valid-fraction leaves no training examples; lower it")
+    pad = tokenizer.eos_id
+    train_ds = SFTDataset(train, args.seq_length, args.train_steps * args.global_batch_size, args.seed,
+                          args.sft_packing, pad)
+    valid_ds = None
+    if valid and args.eval_iters:
+        valid_ds = SFTDataset(valid, args.seq_length, args.eval_iters * args.global_batch_size, args.seed + 1,
+                              "pad", pad)
+    return tokenizer, (train_ds, valid_ds, None)
