@@ -13,16 +13,12 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology, PipelineParallelGrid
+
 from est_megatron.errors import UsageError
-from est_megatron.parallel.layout import validate_layout  # noqa: F401  (re-exported)
 
 
-def _grid_base():
-    from deepspeed.runtime.pipe.topology import PipelineParallelGrid
-    return PipelineParallelGrid
-
-
-class ParallelState(_grid_base()):
+class ParallelState(PipelineParallelGrid):
     """The mpu: TP/PP/DP ranks and groups with the method names DeepSpeed and Megatron code call.
 
     `get_model_parallel_*` is the TP x PP group (what DeepSpeed reduces norms and overflow flags over);
@@ -30,7 +26,6 @@ class ParallelState(_grid_base()):
     """
 
     def __init__(self, tensor_parallel: int = 1, pipeline_parallel: int = 1):
-        from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
         world = dist.get_world_size()
         if world % (tensor_parallel * pipeline_parallel):
             raise UsageError(f"world size {world} is not divisible by --tensor-model-parallel-size "

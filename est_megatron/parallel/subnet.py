@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from est_megatron.config import ModelConfig
 from est_megatron.subnet.plan import LayerPlan, StepPlan
@@ -61,11 +60,3 @@ class PlanHolder:
 
     def layer(self, index: int) -> Optional[LayerPlan]:
         return None if self.local is None else self.local.layers[index]
-
-
-def plans_agree(plan: StepPlan, cfg: ModelConfig, group: Optional[dist.ProcessGroup] = None) -> bool:
-    """True when every rank of `group` (default: the world) holds the identical plan (checksum min == max)."""
-    checksum = plan.checksum(cfg)
-    both = torch.tensor([checksum, -checksum], dtype=torch.int64)
-    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    return int(both[0]) == checksum and int(-both[1]) == checksum
