@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Supervised fine-tuning (SFT) on jsonl instructions with dense, EST, SAT or RAPTR training, on DeepSpeed.
+
+    deepspeed --num_gpus 8 launch/finetune.py --init-from ckpt/llama2-7b --data-path alpaca.jsonl \\
+        --ds_config ds_configs/zero3.json --method sat --seq-length 1024 --train-steps 2000 --save ckpt/sft
+
+--data-path takes jsonl files of {"prompt", "response"} or chat {"messages": [{"role", "content"}, ...]}
+records; the loss covers only response (assistant) tokens, prompt tokens are labelled -100
+(est_megatron/data/sft.py). --sft-packing pad (default) gives each example its own window; pack concatenates
+examples into full windows. The last --sft-valid-fraction of the records is the validation set. The rest is
+launch/continual_pretrain.py: the model's shape comes from --init-from, the training loop is the pretraining one.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.training.arguments import check_args  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from continual_pretrain import parse_args as parse_common  # noqa: E402
+
+
+def parse_args(argv=None):
+    import argparse
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--sft-packing", choices=("pad", "pack"), default="pad",
+                       help="one example per window (padded/truncated), or examples packed into full windows")
+    extra.add_argument("--sft-valid-fraction", type=float, default=0.02,
+                       help="fraction of the records (the last ones) held out for validation")
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        extra.print_help()
+    sft, rest = extra.parse_known_args(argv)
+    # SFT defaults (SAT paper's SFT setup: small LR, cosine, no weight decay); flags override them
+    defaults = ["--lr", "2e-5", "--min-lr", "0", "--lr-warmup-steps", "10", "--weight-decay", "0",
+                "--seq-length", "1024", "--global-batch-size", "128", "--micro-batch-size", "4",
+                "--train-steps", "1000", "--lr-decay-style", "cosine"]
+    args = parse_common(defaults + rest, description=__doc__)
+    if not 0.0 <= sft.sft_valid_fraction < 1.0:
+        raise UsageError(f"--sft-valid-fraction must be in [0, 1), got {sft.sft_valid_fraction}")
+    args.sft_packing, args.sft_valid_fraction = sft.sft_packing, sft.sft_valid_fraction
+    return args
+
+
+@exit_on_usage_error
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    from est_megatron.data.sft import build_sft_data, collate, split_batch
+    from est_megatron.training.loop import DataHooks, pretrain
+    return pretrain(args, DataHooks(build_sft_data, collate, split_batch))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
