@@ -125,16 +125,17 @@ def build_pipeline_model(cfg: ModelConfig, state, plans: PlanHolder, seed: Optio
     if per_stage[0] != cfg.num_layers // pp:
         raise UsageError(f"pipeline stage holds {per_stage[0]} of {cfg.num_layers} layers; "
                          f"--pipeline-model-parallel-size {pp} must split the layers evenly")
-    named = [(m.weight_prefix + n, p) for m in _pipe_modules(module) for n, p in m.named_parameters()]
+    named = global_named_parameters(module)
     mark_tensor_parallel(named, state.tp_size)
     if seed is not None:
         initialize_from_seed(named, cfg, seed, state.tp_rank, state.tp_size)
     return module
 
 
-def _pipe_modules(module):
+def global_named_parameters(module) -> list:
+    """(global name, parameter) of this stage's parameters; a tied module counts once."""
     seen = []
     for m in module.modules():
         if hasattr(m, "weight_prefix") and all(m is not s for s in seen):
             seen.append(m)
-    return seen
+    return [(m.weight_prefix + n, p) for m in seen for n, p in m.named_parameters()]

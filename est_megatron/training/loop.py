@@ -29,7 +29,8 @@ import torch.distributed as dist
 
 from est_megatron.config import ModelConfig, SubnetConfig, model_preset, MODEL_PRESETS
 from est_megatron.errors import UsageError
-from est_megatron.model.transformer import Transformer
+from est_megatron.parallel.build import build_model
+from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
 from est_megatron.subnet.flops import dense_step_flops, step_flops
 from est_megatron.training import checkpoint as ckpt
@@ -67,13 +68,6 @@ def build_model_config(args, tokenizer_vocab: int) -> ModelConfig:
                         vocab_size=padded_vocab(tokenizer_vocab, preset["vocab_size"],
                                                 args.make_vocab_size_divisible_by),
                         max_position_embeddings=max(positions, args.seq_length))
-
-
-def check_model_parallel(args) -> None:
-    if args.tensor_model_parallel_size > 1 or args.pipeline_model_parallel_size > 1:
-        raise UsageError(f"--tensor-model-parallel-size {args.tensor_model_parallel_size} / "
-                         f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}: tensor and pipeline "
-                         "parallelism are not wired into the training loop yet; use 1 and 1 (data parallel + ZeRO)")
 
 
 def _clear_stale_zero3_grads(engine) -> None:
@@ -138,14 +132,7 @@ def pretraining_hooks() -> DataHooks:
     return DataHooks(build_data, collate, split_tokens)
 
 
-def init_weights(model: torch.nn.Module, args) -> None:
-    """--init-from: start from converted or trained weights (a resumed --load checkpoint overrides them)."""
-    from est_megatron.hf import load_est_weights
-    _, state = load_est_weights(args.init_from)
-    model.load_state_dict(state, strict=True)  # copies cast to the model's dtype
-
-
-def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks) -> Optional[float]:
+def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks, pipe_plans=None) -> Optional[float]:
     """Mean validation loss of the dense model over the first --eval-iters global batches (same each time)."""
     if dataset is None or args.eval_iters == 0:
         return None
@@ -159,7 +146,11 @@ def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks) 
             if i >= args.eval_iters * accumulation:
                 break
             inputs, labels = hooks.split(hooks.collate([dataset[j] for j in indices]).to(device))
-            total += float(engine(inputs, plan=None, labels=labels))
+            if pipe_plans is not None:  # pipeline stages read the plan from the holder: the dense model
+                pipe_plans.set(None)
+                total += float(engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1))
+            else:
+                total += float(engine(inputs, plan=None, labels=labels))
             count += 1
     engine.train()
     mean_total, mean_count = _all_reduce_mean([total, count], device)
@@ -172,7 +163,6 @@ def _json_args(args) -> dict:
 
 def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
     """Run training from parsed arguments (and data hooks, default pretraining shards); returns the exit status."""
-    check_model_parallel(args)
     install_signal_handlers()
     info = init_distributed(args.local_rank)
     engine = None
@@ -191,7 +181,9 @@ def _train(args, info, hooks: DataHooks):
     from est_megatron.data.sampler import PretrainingSampler
 
     rank, world, device = info["rank"], info["world_size"], info["device"]
-    dp_size, dp_rank = world, rank
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    layout = ParallelState(tp, pp)  # Megatron order: TP ranks adjacent, then DP, then PP
+    dp_size, dp_rank = layout.get_data_parallel_world_size(), layout.get_data_parallel_rank()
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     ds_config = load_ds_config(args.deepspeed_config, args, dp_size, use_bf16)
     stage = zero_stage(ds_config)
@@ -210,14 +202,21 @@ def _train(args, info, hooks: DataHooks):
                               mlp_strata=args.est_mlp_strata, layer_strata=args.est_layer_strata).resolved(model_cfg)
     plan_fn = build_method(args.method, MethodContext(model_cfg, subnet_cfg, args.train_steps, args.seed, args))
 
+    if (tp > 1 or pp > 1) and hasattr(plan_fn, "prepare"):
+        raise UsageError(f"--method {args.method} needs the whole model on one rank; use "
+                         "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
     torch.manual_seed(args.seed)
-    model = Transformer(model_cfg)
-    if getattr(args, "init_from", None):
-        init_weights(model, args)
+    full_state = None
+    if getattr(args, "init_from", None):  # converted or trained weights (a resumed --load overrides them)
+        from est_megatron.hf import load_est_weights
+        full_state = load_est_weights(args.init_from)[1]
+    model, pipe_plans = build_model(model_cfg, layout, args.seed, subnet_cfg, stage, full_state)
+    pipe_plans = pipe_plans if pp > 1 else None
     optimizer = build_optimizer(model, args)
     scheduler = build_lr_scheduler(optimizer, args)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
+                                           config=ds_config, dist_init_required=False,
+                                           mpu=None if pp > 1 else layout)
 
     step, consumed, flops_done, dense_done, prev_stage = 0, 0, 0, 0, None
     if args.load:
@@ -228,7 +227,8 @@ def _train(args, info, hooks: DataHooks):
 
     log = MetricsLogger(args.log_dir, rank == 0, args.progress, args.train_steps, step)
     log.line(f"est_megatron: {args.model} {model_cfg.num_parameters():,} parameters (vocab {model_cfg.vocab_size}), "
-             f"method {args.method}, schedule {args.est_schedule}, {world} ranks, ZeRO-{stage}, "
+             f"method {args.method}, schedule {args.est_schedule}, {world} ranks (tp {tp} x pp {pp} x dp {dp_size}), "
+             f"ZeRO-{stage}, "
              f"batch {args.global_batch_size} = micro {args.micro_batch_size} x dp {dp_size} x accumulation "
              f"{accumulation}, seq {args.seq_length}")
     log.line("precision: bf16 (GPU)" if use_bf16 else
@@ -280,7 +280,12 @@ def _train(args, info, hooks: DataHooks):
             _clear_stale_zero3_grads(engine)
         lr = engine.get_lr()[0]
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for micro in range(accumulation):
+        if pipe_plans is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
+            pipe_plans.set(device_plan)
+            micro_batches = (hooks.split(first if micro == 0 else next(batches).to(device, non_blocking=True))
+                             for micro in range(accumulation))
+            step_loss += engine.train_batch(micro_batches).detach().double() * accumulation
+        for micro in range(accumulation if pipe_plans is None else 0):
             batch = first if micro == 0 else next(batches).to(device, non_blocking=True)
             inputs, labels = hooks.split(batch)
             loss = engine(inputs, plan=device_plan, labels=labels)
@@ -327,7 +332,7 @@ def _train(args, info, hooks: DataHooks):
         log.advance(1, loss=f"{float(step_loss) / accumulation:.3f}", stage=stage_now)
 
         if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
-            val = evaluate(engine, valid_ds, args, dp_rank, dp_size, device, hooks)
+            val = evaluate(engine, valid_ds, args, dp_rank, dp_size, device, hooks, pipe_plans)
             last_eval = step
             if val is not None:
                 ppl = math.exp(min(val, 80.0))

@@ -1,0 +1,40 @@
+"""One entry point for the training loop: the model for any (TP, PP) layout, initialised identically from a seed.
+
+TP=1 x PP=1 is the plain `Transformer` (what SAT and the tools expect); TP>1 the `ParallelTransformer`; PP>1 a
+DeepSpeed `PipelineModule` (pass it to `deepspeed.initialize` without `mpu`, the others with `mpu=state`).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from est_megatron.config import ModelConfig
+from est_megatron.parallel.layers import initialize_from_seed, load_full_state
+from est_megatron.parallel.layout import validate_layout
+from est_megatron.parallel.subnet import PlanHolder
+
+
+def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage: int = 0,
+                full_state: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.nn.Module, PlanHolder]:
+    """(model, plans): `plans` is the holder a pipeline model reads the step's plan from (set it before
+    `train_batch`); `full_state`, a single-process state dict, replaces the seeded weights (e.g. --init-from)."""
+    from est_megatron.model.transformer import Transformer
+    from est_megatron.parallel.model import ParallelTransformer
+    from est_megatron.parallel.pipeline import build_pipeline_model, global_named_parameters
+
+    tp, pp = state.tp_size, state.get_pipe_parallel_world_size()
+    validate_layout(cfg, tp, pp, dist.get_world_size(), subnet_cfg, zero_stage)
+    plans = PlanHolder(cfg, state.tp_rank, tp)
+    if pp > 1:
+        model = build_pipeline_model(cfg, state, plans, seed, subnet_cfg)
+        named = global_named_parameters(model)
+    else:
+        model = ParallelTransformer(cfg, state.tp_group, seed) if tp > 1 else Transformer(cfg)
+        named = list(model.named_parameters())
+        if tp == 1:
+            initialize_from_seed(named, cfg, seed)
+    if full_state is not None:
+        load_full_state(named, full_state, cfg, state.tp_rank, tp)
+    return model, plans
