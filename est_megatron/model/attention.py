@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from est_megatron.model.gather import gather
 from est_megatron.model.rope import RotaryTables, apply_rope
 from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
@@ -85,18 +86,20 @@ class Attention(nn.Module):
             groups, per_group = self.num_groups, self.heads_per_group
         else:
             index = self.subnet_index(plan)
-            qkv_w = self.qkv.weight.index_select(0, index.qkv_rows)
-            qkv_b = None if self.qkv.bias is None else self.qkv.bias.index_select(0, index.qkv_rows)
+            qkv_w = gather(self.qkv.weight, 0, index.qkv_rows)
+            qkv_b = None if self.qkv.bias is None else gather(self.qkv.bias, 0, index.qkv_rows)
             # eq. 5: the head sum is scaled by 1/p_H; folding it into the gathered weight is cheaper
-            out_w = self.out.weight.index_select(1, index.out_columns) * plan.head_scale
+            out_w = gather(self.out.weight, 1, index.out_columns, plan.head_scale)
             groups, per_group = index.num_groups, index.heads_per_group
         qkv = F.linear(x, qkv_w, qkv_b).view(batch, seq, groups, per_group + 2, self.head_dim)
-        q = qkv[:, :, :, :per_group].reshape(batch, seq, groups * per_group, self.head_dim).transpose(1, 2)
-        k = qkv[:, :, :, per_group].transpose(1, 2)
-        v = qkv[:, :, :, per_group + 1].transpose(1, 2)
-        if self.rotary is not None:
+        # split, not indexing: its backward is one cat instead of a zero-filled full-size gradient per slice
+        qk, v = qkv.split([per_group + 1, 1], dim=3)
+        if self.rotary is not None:  # queries and their group's key rotate together, in one pass
             cos, sin = self.rotary.get(seq, x)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = apply_rope(qk, cos[:, None, None], sin[:, None, None])
+        q, k = qk.split([per_group, 1], dim=3)
+        q = q.reshape(batch, seq, groups * per_group, self.head_dim).transpose(1, 2)
+        k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)
         context = causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
         # the output bias is not part of the head sum: it is never scaled (and is added once under TP)
         return row_parallel_linear(context, out_w, self.out.bias, self.tp_group)

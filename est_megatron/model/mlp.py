@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from est_megatron.model.gather import gather
 from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
 
@@ -41,9 +42,9 @@ class MLP(nn.Module):
             up_w, up_b, down_w = self.up.weight, self.up.bias, self.down.weight
         else:
             rows = self.up_rows(plan)
-            up_w = self.up.weight.index_select(0, rows)
-            up_b = None if self.up.bias is None else self.up.bias.index_select(0, rows)
-            down_w = self.down.weight.index_select(1, plan.mlp_columns) * plan.mlp_scale
+            up_w = gather(self.up.weight, 0, rows)
+            up_b = None if self.up.bias is None else gather(self.up.bias, 0, rows)
+            down_w = gather(self.down.weight, 1, plan.mlp_columns, plan.mlp_scale)
         hidden = F.linear(x, up_w, up_b)
         if self.gated:
             gate, up = hidden.chunk(2, dim=-1)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Wall-clock of a whole compressed EST run against the same run dense, and the FLOPs model's saving.
+
+    python tools/bench/schedule_speed.py --model bench-cpu --schedule tinyllama --train-steps 60 \
+        --seq-length 128 --micro-batch-size 4
+
+Two runs of --train-steps steps from the same seed on the same synthetic token stream: one with the schedule's
+plan at every step (PlanSampler, as training draws them), one dense (plan=None). Their steps alternate (EST step
+t, dense step t, ...) so that a machine whose speed drifts slows both runs alike; each run's wall-clock is the
+sum of its own steps, each step timed whole: batch, plan, forward, backward, AdamW. Reported: measured time
+saving 1 - T_est / T_dense, the FLOPs model's saving for the realised plans, and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import step_speed  # noqa: E402  (also puts the repository on sys.path)
+import torch  # noqa: E402
+
+from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset  # noqa: E402
+from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.subnet.flops import dense_step_flops, step_flops  # noqa: E402
+from est_megatron.subnet.plan import PlanSampler  # noqa: E402
+from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
+    p.add_argument("--schedule", default="tinyllama", help=f"EST schedule ({', '.join(SCHEDULE_PRESETS)} or custom)")
+    p.add_argument("--train-steps", type=int, default=60)
+    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps of each run first (dense and every stage's rates), then the timed runs")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", default=None)
+    return p
+
+
+@exit_on_usage_error
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.train_steps <= 0 or args.micro_batch_size <= 0 or args.warmup < 0:
+        raise UsageError("--train-steps and --micro-batch-size must be positive and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = model_preset(args.model)
+    seq = args.seq_length
+    if not 0 < seq <= cfg.max_position_embeddings:
+        raise UsageError(f"--seq-length {seq} must be in 1..{cfg.max_position_embeddings} for {args.model}")
+    device = step_speed.resolve_device(args.device)
+    dtype = step_speed.resolve_dtype(args.dtype, device)
+    schedule = parse_schedule(args.schedule).resolve(args.train_steps)
+    sampler = PlanSampler(cfg, SubnetConfig(), schedule, args.seed)
+    batch = args.micro_batch_size
+
+    est = step_speed.Stepper(cfg, device, dtype, batch, seq, args.seed)
+    dense = step_speed.Stepper(cfg, device, dtype, batch, seq, args.seed)
+    for _ in range(args.warmup):
+        for rates in schedule.rates:
+            est.step(step_speed.make_sampler(cfg, rates, args.seed))
+        dense.step(None)
+    est.count = dense.count = 0
+
+    data = torch.Generator().manual_seed(args.seed)
+    est_times: List[float] = []
+    dense_times: List[float] = []
+    est_flops = dense_flops = 0
+    for step in range(args.train_steps):
+        tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=data)
+
+        def run(stepper, plan_sampler):
+            t = tokens.to(device)
+            stepper.step(plan_sampler, t[:, :-1], t[:, 1:])
+
+        est.count = step
+        est_times.append(step_speed.timed(device, lambda: run(est, sampler)))
+        dense_times.append(step_speed.timed(device, lambda: run(dense, None)))
+        est_flops += step_flops(cfg, est.last_plan, batch, seq)
+        dense_flops += dense_step_flops(cfg, batch, seq)
+
+    t_est, t_dense = sum(est_times), sum(dense_times)
+    measured = 1.0 - t_est / t_dense
+    ideal = 1.0 - est_flops / dense_flops
+    per_stage = []
+    for i in range(schedule.num_stages):
+        lo, hi = schedule.stage_start(i), schedule.ends[i]
+        e, d = sum(est_times[lo:hi]), sum(dense_times[lo:hi])
+        per_stage.append(dict(stage=i + 1, steps=hi - lo, rates=list(schedule.rates[i]), est_s=e, dense_s=d,
+                              speedup=d / e if e else None))
+    summary = dict(model=args.model, schedule=args.schedule, train_steps=args.train_steps, seq_length=seq,
+                   micro_batch_size=batch, device=str(device), dtype=str(dtype).replace("torch.", ""),
+                   threads=torch.get_num_threads(), est_time_s=t_est, dense_time_s=t_dense,
+                   measured_saving=measured, flops_saving=ideal,
+                   saving_ratio=measured / ideal if ideal else None, stages=per_stage)
+    print(f"{args.schedule} schedule, {args.train_steps} steps of {args.model} (seq {seq}, micro-batch {batch}):")
+    for s in per_stage:
+        print(f"  stage {s['stage']} {tuple(s['rates'])}: {s['steps']} steps, EST {s['est_s']:.2f} s, "
+              f"dense {s['dense_s']:.2f} s" + (f", {s['speedup']:.2f}x" if s["speedup"] else ""))
+    print(f"EST run {t_est:.2f} s, dense run {t_dense:.2f} s: measured saving {measured:.1%}, "
+          f"FLOPs saving {ideal:.1%}, ratio {summary['saving_ratio']:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
