@@ -87,7 +87,8 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--est-mlp-strata", type=int, help="strata of MLP columns (balanced sampling)")
     g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
     g.add_argument("--check-plan-consistency", action="store_true",
-                   help="all-reduce each step's plan checksum and stop if ranks differ")
+                   help="all-reduce each step's plan checksum, and a parameter checksum at every log step; "
+                        "stop if ranks differ (a debugging aid)")
 
     add_raptr_args(p)
     add_sat_args(p)

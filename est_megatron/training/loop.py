@@ -76,6 +76,20 @@ def _clear_stale_zero3_grads(engine) -> None:
         buffer.zero_()
 
 
+def check_replicas(engine, device, group=None) -> None:
+    """Raise unless every rank of `group` (the data-parallel replicas) holds the same parameters (float64 sum and
+    sum of squares, MIN == MAX). Under ZeRO-3 only the parameters every rank holds whole (the persistent small
+    ones) are replicas; gathering the others here would break ZeRO-3's parameter-persistence bookkeeping."""
+    params = [p for p in engine.module.parameters() if p.numel() == getattr(p, "ds_numel", p.numel())]
+    local = torch.stack([sum(p.detach().double().sum() for p in params),
+                         sum(p.detach().double().square().sum() for p in params)]).to(device)
+    low, high = local.clone(), local.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    if not torch.equal(low, high):
+        raise RuntimeError(f"parameters differ across ranks (checksums {low.tolist()} .. {high.tolist()})")
+
+
 def _all_reduce_mean(values: list, device) -> list:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -320,6 +334,9 @@ def _train(args, info, hooks: DataHooks):
                       "flops_saved_frac": 1.0 - flops_done / dense_done,
                       "memory_gb": memory_gb(), "consumed_samples": consumed,
                       "step_time_s": elapsed / interval["steps"]}
+            if args.check_plan_consistency:
+                check_replicas(engine, device, layout.get_data_parallel_group())
+                record["replicas_identical"] = True
             log.record(record)
             log.scalars(step, {k: v for k, v in record.items() if k != "step"}, "train")
             mfu = f" mfu {record['mfu'] * 100:.1f}%" if peak else ""
