@@ -122,11 +122,16 @@ class Stepper:
 
 
 def timed(device: torch.device, fn) -> float:
+    return timed2(device, fn)[0]
+
+
+def timed2(device: torch.device, fn):
+    """(wall seconds, this process' CPU seconds) of `fn`; CPU time is steadier on a shared machine."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def cpu_step_peak_bytes(fn) -> int:
@@ -158,11 +163,13 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
     """Interleaved timing of every variant, then one memory-measured step each."""
     device = stepper.device
     times: Dict[str, List[float]] = {name: [] for name in variants}
+    cpu_times: Dict[str, List[float]] = {name: [] for name in variants}
     for rep in range(warmup + reps):
         for name, sampler in variants.items():
-            elapsed = timed(device, lambda: stepper.step(sampler))
+            wall, cpu = timed2(device, lambda: stepper.step(sampler))
             if rep >= warmup:
-                times[name].append(elapsed)
+                times[name].append(wall)
+                cpu_times[name].append(cpu)
     results = {}
     for name, sampler in variants.items():
         if device.type == "cuda":
@@ -174,7 +181,8 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
         if profile_rows:
             print_profile(stepper, name, sampler, profile_rows)
         results[name] = dict(step_time_s=statistics.median(times[name]), step_times_s=times[name],
-                             peak_memory_bytes=peak, plan=stepper.last_plan)
+                             cpu_time_s=statistics.median(cpu_times[name]), peak_memory_bytes=peak,
+                             plan=stepper.last_plan)
     return results
 
 
@@ -269,7 +277,8 @@ def summarise(cfg, results: Dict[str, dict], batch: int, seq: int, peak: Optiona
 
     def entry(r, flops):
         t = r["step_time_s"]
-        out = dict(step_time_s=t, step_times_s=r["step_times_s"], tokens_per_s=batch * seq / t,
+        out = dict(step_time_s=t, step_times_s=r["step_times_s"], cpu_time_s=r["cpu_time_s"],
+                   tokens_per_s=batch * seq / t,
                    tflops=flops / t / 1e12, peak_memory_bytes=r["peak_memory_bytes"],
                    peak_memory_ratio=r["peak_memory_bytes"] / dense["peak_memory_bytes"])
         out["mfu"] = out["tflops"] / peak if peak else None
@@ -279,13 +288,15 @@ def summarise(cfg, results: Dict[str, dict], batch: int, seq: int, peak: Optiona
     if "dense_plan_none" in results:
         summary["dense_plan_none"] = entry(results["dense_plan_none"], dense_flops)
         summary["dense_plan_overhead"] = dense["step_time_s"] / results["dense_plan_none"]["step_time_s"]
+        summary["dense_plan_overhead_cpu"] = dense["cpu_time_s"] / results["dense_plan_none"]["cpu_time_s"]
     for stage, rates in STAGES.items():
         r = results[stage]
         flops = step_flops(cfg, r["plan"], batch, seq)
         e = entry(r, flops)
         e.update(rates=list(rates), realised_rates=list(r["plan"].rates), speedup=dense["step_time_s"] / e["step_time_s"],
-                 ideal_speedup=dense_flops / flops)
+                 cpu_speedup=dense["cpu_time_s"] / e["cpu_time_s"], ideal_speedup=dense_flops / flops)
         e["efficiency"] = e["speedup"] / e["ideal_speedup"]
+        e["cpu_efficiency"] = e["cpu_speedup"] / e["ideal_speedup"]
         summary["stages"][stage] = e
     return summary
 
@@ -293,14 +304,14 @@ def summarise(cfg, results: Dict[str, dict], batch: int, seq: int, peak: Optiona
 def print_summary(summary: dict) -> None:
     d = summary["dense"]
     gib = 2 ** 30
-    print(f"{'variant':<16}{'step s':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'speedup':>9}{'ideal':>7}"
+    print(f"{'variant':<16}{'step s':>9}{'cpu s':>8}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'speedup':>9}{'ideal':>7}"
           f"{'eff':>6}{'mem GiB':>9}{'mem/dense':>10}")
 
     def line(name, e):
         mfu = "-" if e["mfu"] is None else f"{e['mfu']:.3f}"
         extra = (f"{e['speedup']:>9.3f}{e['ideal_speedup']:>7.3f}{e['efficiency']:>6.2f}" if "speedup" in e
                  else f"{'':>9}{'':>7}{'':>6}")
-        print(f"{name:<16}{e['step_time_s']:>9.3f}{e['tokens_per_s']:>10.0f}{e['tflops']:>9.3f}{mfu:>7}{extra}"
+        print(f"{name:<16}{e['step_time_s']:>9.3f}{e['cpu_time_s']:>8.2f}{e['tokens_per_s']:>10.0f}{e['tflops']:>9.3f}{mfu:>7}{extra}"
               f"{e['peak_memory_bytes'] / gib:>9.3f}{e['peak_memory_ratio']:>10.3f}")
 
     line("dense (plan)", d)
@@ -309,7 +320,10 @@ def print_summary(summary: dict) -> None:
     for stage, e in summary["stages"].items():
         line(stage, e)
     if "dense_plan_overhead" in summary:
-        print(f"dense StepPlan / plan=None step time: {summary['dense_plan_overhead']:.3f}")
+        print(f"dense StepPlan / plan=None step time: {summary['dense_plan_overhead']:.3f} wall, "
+              f"{summary['dense_plan_overhead_cpu']:.3f} CPU")
+    for stage, e in summary["stages"].items():
+        print(f"{stage}: speedup by CPU time {e['cpu_speedup']:.3f}, efficiency {e['cpu_efficiency']:.2f}")
     for row in summary.get("modules", []):
         parts = "  ".join(f"{k} {row[k]['dense_ms']:.2f}/{row[k]['est_ms']:.2f} ms ({row[k]['speedup']:.2f}x)"
                           for k in ("mha", "mlp", "layer"))
