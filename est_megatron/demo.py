@@ -1,0 +1,215 @@
+"""`--demo`: a real pretraining run on a machine with nothing but this Python installation.
+
+1. Corpus. Natural language from the installation's documentation — `pydoc_data.topics` and the docstrings of
+   standard-library modules (read with `ast`, nothing is imported) — written as SlimPajama `*.jsonl.zst`
+   records `{"text", "meta": {"redpajama_set_name"}}`, plus a few RedPajamaGithub records that preprocessing
+   drops as TinyLlama did; code from standard-library `.py` sources written as Starcoder parquet (column
+   `content`, under `python/`).
+2. Tokenizer: tools/train_tokenizer.py (Llama-style BPE, byte fallback) on a sample of both.
+3. Shards: tools/preprocess_data.py for each corpus.
+4. Pretraining of a small Llama on `0.7 slimpajama 0.3 starcoder` with the tinyllama EST schedule compressed
+   to a few hundred steps, on 2 CPU processes under DeepSpeed ZeRO-2 (torchrun, gloo), then a summary.
+
+Steps whose outputs exist are reused, so a second `--demo` goes straight to training.
+"""
+from __future__ import annotations
+
+import ast
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+
+from est_megatron.errors import UsageError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
+             "__pycache__", "tkinter", "config-3.11-x86_64-linux-gnu"}
+CODE_CHARS = 6_000_000  # about 2.5M tokens of code
+DOC_RECORDS_PER_FILE = 2000
+
+# The small Llama and the run (about 2 minutes of training on 2 CPU cores).
+DEMO_MODEL = ["--model", "tiny", "--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "352",
+              "--num-attention-heads", "4", "--num-query-groups", "2"]
+DEMO_RUN = ["--seq-length", "128", "--micro-batch-size", "8", "--global-batch-size", "16", "--train-steps", "300",
+            "--lr", "2e-3", "--min-lr", "2e-4", "--lr-warmup-steps", "20", "--lr-decay-style", "cosine",
+            "--est-schedule", "tinyllama", "--split", "98,2,0", "--eval-interval", "100", "--eval-iters", "4",
+            "--log-interval", "20", "--save-interval", "100", "--keep-checkpoints", "2", "--num-workers", "0"]
+VOCAB = 3000
+
+
+def stdlib_files():
+    """Sorted standard-library sources (no tests, no third-party packages)."""
+    root = sysconfig.get_paths()["stdlib"]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+    return root, out
+
+
+def read_source(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def docstrings(source):
+    """Module, class and function docstrings of one source file, in order, as one text."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ""
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) > 40:
+                parts.append(doc.strip())
+    return "\n\n".join(parts)
+
+
+def build_corpus(raw_dir):
+    """Writes raw_dir/slimpajama/**.jsonl.zst, raw_dir/starcoder/python/*.parquet and raw_dir/tokenizer.jsonl."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+    from pydoc_data.topics import topics
+
+    root, files = stdlib_files()
+    texts, codes, github = [], [], []
+    for name in sorted(topics):
+        texts.append({"text": topics[name], "meta": {"redpajama_set_name": "RedPajamaWikipedia"}})
+    code_chars = 0
+    for path in files:
+        source = read_source(path)
+        if not source:
+            continue
+        doc = docstrings(source)
+        if doc:
+            texts.append({"text": doc, "meta": {"redpajama_set_name": "RedPajamaBook"}})
+        if len(github) < 5:  # GitHub records exist in SlimPajama and are dropped by default
+            github.append({"text": source[:2000], "meta": {"redpajama_set_name": "RedPajamaGithub"}})
+        if code_chars < CODE_CHARS and len(source) < 200_000:
+            codes.append({"content": source, "max_stars_repo_path": os.path.relpath(path, root)})
+            code_chars += len(source)
+
+    records = texts + github
+    slim = os.path.join(raw_dir, "slimpajama", "train", "chunk1")
+    os.makedirs(slim, exist_ok=True)
+    for i in range(0, len(records), DOC_RECORDS_PER_FILE):
+        data = "".join(json.dumps(r) + "\n" for r in records[i: i + DOC_RECORDS_PER_FILE]).encode()
+        with open(os.path.join(slim, f"example_train_{i // DOC_RECORDS_PER_FILE}.jsonl.zst"), "wb") as f:
+            f.write(zstandard.ZstdCompressor(level=3).compress(data))
+    star = os.path.join(raw_dir, "starcoder", "python")
+    os.makedirs(star, exist_ok=True)
+    pq.write_table(pa.table({"content": [c["content"] for c in codes],
+                             "max_stars_repo_path": [c["max_stars_repo_path"] for c in codes]}),
+                   os.path.join(star, "train-00000-of-00001.parquet"))
+    # The tokenizer learns from both kinds of text: every document of prose, every fourth code file.
+    with open(os.path.join(raw_dir, "tokenizer.jsonl"), "w") as f:
+        for r in texts + [{"text": c["content"]} for c in codes[::4]]:
+            f.write(json.dumps({"text": r["text"]}) + "\n")
+    return dict(prose_docs=len(texts), github_docs=len(github), code_files=len(codes),
+                prose_chars=sum(len(r["text"]) for r in texts), code_chars=code_chars)
+
+
+def load_tool(name):
+    path = os.path.join(REPO_ROOT, "tools", name)
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} is missing; run --demo from a checkout of est_megatron (pip install -e .)")
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare_data(demo_dir):
+    """Corpus, tokenizer and shards under demo_dir (each reused when already there)."""
+    raw = os.path.join(demo_dir, "raw")
+    tokenizer = os.path.join(demo_dir, "tokenizer", "demo.model")
+    shards = os.path.join(demo_dir, "shards")
+    if not os.path.isfile(os.path.join(raw, "tokenizer.jsonl")):
+        t = time.time()
+        stats = build_corpus(raw)
+        print(f"demo: corpus from {sysconfig.get_paths()['stdlib']}: {stats['prose_docs']} prose documents "
+              f"({stats['prose_chars']:,} chars) + {stats['github_docs']} RedPajamaGithub records (dropped) as "
+              f"SlimPajama jsonl.zst, {stats['code_files']} code files ({stats['code_chars']:,} chars) as Starcoder "
+              f"parquet [{time.time() - t:.1f}s]", flush=True)
+    if not os.path.isfile(tokenizer):
+        os.makedirs(os.path.dirname(tokenizer), exist_ok=True)
+        load_tool("train_tokenizer.py").main(
+            ["--input", os.path.join(raw, "tokenizer.jsonl"), "--format", "jsonl",
+             "--model-prefix", tokenizer[:-len(".model")], "--vocab-size", str(VOCAB), "--max-chars", "4000000"])
+    preprocess = None
+    for name, fmt in (("slimpajama", "slimpajama"), ("starcoder", "starcoder")):
+        prefix = os.path.join(shards, name)
+        if not glob.glob(prefix + "*.idx"):
+            preprocess = preprocess or load_tool("preprocess_data.py")
+            preprocess.main(["--input", os.path.join(raw, name), "--format", fmt, "--tokenizer-model", tokenizer,
+                             "--output-prefix", prefix, "--workers", "2", "--no-progress"])
+    return tokenizer, os.path.join(shards, "slimpajama"), os.path.join(shards, "starcoder")
+
+
+def training_argv(demo_dir, tokenizer, slimpajama, starcoder, progress=True):
+    argv = DEMO_MODEL + DEMO_RUN + [
+        "--data-path", "0.7", slimpajama, "0.3", starcoder, "--tokenizer-model", tokenizer,
+        "--ds_config", os.path.join(REPO_ROOT, "ds_configs", "zero2.json"),
+        "--save", os.path.join(demo_dir, "checkpoints"), "--load", os.path.join(demo_dir, "checkpoints"),
+        "--log-dir", os.path.join(demo_dir, "logs")]
+    return argv if progress else argv + ["--no-progress"]
+
+
+def summarize(demo_dir, seconds):
+    with open(os.path.join(demo_dir, "logs", "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    evals = [r for r in records if "val_loss" in r]
+    trains = [r for r in records if "loss" in r and "event" not in r]
+    lines = [f"demo finished in {seconds:.0f}s"]
+    if evals:
+        lines.append(f"  final validation loss {evals[-1]['val_loss']:.4f} (perplexity {evals[-1]['val_ppl']:.1f}) "
+                     f"at step {evals[-1]['step']}")
+    if trains:
+        lines.append(f"  FLOPs saved against dense training: {trains[-1]['flops_saved_frac'] * 100:.1f}%")
+    ckpt = os.path.join(demo_dir, "checkpoints")
+    latest = os.path.join(ckpt, "latest")
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            lines.append(f"  checkpoint: {os.path.join(ckpt, f.read().strip())}")
+    lines.append(f"  metrics: {os.path.join(demo_dir, 'logs', 'metrics.jsonl')} "
+                 f"(TensorBoard: {os.path.join(demo_dir, 'logs', 'tensorboard')})")
+    return "\n".join(lines)
+
+
+def free_port():
+    from est_megatron.training.distributed import free_port as port
+    return port()
+
+
+def run_demo(args, argv=None) -> int:
+    """Build the data in this process, then train on `--demo-nproc` processes launched with torchrun."""
+    start = time.time()
+    demo_dir = os.path.abspath(args.demo_dir)
+    os.makedirs(demo_dir, exist_ok=True)
+    tokenizer, slimpajama, starcoder = prepare_data(demo_dir)
+    print(f"demo: data ready in {time.time() - start:.0f}s; pretraining on {args.demo_nproc} CPU processes "
+          "(DeepSpeed ZeRO-2, gloo; the first DeepSpeed run compiles its CPU communication op, ~90 s)", flush=True)
+    script = os.path.join(REPO_ROOT, "launch", "pretrain_tinyllama.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.demo_nproc),
+           "--master_port", str(free_port()), script] + training_argv(demo_dir, tokenizer, slimpajama, starcoder,
+                                                                       args.progress)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    status = subprocess.call(cmd, env=env)
+    if status != 0:
+        print(f"demo: training exited with status {status}", file=sys.stderr)
+        return status
+    print(summarize(demo_dir, time.time() - start), flush=True)
+    return 0

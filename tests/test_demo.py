@@ -1,0 +1,42 @@
+"""The demo's data pipeline on a handful of standard-library files: SlimPajama and Starcoder raw formats, the real
+tokenizer and preprocessing tools (GitHub records dropped), and training flags the parser accepts."""
+import glob
+import json
+import os
+
+import pyarrow.parquet as pq
+import zstandard
+
+from est_megatron import demo
+from est_megatron.data.corpus import Corpus
+from est_megatron.training.arguments import build_parser, check_args
+
+
+def test_demo_data_pipeline(tmp_path, monkeypatch):
+    root, files = demo.stdlib_files()
+    few = [f for f in files if os.path.basename(f) in ("argparse.py", "json/decoder.py", "textwrap.py",
+                                                      "decoder.py", "functools.py", "fractions.py")]
+    assert len(few) >= 4
+    monkeypatch.setattr(demo, "stdlib_files", lambda: (root, few))
+    monkeypatch.setattr(demo, "VOCAB", 500)
+    tokenizer, slimpajama, starcoder = demo.prepare_data(str(tmp_path))
+
+    records = []
+    for path in glob.glob(str(tmp_path / "raw" / "slimpajama" / "**" / "*.jsonl.zst"), recursive=True):
+        with open(path, "rb") as f:
+            text = zstandard.ZstdDecompressor().decompressobj().decompress(f.read()).decode()
+        records += [json.loads(line) for line in text.splitlines()]
+    sets = {r["meta"]["redpajama_set_name"] for r in records}
+    assert {"RedPajamaWikipedia", "RedPajamaBook", "RedPajamaGithub"} <= sets
+    assert any("Return a formatted" in r["text"] or "argument" in r["text"] for r in records)
+    table = pq.read_table(str(tmp_path / "raw" / "starcoder" / "python" / "train-00000-of-00001.parquet"))
+    assert "content" in table.column_names and table.num_rows == len(few)
+
+    prose, code = Corpus(slimpajama), Corpus(starcoder)
+    github = sum(r["meta"]["redpajama_set_name"] == "RedPajamaGithub" for r in records)
+    assert len(prose) == len(records) - github and len(code) == len(few)
+
+    args = build_parser("tinyllama").parse_args(demo.training_argv(str(tmp_path), tokenizer, slimpajama, starcoder))
+    check_args(args)
+    assert args.data_path == ["0.7", slimpajama, "0.3", starcoder] and args.est_schedule == "tinyllama"
+    assert args.deepspeed_config.endswith("zero2.json")
