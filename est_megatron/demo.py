@@ -35,10 +35,10 @@ DOC_RECORDS_PER_FILE = 2000
 # The small Llama and the run (about 2 minutes of training on 2 CPU cores).
 DEMO_MODEL = ["--model", "tiny", "--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "352",
               "--num-attention-heads", "4", "--num-query-groups", "2"]
-DEMO_RUN = ["--seq-length", "128", "--micro-batch-size", "8", "--global-batch-size", "16", "--train-steps", "300",
+DEMO_RUN = ["--seq-length", "128", "--micro-batch-size", "8", "--global-batch-size", "16", "--train-steps", "240",
             "--lr", "2e-3", "--min-lr", "2e-4", "--lr-warmup-steps", "20", "--lr-decay-style", "cosine",
-            "--est-schedule", "tinyllama", "--split", "98,2,0", "--eval-interval", "100", "--eval-iters", "4",
-            "--log-interval", "20", "--save-interval", "100", "--keep-checkpoints", "2", "--num-workers", "0"]
+            "--est-schedule", "tinyllama", "--split", "98,2,0", "--eval-interval", "80", "--eval-iters", "4",
+            "--log-interval", "20", "--save-interval", "80", "--keep-checkpoints", "2", "--num-workers", "0"]
 VOCAB = 3000
 
 

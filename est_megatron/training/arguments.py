@@ -101,7 +101,7 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--save-interval", type=int, default=1000, help="save every N steps (and at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (0: keep all)")
     g.add_argument("--exit-interval", type=int,
-                   help="save and stop once this step is reached (the schedule stays that of --train-steps)")
+                   help="save and stop at the first step divisible by N (Megatron's meaning; the LR and EST schedules stay those of --train-steps, so chained jobs of N steps each train the same run)")
 
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=1000, help="validation every N steps and at the end")
