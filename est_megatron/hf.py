@@ -9,7 +9,9 @@ Our standalone checkpoint (what `tools/convert_hf_to_est.py` writes and `--init-
 `model.safetensors` (our parameter names, `lm_head.weight` absent when embeddings are tied), `est_config.json`
 (`{"model": ModelConfig fields, "source": ...}`) and the tokenizer files. `load_est_weights` also reads a
 training checkpoint (DeepSpeed layout: `latest` -> step_N/ with `mp_rank_00_model_states.pt`, key "module", and
-our `est_state.json` holding the model config; ZeRO-3 partitions are merged with DeepSpeed's zero_to_fp32).
+our `est_state.json` holding the model config; ZeRO-3 partitions are merged with DeepSpeed's zero_to_fp32). A
+checkpoint of a tensor- or pipeline-parallel run is merged into the single-process (TP=1) weights: one
+`mp_rank_XX_model_states.pt` per TP rank, or `layer_XX-model_YY-model_states.pt` per pipeline layer and TP rank.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 from typing import Dict, Optional, Tuple
 
@@ -278,21 +281,78 @@ def _training_state(tag_dir: str) -> dict:
         return json.load(f)
 
 
-def _training_weights(tag_dir: str) -> StateDict:
-    path = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
-    if not os.path.isfile(path):
-        raise UsageError(f"{tag_dir} has no mp_rank_00_model_states.pt; is it a DeepSpeed checkpoint tag?")
-    if os.path.isfile(os.path.join(tag_dir, "mp_rank_01_model_states.pt")) or glob.glob(os.path.join(tag_dir,
-                                                                                                      "layer_*")):
-        raise UsageError(f"{tag_dir} is a tensor/pipeline-parallel checkpoint; export from a TP=1, PP=1 run (merging "
-                         "sharded checkpoints is not supported yet)")
+_PIPE_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
+_TP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+
+
+def _load_module_state(path: str) -> StateDict:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("module", blob)
-    if any(v.numel() == 0 for v in state.values()):  # ZeRO-3 keeps only placeholders here: merge the partitions
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        parent, tag = os.path.split(os.path.abspath(tag_dir))
-        state = get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag)
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _ranks_complete(ranks, what: str, tag_dir: str) -> int:
+    """The TP size from the ranks found; a gap means a missing file."""
+    size = max(ranks) + 1
+    if sorted(set(ranks)) != list(range(size)):
+        raise UsageError(f"{tag_dir} lacks the {what} files of some tensor-parallel ranks (found ranks "
+                         f"{sorted(set(ranks))}); copy the whole checkpoint directory")
+    return size
+
+
+def _pipeline_shards(tag_dir: str, m: ModelConfig, files: dict) -> list:
+    """Per TP rank, the state dict of a pipeline run: `layer_XX-model_YY-model_states.pt`, XX the PipelineModule
+    layer, YY the TP rank; keys are the layer's own names, placed under the layer's global prefix."""
+    from est_megatron.parallel.pipeline import pipeline_layer_prefixes
+    prefixes = pipeline_layer_prefixes(m)
+    tp = _ranks_complete([rank for _, rank in files], "layer_*", tag_dir)
+    layers = sorted({layer for layer, _ in files})
+    if layers[-1] >= len(prefixes) or any((layer, rank) not in files for layer in layers for rank in range(tp)):
+        raise UsageError(f"{tag_dir} has pipeline layer files that do not fit this model ({len(prefixes)} pipeline "
+                         "layers); is est_state.json from the same run?")
+    states = [{} for _ in range(tp)]
+    for (layer, rank), path in sorted(files.items()):
+        for key, value in _load_module_state(path).items():
+            states[rank].setdefault(prefixes[layer] + key, value)  # a tied embedding counts once
+    return states
+
+
+def _training_weights(tag_dir: str, m: ModelConfig) -> StateDict:
+    """The single-process weights of a training checkpoint of any layout: DeepSpeed's per-rank files are merged
+    with the sharding rules of est_megatron.parallel.layers (TP) and the layer order of the pipeline (PP)."""
+    from est_megatron.parallel.layers import merge_tensor_parallel
+    names = os.listdir(tag_dir)
+    pipe = {(int(g.group(1)), int(g.group(2))): os.path.join(tag_dir, n) for n in names if (g := _PIPE_FILE.match(n))}
+    if pipe:
+        states = _pipeline_shards(tag_dir, m, pipe)
+    else:
+        tp_files = {int(g.group(1)): os.path.join(tag_dir, n) for n in names if (g := _TP_FILE.match(n))}
+        if not tp_files:
+            raise UsageError(f"{tag_dir} has no mp_rank_00_model_states.pt; is it a DeepSpeed checkpoint tag?")
+        tp = _ranks_complete(list(tp_files), "mp_rank_*_model_states.pt", tag_dir)
+        states = [_load_module_state(tp_files[rank]) for rank in range(tp)]
+        if any(v.numel() == 0 for v in states[0].values()):  # ZeRO-3 keeps placeholders here: merge the partitions
+            if tp > 1:
+                raise UsageError(f"{tag_dir} is a ZeRO-3 checkpoint of a tensor-parallel run, which cannot be merged; "
+                                 "train with ZeRO-1/2 under tensor parallelism, or with TP=1 under ZeRO-3")
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            parent, tag = os.path.split(os.path.abspath(tag_dir))
+            states = [{k[len("module."):] if k.startswith("module.") else k: v for k, v in
+                       get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag).items()}]
+    state = merge_tensor_parallel(states, m)
+    _check_shapes(state, m, tag_dir)
+    return state
+
+
+def _check_shapes(state: StateDict, m: ModelConfig, where: str) -> None:
+    from est_megatron.model.transformer import Transformer
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Transformer(m).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        name = next(k for k in sorted(set(got) | set(expected)) if got.get(k) != expected.get(k))
+        raise UsageError(f"{where} does not hold this model's weights: {name} is {got.get(name)} but the model needs "
+                         f"{expected.get(name)}; is est_state.json from the same run?")
 
 
 def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
@@ -312,7 +372,8 @@ def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
     saved = _training_state(tag_dir).get("model")
     if saved is None:
         raise UsageError(f"{tag_dir} has no est_state.json with the model config; is it an est_megatron checkpoint?")
-    return ModelConfig(**saved).validate(), _training_weights(tag_dir)
+    model = ModelConfig(**saved).validate()
+    return model, _training_weights(tag_dir, model)
 
 
 def tokenizer_files(directory: str) -> Dict[str, str]:

@@ -4,8 +4,9 @@
     python tools/convert_to_hf.py --load ckpt/run --output hf/run [--tokenizer-model tokenizer.model]
     python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('hf/run')"
 
---load takes a training checkpoint directory (`latest` -> step_N/, TP=1 and PP=1; a ZeRO-3 checkpoint is merged
-with DeepSpeed's zero_to_fp32) or a converted one (model.safetensors + est_config.json). The tokenizer files
+--load takes a training checkpoint directory (`latest` -> step_N/; the per-rank files of a tensor- or
+pipeline-parallel run are merged into the single-process weights; a ZeRO-3 checkpoint is merged with DeepSpeed's
+zero_to_fp32) or a converted one (model.safetensors + est_config.json). The tokenizer files
 travel along: those beside the checkpoint, else --tokenizer-model, else the run's recorded --tokenizer-model;
 a SentencePiece tokenizer.model gets a tokenizer_config.json for LlamaTokenizer.
 """

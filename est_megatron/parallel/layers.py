@@ -1,4 +1,5 @@
-"""Vocab-parallel embedding and cross-entropy, and the rules that split a full parameter across TP ranks.
+"""Vocab-parallel embedding and cross-entropy, and the rules that split a full parameter across TP ranks (`shard`)
+and join the parts again (`unshard`, for checkpoints saved under tensor parallelism).
 
 The vocabulary is padded to a multiple of the TP size (padded rows are zero and their logits are masked out of
 the loss, so the loss equals the unpadded model's). A rank holds rows [start, start + V/TP) of the embedding
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -141,6 +142,32 @@ def shard(name: str, full: torch.Tensor, cfg: ModelConfig, tp_rank: int, tp_size
     if _ROW.search(name):
         return full.chunk(tp_size, dim=1)[tp_rank]
     return full
+
+
+def unshard(name: str, parts: Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """The full (single-process) parameter `name` from its TP ranks' parts in rank order: the inverse of `shard`
+    (the vocabulary padding of the last shard is dropped)."""
+    tp_size = len(parts)
+    if _VOCAB.match(name):
+        return torch.cat(list(parts))[: cfg.vocab_size]
+    if tp_size == 1 or not is_tensor_parallel(name):
+        return parts[0]  # replicated: every rank holds the same tensor
+    if _COLUMN.search(name):
+        if cfg.is_llama and ".mlp.up." in f".{name}":  # [gate_local; up_local] per rank -> [gate; up]
+            halves = [p.view(2, p.shape[0] // 2, *p.shape[1:]) for p in parts]
+            return torch.cat(halves, dim=1).reshape(-1, *parts[0].shape[1:])
+        return torch.cat(list(parts), dim=0)  # whole key/value groups per rank, in group order
+    return torch.cat(list(parts), dim=1)  # row-parallel: input columns
+
+
+def merge_tensor_parallel(states: Sequence[Dict[str, torch.Tensor]], cfg: ModelConfig) -> Dict[str, torch.Tensor]:
+    """The single-process state dict from every TP rank's state dict (global names, TP rank order)."""
+    names = list(states[0])
+    for rank, state in enumerate(states[1:], 1):
+        if set(state) != set(names):
+            raise ValueError(f"TP rank {rank} holds parameters {sorted(set(state) ^ set(names))[:3]} that rank 0 "
+                             "does not (or the reverse)")
+    return {name: unshard(name, [state[name] for state in states], cfg) for name in names}
 
 
 def mark_tensor_parallel(named_parameters: Iterable[Tuple[str, nn.Parameter]], tp_size: int) -> None:

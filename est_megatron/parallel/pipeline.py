@@ -125,11 +125,23 @@ def build_pipeline_model(cfg: ModelConfig, state, plans: PlanHolder, seed: Optio
     if per_stage[0] != cfg.num_layers // pp:
         raise UsageError(f"pipeline stage holds {per_stage[0]} of {cfg.num_layers} layers; "
                          f"--pipeline-model-parallel-size {pp} must split the layers evenly")
+    prefixes = pipeline_layer_prefixes(cfg)
+    for index, func in enumerate(module.forward_funcs, module._local_start):
+        if getattr(func, "weight_prefix", prefixes[index]) != prefixes[index]:
+            raise RuntimeError(f"pipeline layer {index} holds {func.weight_prefix!r} but pipeline_layer_prefixes "
+                               f"says {prefixes[index]!r}; keep the two in step")
     named = global_named_parameters(module)
     mark_tensor_parallel(named, state.tp_size)
     if seed is not None:
         initialize_from_seed(named, cfg, seed, state.tp_rank, state.tp_size)
     return module
+
+
+def pipeline_layer_prefixes(cfg: ModelConfig) -> list:
+    """The global-name prefix of each PipelineModule layer's parameters, by layer index: what DeepSpeed's
+    `layer_XX-model_YY-model_states.pt` checkpoint files hold (a tied head repeats "embed.")."""
+    return (["embed."] + ([] if cfg.is_llama else ["pos_embed."]) + [f"layers.{i}." for i in range(cfg.num_layers)]
+            + ["", "embed." if cfg.tie_embeddings else ""])
 
 
 def global_named_parameters(module) -> list:
