@@ -75,23 +75,10 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip (0 disables)")
     g.add_argument("--seed", type=int, default=1234, help="seeds initialisation and the EST plans")
 
-    g = p.add_argument_group("subnetwork training")
-    g.add_argument("--method", default="est", help="est (Evolving Subnetwork Training), raptr, sat or dense; "
-                   "see est_megatron.training.methods.METHODS")
-    g.add_argument("--est-schedule", default=d["est_schedule"],
-                   help=f"preset ({', '.join(SCHEDULE_PRESETS)}) or BOUNDARIES:RATES, e.g. "
-                        "20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1 (fractions of the run when all <= 1)")
-    g.add_argument("--est-whole-groups", action="store_true",
-                   help="sample whole key/value groups instead of query heads inside every group")
-    g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
-    g.add_argument("--est-mlp-strata", type=int, help="strata of MLP columns (balanced sampling)")
-    g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
+    g = add_method_args(p, d["est_schedule"])
     g.add_argument("--check-plan-consistency", action="store_true",
                    help="all-reduce each step's plan checksum, and a parameter checksum at every log step; "
                         "stop if ranks differ (a debugging aid)")
-
-    add_raptr_args(p)
-    add_sat_args(p)
 
     g = p.add_argument_group("checkpoints")
     g.add_argument("--init-from", help="start from these weights: a converted checkpoint "
@@ -115,10 +102,9 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--ds_config", "--ds-config", dest="deepspeed_config",
+    g.add_argument("--ds_config", "--ds-config", "--deepspeed_config", dest="deepspeed_config",
                    default=os.path.join(DS_CONFIG_DIR, "zero1.json"),
                    help="DeepSpeed JSON config; batch sizes, clipping and precision are filled from the flags")
-    g.add_argument("--deepspeed_config", dest="deepspeed_config", help=argparse.SUPPRESS)
     g.add_argument("--deepspeed", action="store_true", help="accepted for Megatron-DeepSpeed compatibility "
                    "(DeepSpeed is always used)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
@@ -131,6 +117,27 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--demo-dir", default="demo_run", help="work directory of --demo")
     g.add_argument("--demo-nproc", type=int, default=2, help="processes of --demo")
     return p
+
+
+def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[str] = None,
+                    methods: Optional[Sequence[str]] = None) -> argparse._ArgumentGroup:
+    """The subnetwork-method flags (--method; EST's schedule, whole groups and strata; RAPTR's and SAT's groups),
+    shared by the training entry points and tools/est_plan.py. Returns the "subnetwork training" group."""
+    g = p.add_argument_group("subnetwork training")
+    g.add_argument("--method", default="est", choices=methods,
+                   help="est (Evolving Subnetwork Training), raptr, sat or dense; see "
+                        "est_megatron.training.methods.METHODS")
+    g.add_argument("--est-schedule", default=est_schedule_default,
+                   help=f"preset ({', '.join(SCHEDULE_PRESETS)}) or BOUNDARIES:RATES, e.g. "
+                        "20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1 (fractions of the run when all <= 1)")
+    g.add_argument("--est-whole-groups", action="store_true",
+                   help="sample whole key/value groups instead of query heads inside every group")
+    g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
+    g.add_argument("--est-mlp-strata", type=int, help="strata of MLP columns (balanced sampling)")
+    g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
+    add_raptr_args(p)
+    add_sat_args(p)
+    return g
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, family: str = "tinyllama") -> argparse.Namespace:
