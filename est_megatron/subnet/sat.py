@@ -54,6 +54,7 @@ from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.errors import UsageError
 from est_megatron.subnet.flops import dense_step_flops
 from est_megatron.subnet.plan import DENSE_LAYER, LayerPlan, PlanSampler, StepPlan
+from est_megatron.subnet.schedule import ResolvedSchedule
 
 METRICS = ("maxip", "wanda", "magnitude", "uniform")
 SELECTIONS = ("sampling", "topk")
@@ -107,6 +108,22 @@ def lors_ladder(step: int, train_steps: int, t_d: int, ladders: int) -> int:
         return 0
     r = lors_rate(step, train_steps, 1.0, t_d, ladders)
     return int(round((1.0 - r) * ladders))
+
+
+def lors_schedule(cfg: SatConfig, train_steps: int) -> ResolvedSchedule:
+    """LORS as a staged schedule with one stage per ladder that has steps, rates (1 - r, 1 - r, 1): what the
+    FLOPs model (`est_megatron.subnet.flops.schedule_savings`) and tools/est_plan.py cost. Found by evaluating
+    `lors_rate` at every step, so it is exactly the training run's rates."""
+    t_d = decay_start_step(cfg, train_steps)
+    ends, rates = [], []
+    for step in range(train_steps):
+        keep = 1.0 - lors_rate(step, train_steps, cfg.r_max, t_d, cfg.ladders)
+        if not rates or rates[-1][0] != keep:
+            if rates:
+                ends.append(step)
+            rates.append((keep, keep, 1.0))
+    ends.append(train_steps)
+    return ResolvedSchedule(tuple(ends), tuple(rates), name=f"LORS r_max={cfg.r_max:g} t_d={t_d} N={cfg.ladders}")
 
 
 # ---- importance scores ----
