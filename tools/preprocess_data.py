@@ -17,38 +17,22 @@ from est_megatron.errors import exit_on_usage_error  # noqa: E402
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True,
-                   help="file, folder (searched recursively) or glob; repeatable. For --format hf: a dataset "
-                        "name or a folder written by save_to_disk")
-    p.add_argument("--format", choices=sources.FORMATS, default="jsonl")
+    sources.add_source_args(p)
     p.add_argument("--tokenizer-model", required=True, help="SentencePiece .model (e.g. Llama's tokenizer.model)")
     p.add_argument("--output-prefix", required=True, help="shards become PREFIX_00000.bin/.idx, ...")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (output identical for any N)")
     p.add_argument("--shard-size", type=int, default=1 << 30, help="start a new shard after this many tokens")
-    p.add_argument("--json-key", default="text", help="text field of --format jsonl records")
-    p.add_argument("--column", default="text", help="text column of --format parquet files")
-    p.add_argument("--hf-split", default="train")
-    p.add_argument("--hf-column", default="text")
-    p.add_argument("--keep-sets", nargs="+", default=[],
-                   help="SlimPajama: keep only these redpajama_set_name values (overrides --exclude-sets)")
-    p.add_argument("--exclude-sets", nargs="*", default=list(sources.DEFAULT_EXCLUDED_SETS),
-                   help="SlimPajama: drop these sets (default: RedPajamaGithub; pass nothing to keep all)")
     p.add_argument("--no-append-eod", dest="append_eod", action="store_false",
                    help="do not append the EOS token to each document")
     p.add_argument("--add-bos", action="store_true", help="prepend the BOS token to each document")
-    p.add_argument("--skip-bad-records", action="store_true",
-                   help="skip, count and report bad records/files instead of stopping at the first one")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
 @exit_on_usage_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    options = sources.SourceOptions(
-        format=args.format, json_key=args.json_key, column=args.column, hf_split=args.hf_split,
-        hf_column=args.hf_column, keep_sets=tuple(args.keep_sets), exclude_sets=tuple(args.exclude_sets),
-        skip_bad_records=args.skip_bad_records)
+    options = sources.options_from_args(args)
     manifest = preprocess(args.input, options, args.tokenizer_model, args.output_prefix, workers=args.workers,
                           shard_size=args.shard_size, append_eod=args.append_eod, add_bos=args.add_bos,
                           progress=args.progress)

@@ -18,21 +18,13 @@ from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True, help="file, folder or glob; repeatable")
-    p.add_argument("--format", choices=sources.FORMATS, default="jsonl")
+    sources.add_source_args(p)
     p.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--vocab-size", type=int, default=32000, help="pieces in the model (Llama: 32000)")
     p.add_argument("--max-sentences", "--input-sentence-size", dest="max_sentences", type=int, default=0,
                    help="SentencePiece samples this many lines (0: all that were read)")
     p.add_argument("--max-chars", type=int, default=200_000_000,
                    help="stop reading input after this many characters (bounds memory and time)")
-    p.add_argument("--json-key", default="text")
-    p.add_argument("--column", default="text")
-    p.add_argument("--hf-split", default="train")
-    p.add_argument("--hf-column", default="text")
-    p.add_argument("--keep-sets", nargs="+", default=[])
-    p.add_argument("--exclude-sets", nargs="*", default=list(sources.DEFAULT_EXCLUDED_SETS))
-    p.add_argument("--skip-bad-records", action="store_true")
     return p
 
 
@@ -53,10 +45,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.max_chars < 1:
         raise UsageError(f"--max-chars {args.max_chars} must be positive")
-    options = sources.SourceOptions(
-        format=args.format, json_key=args.json_key, column=args.column, hf_split=args.hf_split,
-        hf_column=args.hf_column, keep_sets=tuple(args.keep_sets), exclude_sets=tuple(args.exclude_sets),
-        skip_bad_records=args.skip_bad_records)
+    options = sources.options_from_args(args)
     bad = sources.BadInputs(options.skip_bad_records)
     texts = sources.iter_texts(sources.discover(args.input, args.format), options, bad)
     model = train_llama_style(capped_lines(texts, args.max_chars), args.model_prefix, args.vocab_size,

@@ -55,6 +55,33 @@ class SourceOptions:
         return {"starcoder": "content", "hf": self.hf_column}.get(self.format, self.column)
 
 
+def add_source_args(parser) -> None:
+    """The input flags shared by tools/preprocess_data.py and tools/train_tokenizer.py."""
+    parser.add_argument("--input", action="append", required=True,
+                        help="file, folder (searched recursively) or glob; repeatable. For --format hf: a dataset "
+                             "name or a folder written by save_to_disk")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl",
+                        help="slimpajama (*.jsonl.zst/*.jsonl trees), starcoder (*.parquet trees, column "
+                             "content), jsonl, parquet, or hf (a Hugging Face dataset)")
+    parser.add_argument("--json-key", default="text", help="text field of --format jsonl records")
+    parser.add_argument("--column", default="text", help="text column of --format parquet files")
+    parser.add_argument("--hf-split", default="train", help="split of a --format hf dataset")
+    parser.add_argument("--hf-column", default="text", help="text column of a --format hf dataset")
+    parser.add_argument("--keep-sets", nargs="+", default=[],
+                        help="SlimPajama: keep only these redpajama_set_name values (overrides --exclude-sets)")
+    parser.add_argument("--exclude-sets", nargs="*", default=list(DEFAULT_EXCLUDED_SETS),
+                        help="SlimPajama: drop these sets (default: RedPajamaGithub; pass nothing to keep all)")
+    parser.add_argument("--skip-bad-records", action="store_true",
+                        help="skip, count and report bad records/files instead of stopping at the first one")
+
+
+def options_from_args(args) -> "SourceOptions":
+    """SourceOptions from the flags of `add_source_args`."""
+    return SourceOptions(format=args.format, json_key=args.json_key, column=args.column, hf_split=args.hf_split,
+                         hf_column=args.hf_column, keep_sets=tuple(args.keep_sets),
+                         exclude_sets=tuple(args.exclude_sets), skip_bad_records=args.skip_bad_records)
+
+
 @dataclasses.dataclass
 class Chunk:
     """A run of consecutive records of one file: raw JSON lines (kind 'lines') or texts (kind 'texts')."""

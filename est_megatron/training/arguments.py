@@ -67,11 +67,12 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (AdamW)")
     g.add_argument("--min-lr", type=float, default=d["min_lr"], help="learning rate at the end of the decay")
     g.add_argument("--lr-warmup-steps", type=int, default=d["lr_warmup_steps"], help="linear warm-up steps")
-    g.add_argument("--lr-decay-style", default=d["lr_decay_style"], choices=("cosine", "linear", "constant"))
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--lr-decay-style", default=d["lr_decay_style"], choices=("cosine", "linear", "constant"),
+                   help="decay from --lr to --min-lr after the warm-up")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
     g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip (0 disables)")
     g.add_argument("--seed", type=int, default=1234, help="seeds initialisation and the EST plans")
 
@@ -100,8 +101,10 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
 
     g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1,
+                   help="ranks that split every layer (Megatron column/row parallel); keep inside a node")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1,
+                   help="pipeline stages (DeepSpeed PipelineEngine, ZeRO-1 only); data parallel is the rest")
     g.add_argument("--ds_config", "--ds-config", "--deepspeed_config", dest="deepspeed_config",
                    default=os.path.join(DS_CONFIG_DIR, "zero1.json"),
                    help="DeepSpeed JSON config; batch sizes, clipping and precision are filled from the flags")
