@@ -41,7 +41,7 @@ def worker(args):
     import torch.distributed as dist
 
     from est_megatron.config import SubnetConfig, model_preset
-    from est_megatron.parallel.model import ParallelTransformer
+    from est_megatron.model.transformer import Transformer
     from est_megatron.parallel.pipeline import build_pipeline_model
     from est_megatron.parallel.state import initialize_model_parallel
     from est_megatron.parallel.subnet import PlanHolder
@@ -65,7 +65,7 @@ def worker(args):
                 model = build_pipeline_model(cfg, state, plans, seed=SEED)
                 mpu = None
             else:
-                model = ParallelTransformer(cfg, state.tp_group, seed=SEED)
+                model = Transformer(cfg, state.tp_group, seed=SEED)
                 mpu = state
             optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
             engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)

@@ -29,3 +29,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).type_as(x)
+
+
+def rotary_tables(config) -> "RotaryTables | None":
+    """The tables of a Llama-flavoured model; None for GPT-2 (learned positions)."""
+    return RotaryTables(config.head_dim, config.max_position_embeddings, config.rope_theta) if config.is_llama \
+        else None

@@ -2,6 +2,11 @@
 
 `forward(input_ids, plan=None, labels=None)`: with a `StepPlan`, skipped layers are the identity (paper eq. 7)
 and active layers run their sampled heads and columns; with `plan=None` the model is the plain dense model.
+
+Under tensor parallelism (`tp_group`) each rank holds its key/value groups and MLP columns of every layer
+(column-parallel QKV and [gate; up], row-parallel output and down projections), its vocabulary shard of the
+embedding and output projection, and replicated norms and biases of row-parallel layers; the plan keeps its
+global indices and each rank takes its own part. Parameter names are the same in every layout.
 """
 from __future__ import annotations
 
@@ -15,20 +20,25 @@ from est_megatron.config import ModelConfig
 from est_megatron.model.attention import Attention, init_attention, scaled_init_std
 from est_megatron.model.mlp import MLP, init_mlp
 from est_megatron.model.norms import build_norm
-from est_megatron.model.rope import RotaryTables
+from est_megatron.model.rope import RotaryTables, rotary_tables
+from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
+                                          mark_tensor_parallel, parallel_logits, vocab_parallel_cross_entropy,
+                                          vocab_range)
+from est_megatron.parallel.layout import validate_layout
+from est_megatron.parallel.subnet import PlanHolder
 from est_megatron.subnet.plan import LayerPlan, StepPlan
 
 
 class TransformerLayer(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables], num_groups: Optional[int] = None,
-                 ffn_size: Optional[int] = None, tp_group=None):
+    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables], tp_group=None):
         super().__init__()
+        tp_size, _ = group_size_rank(tp_group)
         self.attn_norm = build_norm(config)
-        self.attn = Attention(config, rotary, num_groups, tp_group)
+        self.attn = Attention(config, rotary, config.num_query_groups // tp_size, tp_group)
         self.mlp_norm = build_norm(config)
-        self.mlp = MLP(config, ffn_size, tp_group)
+        self.mlp = MLP(config, config.ffn_hidden_size // tp_size, tp_group)
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale
@@ -40,19 +50,35 @@ class TransformerLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """The model on one rank, or this rank's tensor-parallel part of it (`tp_group`).
+
+    `seed=None` initialises from torch's global generator (one rank only); a seed draws every part of the model
+    from its own seeded generator, so any tensor-parallel layout starts from exactly the one-rank weights.
+    """
+
+    def __init__(self, config: ModelConfig, tp_group=None, seed: Optional[int] = None):
         super().__init__()
         self.config = config.validate()
-        rotary = RotaryTables(config.head_dim, config.max_position_embeddings, config.rope_theta) \
-            if config.is_llama else None
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.tp_group = tp_group
+        tp_size, tp_rank = group_size_rank(tp_group)
+        validate_layout(config, tp_size)
+        rotary = rotary_tables(config)
+        self.embed = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp_group)
         self.pos_embed = None if config.is_llama else nn.Embedding(config.max_position_embeddings,
                                                                     config.hidden_size)
-        self.layers = nn.ModuleList(TransformerLayer(config, rotary) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerLayer(config, rotary, tp_group) for _ in range(config.num_layers))
         self.final_norm = build_norm(config)
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
-                                                                    bias=False)
-        self.reset_parameters()
+        start, end = vocab_range(config.vocab_size, tp_rank, tp_size)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, end - start, bias=False)
+        self.plans = PlanHolder(config, tp_rank, tp_size)  # the step's plan, localised to this rank
+        mark_tensor_parallel(self.named_parameters(), tp_size)
+        if seed is not None:
+            initialize_from_seed(self.named_parameters(), config, seed, tp_rank, tp_size)
+        elif tp_size == 1:
+            self.reset_parameters()
+        else:
+            raise ValueError("a tensor-parallel Transformer needs a seed so every layout starts from the same "
+                             "weights")
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -72,20 +98,25 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, plan: Optional[StepPlan] = None,
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (batch, seq, vocab), or the mean next-token cross-entropy when `labels` are given."""
+        """Logits (batch, seq, vocab; this rank's vocabulary shard under TP), or the mean next-token
+        cross-entropy when `labels` are given (-100 ignored)."""
         seq = input_ids.shape[1]
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
+        self.plans.set(plan)
         x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed.weight[:seq]
         for index, layer in enumerate(self.layers):
-            layer_plan = None if plan is None else plan.layers[index]
+            layer_plan = self.plans.layer(index)
             if layer_plan is not None and not layer_plan.active:
                 continue  # eq. 7: a skipped layer is the identity
             x = layer(x, layer_plan)
-        logits = F.linear(self.final_norm(x), self.output_weight)
+        logits = parallel_logits(self.final_norm(x), self.output_weight, self.tp_group)
         if labels is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        if self.tp_group is None:
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
+                                   ignore_index=-100)
+        return vocab_parallel_cross_entropy(logits, labels, self.tp_group, self.config.vocab_size)

@@ -1,6 +1,6 @@
 """One entry point for the training loop: the model for any (TP, PP) layout, initialised identically from a seed.
 
-TP=1 x PP=1 is the plain `Transformer` (what SAT and the tools expect); TP>1 the `ParallelTransformer`; PP>1 a
+TP=1 x PP=1 is the plain `Transformer` (what SAT and the tools expect); TP>1 its tensor-parallel form; PP>1 a
 DeepSpeed `PipelineModule` (pass it to `deepspeed.initialize` without `mpu`, the others with `mpu=state`).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from est_megatron.config import ModelConfig
-from est_megatron.parallel.layers import initialize_from_seed, load_full_state
+from est_megatron.parallel.layers import load_full_state
 from est_megatron.parallel.layout import validate_layout
 from est_megatron.parallel.subnet import PlanHolder
 
@@ -21,7 +21,6 @@ def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage:
     """(model, plans): `plans` is the holder a pipeline model reads the step's plan from (set it before
     `train_batch`); `full_state`, a single-process state dict, replaces the seeded weights (e.g. --init-from)."""
     from est_megatron.model.transformer import Transformer
-    from est_megatron.parallel.model import ParallelTransformer
     from est_megatron.parallel.pipeline import build_pipeline_model, global_named_parameters
 
     tp, pp = state.tp_size, state.get_pipe_parallel_world_size()
@@ -31,10 +30,8 @@ def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage:
         model = build_pipeline_model(cfg, state, plans, seed, subnet_cfg)
         named = global_named_parameters(model)
     else:
-        model = ParallelTransformer(cfg, state.tp_group, seed) if tp > 1 else Transformer(cfg)
+        model = Transformer(cfg, state.tp_group if tp > 1 else None, seed)
         named = list(model.named_parameters())
-        if tp == 1:
-            initialize_from_seed(named, cfg, seed)
     if full_state is not None:
         load_full_state(named, full_state, cfg, state.tp_rank, tp)
     return model, plans

@@ -21,12 +21,12 @@ from torch import nn
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
 from est_megatron.model.norms import build_norm
+from est_megatron.model.rope import rotary_tables
 from est_megatron.model.transformer import TransformerLayer
 from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
                                           mark_tensor_parallel, parallel_logits, vocab_parallel_cross_entropy,
                                           vocab_range)
 from est_megatron.parallel.layout import validate_layout
-from est_megatron.parallel.model import make_rotary
 from est_megatron.parallel.subnet import PlanHolder
 
 
@@ -62,9 +62,7 @@ class PositionEmbeddingPipe(nn.Embedding):
 
 class TransformerLayerPipe(TransformerLayer):
     def __init__(self, cfg: ModelConfig, index: int, plans: PlanHolder, tp_group=None):
-        tp_size, _ = group_size_rank(tp_group)
-        super().__init__(cfg, make_rotary(cfg), cfg.num_query_groups // tp_size, cfg.ffn_hidden_size // tp_size,
-                         tp_group)
+        super().__init__(cfg, rotary_tables(cfg), tp_group)
         self.index = index
         self.plans = plans
         self.weight_prefix = f"layers.{index}."

@@ -11,6 +11,7 @@ broadcast, before `engine.train_batch()` / `engine.eval_batch()`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -30,11 +31,11 @@ def localize_layer(layer: LayerPlan, cfg: ModelConfig, tp_rank: int, tp_size: in
     """This TP rank's part of a layer plan, in local indices (heads, key/value groups, MLP columns)."""
     if tp_size == 1 or (layer.query_heads is None and layer.mlp_columns is None):
         return layer
-    return LayerPlan(layer.active,
-                     _in_block(layer.query_heads, cfg.num_attention_heads // tp_size, tp_rank),
-                     _in_block(layer.kv_heads, cfg.num_query_groups // tp_size, tp_rank),
-                     _in_block(layer.mlp_columns, cfg.ffn_hidden_size // tp_size, tp_rank),
-                     layer.head_scale, layer.mlp_scale)
+    return dataclasses.replace(
+        layer,
+        query_heads=_in_block(layer.query_heads, cfg.num_attention_heads // tp_size, tp_rank),
+        kv_heads=_in_block(layer.kv_heads, cfg.num_query_groups // tp_size, tp_rank),
+        mlp_columns=_in_block(layer.mlp_columns, cfg.ffn_hidden_size // tp_size, tp_rank))
 
 
 def localize_plan(plan: Optional[StepPlan], cfg: ModelConfig, tp_rank: int, tp_size: int) -> Optional[StepPlan]:
