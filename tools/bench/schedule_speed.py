@@ -2,7 +2,7 @@
 """Wall-clock of a whole compressed EST run against the same run dense, and the FLOPs model's saving.
 
     python tools/bench/schedule_speed.py --model bench-cpu --schedule tinyllama --train-steps 60 \
-        --seq-length 128 --micro-batch-size 4
+        --seq-length 256 --micro-batch-size 8
 
 Two runs of --train-steps steps from the same seed on the same synthetic token stream: one with the schedule's
 plan at every step (PlanSampler, as training draws them), one dense (plan=None). Their steps alternate (EST step
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
     p.add_argument("--schedule", default="tinyllama", help=f"EST schedule ({', '.join(SCHEDULE_PRESETS)} or custom)")
     p.add_argument("--train-steps", type=int, default=60)
-    p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (default: the context)")
+    p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed steps of each run first (dense and every stage's rates), then the timed runs")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = model_preset(args.model)
-    seq = args.seq_length
+    seq = args.seq_length or cfg.max_position_embeddings
     if not 0 < seq <= cfg.max_position_embeddings:
         raise UsageError(f"--seq-length {seq} must be in 1..{cfg.max_position_embeddings} for {args.model}")
     device = step_speed.resolve_device(args.device)
