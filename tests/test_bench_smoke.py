@@ -62,3 +62,14 @@ def test_schedule_speed_smoke(tmp_path):
     assert out["train_steps"] == 6 and [s["steps"] for s in out["stages"]] == [1, 1, 4]
     assert 0 < out["flops_saving"] < 1 and out["est_time_s"] > 0 and out["dense_time_s"] > 0
     assert out["saving_ratio"] == pytest.approx(out["measured_saving"] / out["flops_saving"])
+
+
+def test_sat_importance_smoke(tmp_path):
+    path = tmp_path / "sat.json"
+    out = load("sat_importance").main(["--model", "tiny", "--seq-length", "16", "--micro-batch-size", "2",
+                                       "--reps", "1", "--warmup", "0", "--accumulation", "4", "--json", str(path)])
+    assert json.loads(path.read_text()) == out
+    assert out["importance_s"] > 0 and out["step_s"] > 0
+    assert out["share_per_optimizer_step"] == pytest.approx(
+        out["importance_s"] / (out["importance_s"] + 4 * out["step_s"]))
+    assert 0 < out["flops_ratio_per_micro_batch"] < 1
