@@ -46,7 +46,7 @@ def test_raptr_loss_is_stable_across_the_stage_transition(repetitive_shards, tmp
 
     records = read_metrics(tmp_path / "logs")
     transitions = [r for r in records if r.get("event") == "stage_transition"]
-    assert [(t["step"], t["stage"], t["rates"]) for t in transitions] == [(TRANSITION, 1, [1.0, 1.0, 1.0])]
+    assert [(t["step"], t["stage"], t["rates"]) for t in transitions] == [(TRANSITION, 2, [1.0, 1.0, 1.0])]
     loss = {r["step"]: r["loss"] for r in records if "loss" in r and "event" not in r}
     assert sorted(loss) == list(range(1, STEPS + 1))  # logged every step (--log-interval 1)
     # record "step" s is the loss of training step s - 1: step 12 is the last 3-layer step, 13 the first full one

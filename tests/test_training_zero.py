@@ -50,9 +50,9 @@ def test_zero_stage_resume_matches_uninterrupted(zero, tiny_shards, reference, t
         assert losses == pytest.approx(reference, rel=1e-5)
 
     transitions = [r for r in records if r.get("event") == "stage_transition"]
-    assert [(t["step"], t["stage"], t["rates"]) for t in transitions] == [(3, 1, [1.0, 1.0, 1.0])]
+    assert [(t["step"], t["stage"], t["rates"]) for t in transitions] == [(3, 2, [1.0, 1.0, 1.0])]
     first_steps = [r for r in records if r.get("step") == 1 and "loss" in r]
-    assert first_steps[0]["stage"] == 0 and first_steps[0]["p_layers"] == 0.5
+    assert first_steps[0]["stage"] == 1 and first_steps[0]["p_layers"] == 0.5
     assert 0 < first_steps[0]["flops_saved_frac"] < 1 and first_steps[0]["mfu"] is None
     assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
     assert sorted(os.listdir(tmp_path / "ckpt" / "step_000006")) != []

@@ -281,7 +281,7 @@ def _train(args, info, hooks: DataHooks):
         plan = broadcast_plan(plan_fn(step) if rank == 0 else None, model_cfg)
         if args.check_plan_consistency:
             check_plan_consistency(plan, model_cfg)
-        stage_now = plan.stage if plan is not None else 0
+        stage_now = plan.stage + 1 if plan is not None else 1  # numbered from 1, as the paper does
         rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
         if prev_stage is not None and stage_now != prev_stage:
             log.line(f"step {step}: stage transition {prev_stage} -> {stage_now}, rates "
