@@ -7,7 +7,6 @@ smaller matrices once, multiplies them, and autograd scatters the gradients back
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -103,16 +102,3 @@ class Attention(nn.Module):
         context = causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
         # the output bias is not part of the head sum: it is never scaled (and is added once under TP)
         return row_parallel_linear(context, out_w, self.out.bias, self.tp_group)
-
-
-def init_attention(module: Attention, std: float, out_std: float) -> None:
-    nn.init.normal_(module.qkv.weight, std=std)
-    nn.init.normal_(module.out.weight, std=out_std)
-    for linear in (module.qkv, module.out):
-        if linear.bias is not None:
-            nn.init.zeros_(linear.bias)
-
-
-def scaled_init_std(std: float, num_layers: int) -> float:
-    """GPT-2/Megatron: residual output projections start at std / sqrt(2 * layers)."""
-    return std / math.sqrt(2.0 * num_layers)

@@ -53,11 +53,3 @@ class MLP(nn.Module):
             hidden = F.gelu(hidden, approximate="tanh")
         # the output bias is not part of the column sum: it is never scaled (and is added once under TP)
         return row_parallel_linear(hidden, down_w, self.down.bias, self.tp_group)
-
-
-def init_mlp(module: MLP, std: float, out_std: float) -> None:
-    nn.init.normal_(module.up.weight, std=std)
-    nn.init.normal_(module.down.weight, std=out_std)
-    for linear in (module.up, module.down):
-        if linear.bias is not None:
-            nn.init.zeros_(linear.bias)

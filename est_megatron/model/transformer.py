@@ -10,6 +10,7 @@ global indices and each rank takes its own part. Parameter names are the same in
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.config import ModelConfig
-from est_megatron.model.attention import Attention, init_attention, scaled_init_std
-from est_megatron.model.mlp import MLP, init_mlp
+from est_megatron.model.attention import Attention
+from est_megatron.model.mlp import MLP
 from est_megatron.model.norms import build_norm
 from est_megatron.model.rope import RotaryTables, rotary_tables
 from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
@@ -39,6 +40,16 @@ class TransformerLayer(nn.Module):
         self.attn = Attention(config, rotary, config.num_query_groups // tp_size, tp_group)
         self.mlp_norm = build_norm(config)
         self.mlp = MLP(config, config.ffn_hidden_size // tp_size, tp_group)
+
+    def reset_parameters(self, std: float, num_layers: int) -> None:
+        """Input projections N(0, std); the residual output projections N(0, std / sqrt(2 * layers)), as GPT-2 and
+        Megatron start them; biases zero (norms start at one)."""
+        out_std = std / math.sqrt(2.0 * num_layers)
+        for linear, linear_std in ((self.attn.qkv, std), (self.attn.out, out_std), (self.mlp.up, std),
+                                   (self.mlp.down, out_std)):
+            nn.init.normal_(linear.weight, std=linear_std)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale
@@ -82,15 +93,13 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
-        out_std = scaled_init_std(std, self.config.num_layers)
         nn.init.normal_(self.embed.weight, std=std)
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed.weight, std=std / 2)
         if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, std=std)
         for layer in self.layers:
-            init_attention(layer.attn, std, out_std)
-            init_mlp(layer.mlp, std, out_std)
+            layer.reset_parameters(std, self.config.num_layers)
 
     @property
     def output_weight(self) -> torch.Tensor:

@@ -185,8 +185,6 @@ def _part_of(name: str) -> str:
 
 def full_part(cfg: ModelConfig, part: str, seed: int) -> Dict[str, torch.Tensor]:
     """Full initial tensors of one part ("embed", "layers.<i>" or "head"), drawn as the model's init does."""
-    from est_megatron.model.attention import init_attention, scaled_init_std
-    from est_megatron.model.mlp import init_mlp
     from est_megatron.model.norms import build_norm
     from est_megatron.model.transformer import TransformerLayer
 
@@ -206,9 +204,7 @@ def full_part(cfg: ModelConfig, part: str, seed: int) -> Dict[str, torch.Tensor]
                 out["lm_head.weight"] = torch.empty(cfg.vocab_size, cfg.hidden_size).normal_(std=std)
             return out
         layer = TransformerLayer(cfg, None)
-        out_std = scaled_init_std(std, cfg.num_layers)
-        init_attention(layer.attn, std, out_std)
-        init_mlp(layer.mlp, std, out_std)
+        layer.reset_parameters(std, cfg.num_layers)
         return {f"{part}.{k}": v for k, v in layer.state_dict().items()}
 
 
