@@ -35,16 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
     p.add_argument("--schedule", default="tinyllama", help=f"EST schedule ({', '.join(SCHEDULE_PRESETS)} or custom)")
-    p.add_argument("--train-steps", type=int, default=60)
+    p.add_argument("--train-steps", type=int, default=60, help="steps of each of the two runs")
     p.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (default: the context)")
-    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed steps of each run first (dense and every stage's rates), then the timed runs")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--json", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=1234, help="seeds the weights, the data and the plans")
+    p.add_argument("--json", default=None, help="also write the results to this file")
     return p
 
 

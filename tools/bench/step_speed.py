@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
     p.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (default: the context)")
-    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every variant first")
     p.add_argument("--reps", type=int, default=3, help="timed rounds; figures are medians")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
@@ -243,12 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-est-machinery", action="store_true",
                    help="also time the dense step with plan=None and compare it with the dense StepPlan step")
     p.add_argument("--modules", action="store_true", help="add MHA/MLP/layer forward times (paper Tables 8/9)")
-    p.add_argument("--module-batch-sizes", default="1,2,4,8")
+    p.add_argument("--module-batch-sizes", default="1,2,4,8",
+                   help="micro-batch sizes of the --modules table")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="print a torch.profiler table of this many rows for one step of each variant")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seeds the weights, the data and the plans")
     p.add_argument("--json", default=None, help="write the results to this file")
     return p
 
