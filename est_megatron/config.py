@@ -5,7 +5,7 @@ A config error is a `UsageError` whose one line names the field and the fix, rai
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from est_megatron.errors import UsageError

@@ -1,7 +1,6 @@
 """broadcast_plan gives every rank rank 0's plan; check_plan_consistency catches ranks that differ (gloo)."""
 import os
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 

@@ -16,7 +16,6 @@ ZeRO-1/2 (tests/test_training_zero.py compares the three stages' losses).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -179,204 +178,253 @@ def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
     """Run training from parsed arguments (and data hooks, default pretraining shards); returns the exit status."""
     install_signal_handlers()
     info = init_distributed(args.local_rank)
-    engine = None
+    trainer = None
     clean = False
     try:
-        engine = _train(args, info, hooks or pretraining_hooks())
+        trainer = Trainer(args, info, hooks or pretraining_hooks())
+        trainer.train()
         clean = True
     finally:
-        teardown(engine, barrier=clean)
+        teardown(None if trainer is None else trainer.engine, barrier=clean)
     return 0
 
 
-def _train(args, info, hooks: DataHooks):
-    import deepspeed
-    from torch.utils.data import DataLoader
-    from est_megatron.data.sampler import PretrainingSampler
+@dataclass
+class Progress:
+    """Where the run stands: with DeepSpeed's own state, what a checkpoint restores to continue exactly."""
 
-    rank, world, device = info["rank"], info["world_size"], info["device"]
-    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    layout = ParallelState(tp, pp)  # Megatron order: TP ranks adjacent, then DP, then PP
-    dp_size, dp_rank = layout.get_data_parallel_world_size(), layout.get_data_parallel_rank()
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    ds_config = load_ds_config(args.deepspeed_config, args, dp_size, use_bf16)
-    stage = zero_stage(ds_config)
-    accumulation = ds_config["gradient_accumulation_steps"]
+    step: int = 0
+    consumed: int = 0  # global samples
+    flops_done: int = 0  # FLOPs of the trained subnetworks (and any method overhead)
+    dense_done: int = 0  # FLOPs the same steps would have cost dense
+    stage: Optional[int] = None  # numbered from 1, as the paper does
 
-    tokenizer, (train_ds, valid_ds, _) = hooks.build_data(args, info)
-    if getattr(args, "init_from", None):  # the model's shape is the checkpoint's
-        from est_megatron.hf import load_est_weights
-        model_cfg = load_est_weights(args.init_from)[0]
-        if tokenizer.vocab_size > model_cfg.vocab_size:
-            raise UsageError(f"the tokenizer has {tokenizer.vocab_size} tokens but --init-from {args.init_from} "
-                             f"has a vocabulary of {model_cfg.vocab_size}; use the checkpoint's tokenizer")
-    else:
-        model_cfg = build_model_config(args, tokenizer.vocab_size)
-    subnet_cfg = SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
-                              mlp_strata=args.est_mlp_strata, layer_strata=args.est_layer_strata).resolved(model_cfg)
-    plan_fn = build_method(args.method, MethodContext(model_cfg, subnet_cfg, args.train_steps, args.seed, args))
+    @property
+    def flops_saved_frac(self) -> float:
+        return 1.0 - self.flops_done / max(self.dense_done, 1)
 
-    if (tp > 1 or pp > 1) and hasattr(plan_fn, "prepare"):
-        raise UsageError(f"--method {args.method} needs the whole model on one rank; use "
-                         "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
-    torch.manual_seed(args.seed)
-    full_state = None
-    if getattr(args, "init_from", None):  # converted or trained weights (a resumed --load overrides them)
-        from est_megatron.hf import load_est_weights
-        full_state = load_est_weights(args.init_from)[1]
-    model, pipe_plans = build_model(model_cfg, layout, args.seed, subnet_cfg, stage, full_state)
-    pipe_plans = pipe_plans if pp > 1 else None
-    optimizer = build_optimizer(model, args)
-    scheduler = build_lr_scheduler(optimizer, args)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False,
-                                           mpu=None if pp > 1 else layout)
 
-    step, consumed, flops_done, dense_done, prev_stage = 0, 0, 0, 0, None
-    if args.load:
-        state = ckpt.load_checkpoint(engine, args.load, model_cfg)
-        if state is not None:
-            step, consumed = state["step"], state["consumed_samples"]
-            flops_done, dense_done, prev_stage = state["flops_done"], state["dense_flops_done"], state["stage"]
+class Trainer:
+    """One run: builds the layout, data, model, method and DeepSpeed engine (resuming from --load), then `train()`
+    runs the steps: plan, micro-batches, logs, validation, checkpoints, stop on a signal or --exit-interval."""
 
-    log = MetricsLogger(args.log_dir, rank == 0, args.progress, args.train_steps, step)
-    log.line(f"est_megatron: {args.model} {model_cfg.num_parameters():,} parameters (vocab {model_cfg.vocab_size}), "
-             f"method {args.method}, schedule {args.est_schedule}, {world} ranks (tp {tp} x pp {pp} x dp {dp_size}), "
-             f"ZeRO-{stage}, "
-             f"batch {args.global_batch_size} = micro {args.micro_batch_size} x dp {dp_size} x accumulation "
-             f"{accumulation}, seq {args.seq_length}")
-    log.line("precision: bf16 (GPU)" if use_bf16 else
-             "precision: fp32 (CPU: the DeepSpeed config's bf16 section is overridden)")
-    if hasattr(plan_fn, "describe"):
-        log.line(plan_fn.describe())
-    if getattr(args, "init_from", None) and not step:
-        log.line(f"initialised from {args.init_from}")
-    if step:
-        log.line(f"resumed from {args.load} at step {step} ({consumed} samples consumed)")
-    elif args.load:
-        log.line(f"no checkpoint in {args.load}; starting from scratch")
+    def __init__(self, args, info, hooks: DataHooks):
+        import deepspeed
 
-    if step >= args.train_steps:
-        log.line(f"the run is complete ({step} of {args.train_steps} steps); nothing to train")
+        self.args, self.hooks = args, hooks
+        self.rank, self.world, self.device = info["rank"], info["world_size"], info["device"]
+        tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+        self.layout = ParallelState(tp, pp)  # Megatron order: TP ranks adjacent, then DP, then PP
+        self.dp_size, self.dp_rank = self.layout.get_data_parallel_world_size(), self.layout.get_data_parallel_rank()
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        ds_config = load_ds_config(args.deepspeed_config, args, self.dp_size, use_bf16)
+        self.zero_stage = zero_stage(ds_config)
+        self.accumulation = ds_config["gradient_accumulation_steps"]
+
+        self.tokenizer, (self.train_ds, self.valid_ds, _) = hooks.build_data(args, info)
+        full_state = None
+        if getattr(args, "init_from", None):  # the model's shape is the checkpoint's (a resumed --load overrides)
+            from est_megatron.hf import load_est_weights
+            self.model_cfg, full_state = load_est_weights(args.init_from)
+            if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
+                raise UsageError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but --init-from "
+                                 f"{args.init_from} has a vocabulary of {self.model_cfg.vocab_size}; use the "
+                                 "checkpoint's tokenizer")
+        else:
+            self.model_cfg = build_model_config(args, self.tokenizer.vocab_size)
+        subnet_cfg = SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
+                                  mlp_strata=args.est_mlp_strata,
+                                  layer_strata=args.est_layer_strata).resolved(self.model_cfg)
+        self.method = build_method(args.method, MethodContext(self.model_cfg, subnet_cfg, args.train_steps,
+                                                              args.seed, args))
+        if (tp > 1 or pp > 1) and hasattr(self.method, "prepare"):
+            raise UsageError(f"--method {args.method} needs the whole model on one rank; use "
+                             "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
+        torch.manual_seed(args.seed)
+        model, pipe_plans = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
+                                        full_state)
+        self.pipe_plans = pipe_plans if pp > 1 else None
+        optimizer = build_optimizer(model, args)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                    lr_scheduler=build_lr_scheduler(optimizer, args),
+                                                    config=ds_config, dist_init_required=False,
+                                                    mpu=None if pp > 1 else self.layout)
+
+        self.progress = Progress()
+        if args.load:
+            state = ckpt.load_checkpoint(self.engine, args.load, self.model_cfg)
+            if state is not None:
+                self.progress = Progress(state["step"], state["consumed_samples"], state["flops_done"],
+                                         state["dense_flops_done"], state["stage"])
+        self.log = MetricsLogger(args.log_dir, self.rank == 0, args.progress, args.train_steps, self.progress.step)
+        self._announce(use_bf16)
+
+    def _announce(self, use_bf16: bool) -> None:
+        args, log, step = self.args, self.log, self.progress.step
+        tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+        log.line(f"est_megatron: {args.model} {self.model_cfg.num_parameters():,} parameters (vocab "
+                 f"{self.model_cfg.vocab_size}), method {args.method}, schedule {args.est_schedule}, {self.world} "
+                 f"ranks (tp {tp} x pp {pp} x dp {self.dp_size}), ZeRO-{self.zero_stage}, batch "
+                 f"{args.global_batch_size} = micro {args.micro_batch_size} x dp {self.dp_size} x accumulation "
+                 f"{self.accumulation}, seq {args.seq_length}")
+        log.line("precision: bf16 (GPU)" if use_bf16 else
+                 "precision: fp32 (CPU: the DeepSpeed config's bf16 section is overridden)")
+        if hasattr(self.method, "describe"):
+            log.line(self.method.describe())
+        if getattr(args, "init_from", None) and not step:
+            log.line(f"initialised from {args.init_from}")
+        if step:
+            log.line(f"resumed from {args.load} at step {step} ({self.progress.consumed} samples consumed)")
+        elif args.load:
+            log.line(f"no checkpoint in {args.load}; starting from scratch")
+
+    def train(self) -> None:
+        from torch.utils.data import DataLoader
+        from est_megatron.data.sampler import PretrainingSampler
+
+        args, progress, log = self.args, self.progress, self.log
+        if progress.step >= args.train_steps:
+            log.line(f"the run is complete ({progress.step} of {args.train_steps} steps); nothing to train")
+            log.close()
+            return
+        sampler = PretrainingSampler(len(self.train_ds), progress.consumed, args.micro_batch_size, self.dp_rank,
+                                     self.dp_size)
+        batches = iter(DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=self.hooks.collate,
+                                  num_workers=args.num_workers, pin_memory=self.device.type == "cuda"))
+        self.dense_per_step = dense_step_flops(self.model_cfg, args.global_batch_size, args.seq_length)
+        self._reset_interval()
+        last_eval = None
+        stop_flag = torch.zeros(1, dtype=torch.int64, device=self.device)
+        while progress.step < args.train_steps:
+            plan, step_loss = self._train_step(batches)
+            rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
+
+            stop_flag.fill_(1 if _STOP_SIGNAL["signum"] is not None else 0)
+            dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX)
+            stopping = bool(stop_flag.item())
+            step = progress.step
+            exiting = args.exit_interval is not None and step % args.exit_interval == 0
+            at_end = step == args.train_steps or exiting or stopping
+
+            if step % args.log_interval == 0 or at_end:
+                self._log_interval(rates)
+            log.advance(1, loss=f"{float(step_loss) / self.accumulation:.3f}", stage=progress.stage)
+            if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
+                self._validate()
+                last_eval = step
+            if args.save and (step % args.save_interval == 0 or at_end):
+                self._save()
+            if stopping:
+                name = signal.Signals(_STOP_SIGNAL["signum"]).name if _STOP_SIGNAL["signum"] else \
+                    "a signal on a peer"
+                log.line(f"step {step}: stopping on {name}" + (" (checkpoint saved)" if args.save else ""))
+                break
+            if exiting and step < args.train_steps:
+                log.line(f"step {step}: --exit-interval {args.exit_interval} reached, stopping")
+                break
+
+        if self.rank == 0 and args.log_dir:
+            log.record({"event": "end", "step": progress.step, "flops_saved_frac": progress.flops_saved_frac,
+                        "checkpoint": args.save})
         log.close()
-        return engine
 
-    sampler = PretrainingSampler(len(train_ds), consumed, args.micro_batch_size, dp_rank, dp_size)
-    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=hooks.collate, num_workers=args.num_workers,
-                        pin_memory=device.type == "cuda")
-    batches = iter(loader)
-    peak = peak_tflops(args.peak_tflops)
-    dense_per_step = dense_step_flops(model_cfg, args.global_batch_size, args.seq_length)
-    tokens_per_step = args.global_batch_size * args.seq_length
-
-    interval = dict(loss=torch.zeros((), dtype=torch.float64, device=device), steps=0, flops=0,
-                    start=time.perf_counter())
-    last_eval = None
-    stop_flag = torch.zeros(1, dtype=torch.int64, device=device)
-    while step < args.train_steps:
+    def _train_step(self, batches):
+        """Plan (drawn on rank 0, broadcast), all micro-batches with it, the optimizer step; (plan, summed loss)."""
+        args, progress, engine, device = self.args, self.progress, self.engine, self.device
         first = next(batches).to(device, non_blocking=True)
-        prepare = getattr(plan_fn, "prepare", None)
-        if prepare is not None and (rank == 0 or stage == 3):  # ZeRO-3's forward is collective
-            prepare(step, engine.module, hooks.split(first)[0])
-        plan = broadcast_plan(plan_fn(step) if rank == 0 else None, model_cfg)
+        prepare = getattr(self.method, "prepare", None)
+        if prepare is not None and (self.rank == 0 or self.zero_stage == 3):  # ZeRO-3's forward is collective
+            prepare(progress.step, engine.module, self.hooks.split(first)[0])
+        plan = broadcast_plan(self.method(progress.step) if self.rank == 0 else None, self.model_cfg)
         if args.check_plan_consistency:
-            check_plan_consistency(plan, model_cfg)
-        stage_now = plan.stage + 1 if plan is not None else 1  # numbered from 1, as the paper does
-        rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
-        if prev_stage is not None and stage_now != prev_stage:
-            log.line(f"step {step}: stage transition {prev_stage} -> {stage_now}, rates "
-                     f"(pH, pM, pL) = ({rates[0]:g}, {rates[1]:g}, {rates[2]:g})")
-            log.record({"event": "stage_transition", "step": step, "stage": stage_now, "rates": list(rates)})
-        prev_stage = stage_now
+            check_plan_consistency(plan, self.model_cfg)
+        self._note_stage(plan)
 
         device_plan = plan.to(device) if plan is not None else None
-        if stage == 3:
+        if self.zero_stage == 3:
             _clear_stale_zero3_grads(engine)
-        lr = engine.get_lr()[0]
+        self.interval["lr"] = engine.get_lr()[0]
+        micro_batches = (self.hooks.split(first if micro == 0 else next(batches).to(device, non_blocking=True))
+                         for micro in range(self.accumulation))
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        if pipe_plans is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
-            pipe_plans.set(device_plan)
-            micro_batches = (hooks.split(first if micro == 0 else next(batches).to(device, non_blocking=True))
-                             for micro in range(accumulation))
-            step_loss += engine.train_batch(micro_batches).detach().double() * accumulation
-        for micro in range(accumulation if pipe_plans is None else 0):
-            batch = first if micro == 0 else next(batches).to(device, non_blocking=True)
-            inputs, labels = hooks.split(batch)
-            loss = engine(inputs, plan=device_plan, labels=labels)
-            engine.backward(loss)
-            engine.step()
-            step_loss += loss.detach().double()
-        step += 1
-        consumed += args.global_batch_size
-        flops = step_flops(model_cfg, plan, args.global_batch_size, args.seq_length)
-        if hasattr(plan_fn, "overhead_flops"):  # e.g. SAT's importance pre-pass, on each rank that ran it
-            flops += plan_fn.overhead_flops(step - 1) * (world if stage == 3 else 1)
-        flops_done += flops
-        dense_done += dense_per_step
-        interval["loss"] += step_loss / accumulation
-        interval["steps"] += 1
-        interval["flops"] += flops
+        if self.pipe_plans is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
+            self.pipe_plans.set(device_plan)
+            step_loss += engine.train_batch(micro_batches).detach().double() * self.accumulation
+        else:
+            for inputs, labels in micro_batches:
+                loss = engine(inputs, plan=device_plan, labels=labels)
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.detach().double()
 
-        stop_flag.fill_(1 if _STOP_SIGNAL["signum"] is not None else 0)
-        dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX)
-        stopping = bool(stop_flag.item())
-        exiting = args.exit_interval is not None and step % args.exit_interval == 0
-        at_end = step == args.train_steps or exiting or stopping
+        flops = step_flops(self.model_cfg, plan, args.global_batch_size, args.seq_length)
+        if hasattr(self.method, "overhead_flops"):  # e.g. SAT's importance pre-pass, on each rank that ran it
+            flops += self.method.overhead_flops(progress.step) * (self.world if self.zero_stage == 3 else 1)
+        progress.step += 1
+        progress.consumed += args.global_batch_size
+        progress.flops_done += flops
+        progress.dense_done += self.dense_per_step
+        self.interval["loss"] += step_loss / self.accumulation
+        self.interval["steps"] += 1
+        self.interval["flops"] += flops
+        return plan, step_loss
 
-        if step % args.log_interval == 0 or at_end:
-            loss_value = _all_reduce_mean([float(interval["loss"])], device)[0] / interval["steps"]
-            elapsed = max(time.perf_counter() - interval["start"], 1e-9)
-            tflops = interval["flops"] / elapsed / world / 1e12
-            record = {"step": step, "loss": loss_value, "lr": lr, "stage": stage_now,
-                      "p_heads": rates[0], "p_mlp": rates[1], "p_layers": rates[2],
-                      "tokens_per_sec": interval["steps"] * tokens_per_step / elapsed,
-                      "tflops": tflops, "mfu": tflops / peak if peak else None,
-                      "flops_saved_frac": 1.0 - flops_done / dense_done,
-                      "memory_gb": memory_gb(), "consumed_samples": consumed,
-                      "step_time_s": elapsed / interval["steps"]}
-            if args.check_plan_consistency:
-                check_replicas(engine, device, layout.get_data_parallel_group())
-                record["replicas_identical"] = True
-            log.record(record)
-            log.scalars(step, {k: v for k, v in record.items() if k != "step"}, "train")
-            mfu = f" mfu {record['mfu'] * 100:.1f}%" if peak else ""
-            log.line(f"step {step:>7}/{args.train_steps} | loss {loss_value:.4f} | lr {lr:.3e} | stage {stage_now} "
-                     f"p=({rates[0]:.3g},{rates[1]:.3g},{rates[2]:.3g}) | {record['tokens_per_sec']:,.0f} tok/s | "
-                     f"{tflops:.3g} TFLOP/s{mfu} | FLOPs saved {record['flops_saved_frac'] * 100:.1f}% | "
-                     f"mem {record['memory_gb']:.2f} GiB")
-            interval.update(loss=torch.zeros((), dtype=torch.float64, device=device), steps=0, flops=0,
-                            start=time.perf_counter())
-        log.advance(1, loss=f"{float(step_loss) / accumulation:.3f}", stage=stage_now)
+    def _note_stage(self, plan) -> None:
+        stage = plan.stage + 1 if plan is not None else 1
+        if self.progress.stage is not None and stage != self.progress.stage:
+            rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
+            self.log.line(f"step {self.progress.step}: stage transition {self.progress.stage} -> {stage}, rates "
+                          f"(pH, pM, pL) = ({rates[0]:g}, {rates[1]:g}, {rates[2]:g})")
+            self.log.record({"event": "stage_transition", "step": self.progress.step, "stage": stage,
+                             "rates": list(rates)})
+        self.progress.stage = stage
 
-        if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
-            val = evaluate(engine, valid_ds, args, dp_rank, dp_size, device, hooks, pipe_plans)
-            last_eval = step
-            if val is not None:
-                ppl = math.exp(min(val, 80.0))
-                log.record({"step": step, "val_loss": val, "val_ppl": ppl})
-                log.scalars(step, {"loss": val, "ppl": ppl}, "valid")
-                log.line(f"step {step:>7}: validation loss {val:.4f} | perplexity {ppl:.2f}")
-            interval["start"] = time.perf_counter()
+    def _reset_interval(self) -> None:
+        self.interval = dict(loss=torch.zeros((), dtype=torch.float64, device=self.device), steps=0, flops=0,
+                             lr=None, start=time.perf_counter())
 
-        if args.save and (step % args.save_interval == 0 or at_end):
-            state = {"step": step, "consumed_samples": consumed, "flops_done": flops_done,
-                     "dense_flops_done": dense_done, "stage": stage_now,
-                     "model": dataclasses.asdict(model_cfg), "method": args.method, "schedule": args.est_schedule,
-                     "seed": args.seed, "tokenizer_sha256": tokenizer.sha256, "args": _json_args(args)}
-            tag = ckpt.save_checkpoint(engine, args.save, step, state, args.keep_checkpoints)
-            log.line(f"step {step:>7}: saved checkpoint {os.path.join(args.save, tag)}")
-            interval["start"] = time.perf_counter()
-        if stopping:
-            name = signal.Signals(_STOP_SIGNAL["signum"]).name if _STOP_SIGNAL["signum"] else "a signal on a peer"
-            log.line(f"step {step}: stopping on {name}" + (" (checkpoint saved)" if args.save else ""))
-            break
-        if exiting and step < args.train_steps:
-            log.line(f"step {step}: --exit-interval {args.exit_interval} reached, stopping")
-            break
+    def _log_interval(self, rates) -> None:
+        args, progress, interval = self.args, self.progress, self.interval
+        peak = peak_tflops(args.peak_tflops)
+        loss = _all_reduce_mean([float(interval["loss"])], self.device)[0] / interval["steps"]
+        elapsed = max(time.perf_counter() - interval["start"], 1e-9)
+        tflops = interval["flops"] / elapsed / self.world / 1e12
+        record = {"step": progress.step, "loss": loss, "lr": interval["lr"], "stage": progress.stage,
+                  "p_heads": rates[0], "p_mlp": rates[1], "p_layers": rates[2],
+                  "tokens_per_sec": interval["steps"] * args.global_batch_size * args.seq_length / elapsed,
+                  "tflops": tflops, "mfu": tflops / peak if peak else None,
+                  "flops_saved_frac": progress.flops_saved_frac, "memory_gb": memory_gb(),
+                  "consumed_samples": progress.consumed, "step_time_s": elapsed / interval["steps"]}
+        if args.check_plan_consistency:
+            check_replicas(self.engine, self.device, self.layout.get_data_parallel_group())
+            record["replicas_identical"] = True
+        self.log.record(record)
+        self.log.scalars(progress.step, {k: v for k, v in record.items() if k != "step"}, "train")
+        mfu = f" mfu {record['mfu'] * 100:.1f}%" if peak else ""
+        self.log.line(f"step {progress.step:>7}/{args.train_steps} | loss {loss:.4f} | lr {interval['lr']:.3e} | "
+                      f"stage {progress.stage} p=({rates[0]:.3g},{rates[1]:.3g},{rates[2]:.3g}) | "
+                      f"{record['tokens_per_sec']:,.0f} tok/s | {tflops:.3g} TFLOP/s{mfu} | FLOPs saved "
+                      f"{record['flops_saved_frac'] * 100:.1f}% | mem {record['memory_gb']:.2f} GiB")
+        self._reset_interval()
 
-    if rank == 0 and args.log_dir:
-        summary = {"event": "end", "step": step, "flops_saved_frac": 1.0 - flops_done / max(dense_done, 1),
-                   "checkpoint": args.save}
-        log.record(summary)
-    log.close()
-    return engine
+    def _validate(self) -> None:
+        step = self.progress.step
+        val = evaluate(self.engine, self.valid_ds, self.args, self.dp_rank, self.dp_size, self.device, self.hooks,
+                       self.pipe_plans)
+        if val is not None:
+            ppl = math.exp(min(val, 80.0))
+            self.log.record({"step": step, "val_loss": val, "val_ppl": ppl})
+            self.log.scalars(step, {"loss": val, "ppl": ppl}, "valid")
+            self.log.line(f"step {step:>7}: validation loss {val:.4f} | perplexity {ppl:.2f}")
+        self.interval["start"] = time.perf_counter()  # validation time is not training throughput
+
+    def _save(self) -> None:
+        args, progress = self.args, self.progress
+        state = {"step": progress.step, "consumed_samples": progress.consumed, "flops_done": progress.flops_done,
+                 "dense_flops_done": progress.dense_done, "stage": progress.stage,
+                 "model": dataclasses.asdict(self.model_cfg), "method": args.method,
+                 "schedule": args.est_schedule, "seed": args.seed, "tokenizer_sha256": self.tokenizer.sha256,
+                 "args": _json_args(args)}
+        tag = ckpt.save_checkpoint(self.engine, args.save, progress.step, state, args.keep_checkpoints)
+        self.log.line(f"step {progress.step:>7}: saved checkpoint {os.path.join(args.save, tag)}")
+        self.interval["start"] = time.perf_counter()

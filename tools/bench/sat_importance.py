@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import step_speed  # noqa: E402  (also puts the repository on sys.path)
-import torch  # noqa: E402
 
 from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
