@@ -27,7 +27,7 @@ import numpy as np
 from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.errors import UsageError
 from est_megatron.subnet.plan import DENSE_LAYER, LayerPlan, StepPlan
-from est_megatron.subnet.schedule import ResolvedSchedule, Schedule, _parse_step
+from est_megatron.subnet.schedule import ResolvedSchedule, Schedule, boundaries_of, parse_boundaries
 
 # name -> (depths as fractions of the model's layers, stage boundaries as fractions of the run).
 # "quarters" is the paper's BERT-base 6-8-10-12 (and UL2 12-16-20-24) schedule with four equal stages.
@@ -108,19 +108,11 @@ def parse_raptr_schedule(text: str) -> RaptrSchedule:
         depths = tuple(int(d) for d in depths_text.split(",") if d.strip())
     except ValueError:
         raise UsageError(f"RAPTR depths {depths_text!r} must be whole layer counts such as 6,8,10,12") from None
-    bounds = [_parse_step(b) for b in bounds_text.split(",") if b.strip()]
+    bounds = parse_boundaries(bounds_text)
     if len(depths) != len(bounds) or not depths:
         raise UsageError(f"RAPTR schedule {text!r} has {len(depths)} depths but {len(bounds)} boundaries; give "
                          "one boundary per stage")
-    if not all(np.isfinite(bounds)):
-        raise UsageError(f"RAPTR schedule {text!r}: boundaries must be finite numbers")
-    fractional = max(bounds) <= 1.0
-    if fractional:
-        boundaries = tuple(Fraction(b).limit_denominator(1_000_000) for b in bounds)
-    else:
-        if any(b != int(b) for b in bounds):
-            raise UsageError(f"RAPTR schedule {text!r}: absolute boundaries must be whole steps")
-        boundaries = tuple(int(b) for b in bounds)
+    boundaries, fractional = boundaries_of(bounds, f"RAPTR schedule {text!r}")
     return RaptrSchedule(depths, boundaries, False, fractional, text)
 
 

@@ -146,7 +146,7 @@ def parse_schedule(text: str) -> Schedule:
         raise UsageError(f"unknown schedule {text!r}; use a preset ({', '.join(SCHEDULE_PRESETS)}) or "
                          "BOUNDARIES:RATES such as 20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1")
     bounds_text, rates_text = text.split(":", 1)
-    bounds = [_parse_step(b) for b in bounds_text.split(",")]
+    bounds = parse_boundaries(bounds_text)
     try:
         rates = tuple(tuple(float(p) for p in stage.split(",")) for stage in rates_text.split("/"))
     except ValueError:
@@ -156,11 +156,19 @@ def parse_schedule(text: str) -> Schedule:
         raise UsageError(f"schedule {text!r} has {len(bounds)} boundaries but {len(rates)} rate triples; give "
                          "one triple per stage")
     _check_rates(rates, text)
-    fractional = max(bounds) <= 1.0
-    if fractional:
-        boundaries = tuple(Fraction(b).limit_denominator(1_000_000) for b in bounds)
-    else:
-        if any(b != int(b) for b in bounds):
-            raise UsageError(f"schedule {text!r}: absolute boundaries must be whole steps")
-        boundaries = tuple(int(b) for b in bounds)
+    boundaries, fractional = boundaries_of(bounds, f"schedule {text!r}")
     return Schedule(boundaries=boundaries, rates=rates, fractional=fractional, name=text)
+
+
+def parse_boundaries(text: str) -> list:
+    """Comma-separated stage boundaries: steps (`20k`, `1.5m`, `3000`) or fractions of the run (`0.25`)."""
+    return [_parse_step(b) for b in text.split(",")]
+
+
+def boundaries_of(bounds: list, what: str) -> Tuple[tuple, bool]:
+    """(boundaries, fractional): fractions of the run when all are at most 1, else whole absolute steps."""
+    if max(bounds) <= 1.0:
+        return tuple(Fraction(b).limit_denominator(1_000_000) for b in bounds), True
+    if any(b != int(b) for b in bounds):
+        raise UsageError(f"{what}: absolute boundaries must be whole steps")
+    return tuple(int(b) for b in bounds), False
