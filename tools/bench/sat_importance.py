@@ -13,7 +13,6 @@ gradient accumulation its share of a step is (a) / (a + A * (b)). Prints medians
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -99,9 +98,7 @@ def main(argv=None) -> dict:
     print(f"share of a step: {result['share_one_micro_batch'] * 100:.1f}% with one micro-batch, "
           f"{result['share_per_optimizer_step'] * 100:.1f}% with {args.accumulation} micro-batches per step; "
           f"FLOPs ratio per micro-batch {flops_ratio * 100:.1f}%")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    step_speed.write_json(args.json, result)
     return result
 
 

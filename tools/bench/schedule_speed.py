@@ -14,7 +14,6 @@ process' CPU time, which a shared machine disturbs far less than wall-clock.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List
@@ -119,9 +118,7 @@ def main(argv=None) -> dict:
           f"FLOPs saving {ideal:.1%}, ratio {summary['saving_ratio']:.3f}")
     print(f"by CPU time: EST {est_cpu:.2f} s, dense {dense_cpu:.2f} s: saving {summary['cpu_measured_saving']:.1%}, "
           f"ratio {summary['cpu_saving_ratio']:.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+    step_speed.write_json(args.json, summary)
     return summary
 
 

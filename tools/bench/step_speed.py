@@ -121,6 +121,13 @@ class Stepper:
         return loss.item()
 
 
+def write_json(path: Optional[str], result: dict) -> None:
+    """--json PATH: the printed results, machine-readable (nothing when no path is given)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def timed(device: torch.device, fn) -> float:
     return timed2(device, fn)[0]
 
@@ -366,9 +373,7 @@ def main(argv=None) -> dict:
                    memory_method="cuda max_memory_allocated" if device.type == "cuda" else
                    "parameters + AdamW state + peak of torch CPU allocations during the step (profiler records)")
     print_summary(summary)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+    write_json(args.json, summary)
     return summary
 
 
