@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import step_speed  # noqa: E402  (also puts the repository on sys.path)
 
-from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset  # noqa: E402
+from est_megatron.config import SubnetConfig  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.subnet.flops import step_flops  # noqa: E402
 from est_megatron.subnet.sat import METRICS, SatConfig, SatPlanner, importance_flops  # noqa: E402
@@ -39,19 +39,13 @@ class _FixedPlan:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
-    p.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (default: the context)")
-    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per step")
+    step_speed.add_common_args(p)
     p.add_argument("--accumulation", type=int, default=8, help="micro-batches per optimizer step for the share")
     p.add_argument("--sat-metric", choices=METRICS, default="maxip", help="SAT importance metric")
     p.add_argument("--sat-prepass-seqs", type=int, default=1, help="sequences in the statistics pre-pass")
     p.add_argument("--sat-r-max", type=float, default=0.5, help="omission rate of the timed plan")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (medians are reported)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=1234, help="seeds the weights, the data and the plans")
-    p.add_argument("--json", default=None, help="also write the results to this file")
     return p
 
 
@@ -60,12 +54,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if min(args.micro_batch_size, args.accumulation, args.reps) <= 0 or args.warmup < 0:
         raise UsageError("--micro-batch-size, --accumulation and --reps must be positive, --warmup >= 0")
-    cfg = model_preset(args.model)
-    seq = args.seq_length or cfg.max_position_embeddings
-    if not 0 < seq <= cfg.max_position_embeddings:
-        raise UsageError(f"--seq-length {seq} must be in 1..{cfg.max_position_embeddings} for {args.model}")
-    device = step_speed.resolve_device(args.device)
-    dtype = step_speed.resolve_dtype(args.dtype, device)
+    cfg, seq, device, dtype = step_speed.setup(args)
     sat = SatConfig(metric=args.sat_metric, r_max=args.sat_r_max, ladders=0, prepass_seqs=args.sat_prepass_seqs)
     planner = SatPlanner(cfg, SubnetConfig(), sat, train_steps=1, seed=args.seed)
     stepper = step_speed.Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed)

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_speed  # noqa: E402  (also puts the repository on sys.path)
 import torch  # noqa: E402
 
-from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset  # noqa: E402
+from est_megatron.config import SubnetConfig  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.subnet.flops import dense_step_flops, step_flops  # noqa: E402
 from est_megatron.subnet.plan import PlanSampler  # noqa: E402
@@ -32,18 +32,11 @@ from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule  # noq
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
+    step_speed.add_common_args(p)
     p.add_argument("--schedule", default="tinyllama", help=f"EST schedule ({', '.join(SCHEDULE_PRESETS)} or custom)")
     p.add_argument("--train-steps", type=int, default=60, help="steps of each of the two runs")
-    p.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (default: the context)")
-    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed steps of each run first (dense and every stage's rates), then the timed runs")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=1234, help="seeds the weights, the data and the plans")
-    p.add_argument("--json", default=None, help="also write the results to this file")
     return p
 
 
@@ -52,14 +45,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.train_steps <= 0 or args.micro_batch_size <= 0 or args.warmup < 0:
         raise UsageError("--train-steps and --micro-batch-size must be positive and --warmup >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = model_preset(args.model)
-    seq = args.seq_length or cfg.max_position_embeddings
-    if not 0 < seq <= cfg.max_position_embeddings:
-        raise UsageError(f"--seq-length {seq} must be in 1..{cfg.max_position_embeddings} for {args.model}")
-    device = step_speed.resolve_device(args.device)
-    dtype = step_speed.resolve_dtype(args.dtype, device)
+    cfg, seq, device, dtype = step_speed.setup(args)
     schedule = parse_schedule(args.schedule).resolve(args.train_steps)
     sampler = PlanSampler(cfg, SubnetConfig(), schedule, args.seed)
     batch = args.micro_batch_size

@@ -237,15 +237,35 @@ def measure_modules(cfg, device, dtype, seq: int, batch_sizes: List[int], warmup
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The model, shape, device and output flags every step benchmark takes."""
     p.add_argument("--model", default="bench-cpu", help=f"model preset ({', '.join(MODEL_PRESETS)})")
     p.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (default: the context)")
     p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per step")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every variant first")
-    p.add_argument("--reps", type=int, default=3, help="timed rounds; figures are medians")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=1234, help="seeds the weights, the data and the plans")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+
+
+def setup(args):
+    """(model config, sequence length, device, dtype) from the common flags, checked."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = model_preset(args.model)
+    seq = args.seq_length or cfg.max_position_embeddings
+    if not 0 < seq <= cfg.max_position_embeddings:
+        raise UsageError(f"--seq-length {seq} must be in 1..{cfg.max_position_embeddings} for {args.model}")
+    device = resolve_device(args.device)
+    return cfg, seq, device, resolve_dtype(args.dtype, device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every variant first")
+    p.add_argument("--reps", type=int, default=3, help="timed rounds; figures are medians")
     p.add_argument("--compile", action="store_true", help="run the model under torch.compile")
     p.add_argument("--no-est-machinery", action="store_true",
                    help="also time the dense step with plan=None and compare it with the dense StepPlan step")
@@ -253,11 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module-batch-sizes", default="1,2,4,8",
                    help="micro-batch sizes of the --modules table")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="print a torch.profiler table of this many rows for one step of each variant")
-    p.add_argument("--seed", type=int, default=1234, help="seeds the weights, the data and the plans")
-    p.add_argument("--json", default=None, help="write the results to this file")
     return p
 
 
@@ -345,14 +362,7 @@ def print_summary(summary: dict) -> None:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     check(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = model_preset(args.model)
-    seq = args.seq_length or cfg.max_position_embeddings
-    if not 0 < seq <= cfg.max_position_embeddings:
-        raise UsageError(f"--seq-length {seq} must be in 1..{cfg.max_position_embeddings} for {args.model}")
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    cfg, seq, device, dtype = setup(args)
     module_batches = parse_batch_sizes(args.module_batch_sizes) if args.modules else []
 
     stepper = Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed, args.compile)
