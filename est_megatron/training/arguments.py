@@ -133,6 +133,10 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
     g.add_argument("--est-schedule", default=est_schedule_default,
                    help=f"preset ({', '.join(SCHEDULE_PRESETS)}) or BOUNDARIES:RATES, e.g. "
                         "20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1 (fractions of the run when all <= 1)")
+    g.add_argument("--est-optimizer", default="sparse", choices=("sparse", "dense"),
+                   help="AdamW step of a subnetwork method: sparse leaves everything the step's plan did not train "
+                        "untouched (values, both Adam moments, no weight decay); dense applies AdamW to every "
+                        "parameter, with zero gradients outside the plan (an ablation)")
     g.add_argument("--est-whole-groups", action="store_true",
                    help="sample whole key/value groups instead of query heads inside every group")
     g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
