@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.model.gather import gather
+from est_megatron.model.recompute import recomputed
 from est_megatron.model.rope import RotaryTables, apply_rope
 from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
@@ -71,6 +72,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(out_columns, config.hidden_size, bias=config.bias)
         self.rotary = rotary  # None: positions come from learned embeddings (GPT-2)
         self._index_cache = (None, None)
+        self.recompute_core = False  # selective recompute (est_megatron.model.recompute)
 
     def subnet_index(self, plan: LayerPlan) -> SubnetIndex:
         if self._index_cache[0] is not plan:
@@ -91,14 +93,21 @@ class Attention(nn.Module):
             out_w = gather(self.out.weight, 1, index.out_columns, plan.head_scale)
             groups, per_group = index.num_groups, index.heads_per_group
         qkv = F.linear(x, qkv_w, qkv_b).view(batch, seq, groups, per_group + 2, self.head_dim)
+        context = recomputed(self.recompute_core, self.core, qkv)
+        # the output bias is not part of the head sum: it is never scaled (and is added once under TP)
+        return row_parallel_linear(context, out_w, self.out.bias, self.tp_group)
+
+    def core(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The attention core, (batch, seq, groups, heads per group + 2, head_dim) QKV -> (batch, seq, heads x
+        head_dim) context: what selective recompute runs again in the backward pass."""
+        batch, seq, groups, slots, _ = qkv.shape
+        per_group = slots - 2
         # split, not indexing: its backward is one cat instead of a zero-filled full-size gradient per slice
         qk, v = qkv.split([per_group + 1, 1], dim=3)
         if self.rotary is not None:  # queries and their group's key rotate together, in one pass
-            cos, sin = self.rotary.get(seq, x)
+            cos, sin = self.rotary.get(seq, qkv)
             qk = apply_rope(qk, cos[:, None, None], sin[:, None, None])
         q, k = qk.split([per_group, 1], dim=3)
         q = q.reshape(batch, seq, groups * per_group, self.head_dim).transpose(1, 2)
         k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)
-        context = causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
-        # the output bias is not part of the head sum: it is never scaled (and is added once under TP)
-        return row_parallel_linear(context, out_w, self.out.bias, self.tp_group)
+        return causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)

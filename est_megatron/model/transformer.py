@@ -21,6 +21,7 @@ from est_megatron.config import ModelConfig
 from est_megatron.model.attention import Attention
 from est_megatron.model.mlp import MLP
 from est_megatron.model.norms import build_norm
+from est_megatron.model.recompute import recomputed
 from est_megatron.model.rope import RotaryTables, rotary_tables
 from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
                                           mark_tensor_parallel, parallel_logits, vocab_parallel_cross_entropy,
@@ -40,6 +41,7 @@ class TransformerLayer(nn.Module):
         self.attn = Attention(config, rotary, config.num_query_groups // tp_size, tp_group)
         self.mlp_norm = build_norm(config)
         self.mlp = MLP(config, config.ffn_hidden_size // tp_size, tp_group)
+        self.recompute = False  # full recompute of this layer (est_megatron.model.recompute)
 
     def reset_parameters(self, std: float, num_layers: int) -> None:
         """Input projections N(0, std); the residual output projections N(0, std / sqrt(2 * layers)), as GPT-2 and
@@ -52,6 +54,9 @@ class TransformerLayer(nn.Module):
                 nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+        return recomputed(self.recompute, self.block, x, plan)
+
+    def block(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale
         if scale != 1.0:
             x = x + scale * self.attn(self.attn_norm(x), plan)

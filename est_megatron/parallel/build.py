@@ -2,6 +2,11 @@
 
 TP=1 x PP=1 is the plain `Transformer` (what SAT and the tools expect); TP>1 its tensor-parallel form; PP>1 a
 DeepSpeed `PipelineModule` (pass it to `deepspeed.initialize` without `mpu`, the others with `mpu=state`).
+
+Under ZeRO-3 the model is built inside `deepspeed.zero.Init`: every module's parameters are partitioned over the
+data-parallel ranks as soon as the module exists, and the seeded initialisation writes each rank's partition
+from one full part of the model (a layer, the embeddings) at a time, so no rank ever holds the whole model and
+every rank count starts from the weights of a one-process run.
 """
 from __future__ import annotations
 
@@ -11,15 +16,19 @@ import torch
 import torch.distributed as dist
 
 from est_megatron.config import ModelConfig
+from est_megatron.model.recompute import Recompute
 from est_megatron.parallel.layers import load_full_state
 from est_megatron.parallel.layout import validate_layout
 from est_megatron.parallel.subnet import PlanHolder
 
 
 def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage: int = 0,
-                full_state: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.nn.Module, PlanHolder]:
+                full_state: Optional[Dict[str, torch.Tensor]] = None, recompute: Optional[Recompute] = None,
+                ds_config: Optional[dict] = None) -> Tuple[torch.nn.Module, PlanHolder]:
     """(model, plans): `plans` is the holder a pipeline model reads the step's plan from (set it before
-    `train_batch`); `full_state`, a single-process state dict, replaces the seeded weights (e.g. --init-from)."""
+    `train_batch`); `full_state`, a single-process state dict, replaces the seeded weights (e.g. --init-from);
+    `recompute` marks layers for activation recompute; with ZeRO-3 and `ds_config` (the engine's config: dtype,
+    parameter offload) the model is built partitioned, inside `deepspeed.zero.Init`."""
     from est_megatron.model.transformer import Transformer
     from est_megatron.parallel.pipeline import build_pipeline_model, global_named_parameters
 
@@ -29,9 +38,15 @@ def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage:
     if pp > 1:
         model = build_pipeline_model(cfg, state, plans, seed, subnet_cfg)
         named = global_named_parameters(model)
+    elif zero_stage == 3 and ds_config is not None:
+        import deepspeed
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=state):
+            model = Transformer(cfg, state.tp_group if tp > 1 else None, seed)
+        named = list(model.named_parameters())
     else:
         model = Transformer(cfg, state.tp_group if tp > 1 else None, seed)
         named = list(model.named_parameters())
     if full_state is not None:
         load_full_state(named, full_state, cfg, state.tp_rank, tp)
+    (recompute or Recompute()).apply(model)
     return model, plans

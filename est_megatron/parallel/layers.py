@@ -8,10 +8,12 @@ and of the output projection; no rank ever holds the full logits.
 Initialisation is layout-independent: the full tensors of one part of the model (the embeddings, one layer, the
 head) are drawn on CPU from a generator seeded by (seed, part) with the model's own init functions, then each
 rank keeps its slice. A TP or PP run therefore starts from exactly the weights of a single-process run with the
-same seed, and one part is materialised at a time.
+same seed, and one part is materialised at a time. A parameter that ZeRO-3 already partitioned (built inside
+`deepspeed.zero.Init`) receives only its rank's flat partition of the TP slice, so no rank holds the whole model.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import zlib
@@ -183,6 +185,40 @@ def _part_of(name: str) -> str:
     return "embed" if name.split(".")[0] in ("embed", "pos_embed") else "head"
 
 
+def is_partitioned(param: torch.Tensor) -> bool:
+    """Whether ZeRO-3 partitioned `param` (built inside deepspeed.zero.Init): its data lives in `ds_tensor`."""
+    return getattr(param, "ds_tensor", None) is not None
+
+
+@contextlib.contextmanager
+def _outside_zero_init():
+    """Modules built here are ordinary full-size modules even inside deepspeed.zero.Init, which would otherwise
+    partition them (and allocate their tensors on its device, in its dtype)."""
+    import sys
+    zero_init = sys.modules.get("deepspeed.runtime.zero.partition_parameters")
+    active = zero_init is not None and zero_init.top_level_context is not None
+    if active:
+        zero_init.shutdown_init_context()
+    try:
+        yield
+    finally:
+        if active:
+            zero_init.restore_init_context()
+
+
+def assign(param: torch.Tensor, value: torch.Tensor) -> None:
+    """param := value (this TP rank's whole tensor); a ZeRO-3-partitioned parameter keeps only its rank's part of
+    the flattened tensor, as DeepSpeed lays it out (equal parts in data-parallel rank order, zero padding last)."""
+    if not is_partitioned(param):
+        param.copy_(value)
+        return
+    part = param.ds_tensor
+    start = part.ds_numel * dist.get_rank(group=param.ds_process_group)
+    mine = value.reshape(-1)[start:start + part.ds_numel]
+    part[:mine.numel()].copy_(mine)
+    part[mine.numel():].zero_()
+
+
 def full_part(cfg: ModelConfig, part: str, seed: int) -> Dict[str, torch.Tensor]:
     """Full initial tensors of one part ("embed", "layers.<i>" or "head"), drawn as the model's init does."""
     from est_megatron.model.norms import build_norm
@@ -190,7 +226,7 @@ def full_part(cfg: ModelConfig, part: str, seed: int) -> Dict[str, torch.Tensor]
 
     std = cfg.init_std
     generator_seed = (seed * 1_000_003 + zlib.crc32(part.encode())) % (2 ** 63)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _outside_zero_init():
         torch.manual_seed(generator_seed)
         if part == "embed":
             out = {"embed.weight": torch.empty(cfg.vocab_size, cfg.hidden_size).normal_(std=std)}
@@ -218,7 +254,7 @@ def initialize_from_seed(named_parameters: Iterable[Tuple[str, nn.Parameter]], c
     for part, params in by_part.items():
         full = full_part(cfg, part, seed)
         for name, param in params:
-            param.copy_(shard(name, full[name], cfg, tp_rank, tp_size))
+            assign(param, shard(name, full[name], cfg, tp_rank, tp_size))
 
 
 @torch.no_grad()
@@ -226,4 +262,4 @@ def load_full_state(named_parameters: Iterable[Tuple[str, nn.Parameter]], state:
                     cfg: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
     """Load a single-process (TP=1) state dict into a TP shard, parameters given by their global names."""
     for name, param in named_parameters:
-        param.copy_(shard(name, state[name], cfg, tp_rank, tp_size))
+        assign(param, shard(name, state[name], cfg, tp_rank, tp_size))

@@ -113,6 +113,17 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="set by the deepspeed launcher (LOCAL_RANK env otherwise)")
 
+    g = p.add_argument_group("memory")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="selective recompute: keep the QKV projection's output and recompute the attention core "
+                        "(RoPE, attention, head reshapes) in the backward pass")
+    g.add_argument("--recompute-granularity", choices=("full", "selective"),
+                   help="full: keep only each layer's input and recompute the whole layer in the backward pass; "
+                        "selective: as --recompute-activations")
+    g.add_argument("--recompute-num-layers", type=int,
+                   help="with --recompute-granularity full: recompute the first N layers of each pipeline stage "
+                        "(default: all of them)")
+
     g = p.add_argument_group("demo")
     g.add_argument("--demo", action="store_true",
                    help="build a corpus from this Python installation, train a tokenizer, preprocess and pretrain "

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from est_megatron.config import ModelConfig, SubnetConfig, model_preset, MODEL_PRESETS
 from est_megatron.errors import UsageError
+from est_megatron.model.recompute import Recompute
 from est_megatron.parallel.build import build_model
 from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
@@ -242,7 +243,7 @@ class Trainer:
                              "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
         torch.manual_seed(args.seed)
         model, pipe_plans = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
-                                        full_state)
+                                        full_state, Recompute.from_args(args))
         self.pipe_plans = pipe_plans if pp > 1 else None
         optimizer = build_optimizer(model, args)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
