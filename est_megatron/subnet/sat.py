@@ -18,7 +18,7 @@ attention norm (Q/K/V) or MLP norm (gate/up).
 Inputs X, "on the current micro-batch before the step's computation": a no-grad dense forward of the first
 `prepass_seqs` sequences of the step's first micro-batch records per layer the token-mean and the per-feature
 L2 norm of both normed inputs (forward hooks on the norms; the forward stops after the last one is taken, so the
-last MLP and the LM head never run). With one sequence out of a global batch of B that costs about 1/(3B) of a
+last MLP and the LM head never run; under ZeRO-3 it runs to the end, see `layer_input_stats`). With one sequence out of a global batch of B that costs about 1/(3B) of a
 dense step plus the scoring matvecs (2 FLOPs per QKV/gate/up weight); `importance_flops` counts it for the logs.
 
 Selection keeps (1 - r) of the query heads in every key/value group (of the groups in every head stratum in
@@ -170,15 +170,25 @@ class _StopForward(Exception):
     pass
 
 
+def partitioned(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 partitions the model's parameters (DeepSpeed marks them with `ds_id`)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
 def layer_input_stats(model: torch.nn.Module, input_ids: torch.Tensor) -> List[Tuple[InputStats, InputStats]]:
-    """Per layer (attention-input stats, MLP-input stats) of a no-grad dense forward of `input_ids`."""
+    """Per layer (attention-input stats, MLP-input stats) of a no-grad dense forward of `input_ids`.
+
+    The forward stops once the last statistic is taken, except under ZeRO-3: its hooks gather each module's
+    parameters before and release them after the module's forward, and a forward abandoned midway leaves
+    parameters marked in use ("Cannot free a ZeRO-3 parameter while it is still active") at the next step."""
     stats, handles = {}, []
+    stop_early = not partitioned(model)
 
     def hook(key, last):
         def record(module, args, output):
             x = output.detach().float().reshape(-1, output.shape[-1])
             stats[key] = InputStats(x.mean(0), x.norm(dim=0))
-            if last:
+            if last and stop_early:
                 raise _StopForward
         return record
 
@@ -197,8 +207,9 @@ def layer_input_stats(model: torch.nn.Module, input_ids: torch.Tensor) -> List[T
     return [(stats[(i, 0)], stats[(i, 1)]) for i in range(len(layers))]
 
 
-def importance_flops(model: ModelConfig, prepass_seqs: int, seq: int, metric: str) -> int:
-    """FLOPs of one step's importance computation: the stats pre-pass forward and the scoring matvecs."""
+def importance_flops(model: ModelConfig, prepass_seqs: int, seq: int, metric: str, whole_forward: bool = False) -> int:
+    """FLOPs of one step's importance computation: the stats pre-pass forward and the scoring matvecs
+    (`whole_forward`: the pre-pass ran to the end, as under ZeRO-3)."""
     if metric == "uniform":
         return 0
     qkv_rows = model.num_query_groups * (model.heads_per_group + 2) * model.head_dim
@@ -209,6 +220,8 @@ def importance_flops(model: ModelConfig, prepass_seqs: int, seq: int, metric: st
     # the pre-pass is a dense forward without the LM head and the last MLP (the forward stops before them)
     tokens = prepass_seqs * seq
     forward = dense_step_flops(model, prepass_seqs, seq) // 3
+    if whole_forward:
+        return scoring + forward
     lm_head = 2 * tokens * model.hidden_size * model.vocab_size
     last_mlp = 2 * tokens * model.hidden_size * model.ffn_hidden_size * (3 if model.is_llama else 2)
     return scoring + forward - lm_head - last_mlp
@@ -326,8 +339,10 @@ class SatMethod:
         self.planner = planner
         self.seq_length = seq_length
         self._scores = (None, None)
+        self._whole_forward = False
 
     def prepare(self, step: int, module: torch.nn.Module, input_ids: torch.Tensor) -> None:
+        self._whole_forward = partitioned(module)
         self._scores = (step, self.planner.scores(step, module, input_ids))
 
     def __call__(self, step: int) -> StepPlan:
@@ -339,7 +354,8 @@ class SatMethod:
         if self.planner.is_dense(step):
             return 0
         seqs = self.planner.cfg.prepass_seqs
-        return importance_flops(self.planner.model, seqs, self.seq_length, self.planner.cfg.metric)
+        return importance_flops(self.planner.model, seqs, self.seq_length, self.planner.cfg.metric,
+                                self._whole_forward)
 
     def describe(self) -> str:
         c, p = self.planner.cfg, self.planner

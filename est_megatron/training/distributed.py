@@ -11,6 +11,8 @@ import os
 import socket
 import sys
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 
@@ -44,6 +46,18 @@ def init_distributed(local_rank_flag=None) -> dict:
     import deepspeed
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return dict(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def agree(problem: Optional[str]) -> Optional[str]:
+    """Collective: the first rank's problem (a one-line message) if any rank has one, else None on every rank.
+
+    Checks that may fail on some ranks only (a directory unwritable on one node, a file that rank 0 verified) end
+    with every rank raising the same error instead of the others hanging in the next collective."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return problem
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, problem)
+    return next((p for p in found if p is not None), None)
 
 
 def teardown(engine=None, barrier: bool = True) -> None:

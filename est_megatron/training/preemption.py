@@ -1,0 +1,79 @@
+"""Preemption: a stop request becomes one saved checkpoint and exit status 0.
+
+Schedulers stop a job by signalling its whole process group (SLURM's scancel, Kubernetes), the launcher
+(torchrun forwards SIGTERM to its workers, DeepSpeed's per-node `deepspeed.launcher.launch` does too), or the
+training processes themselves. So:
+- the training processes catch SIGTERM and SIGUSR1 and only set a flag; the loop agrees on it across ranks at the
+  end of the step, saves and exits 0;
+- DataLoader workers ignore both (a worker killed by the group-wide signal would end the run with nothing saved;
+  the main process shuts them down itself);
+- a launcher that dies without forwarding the signal (the `deepspeed` command exits at once on SIGTERM, torchrun
+  on SIGUSR1) is noticed at the next step and treated like the signal, so its workers save instead of training
+  on as orphans.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Optional
+
+import psutil
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# How a launcher's command line starts: its script (torchrun, deepspeed) or `python -m MODULE`.
+_LAUNCHERS = {"torchrun", "deepspeed", "torch.distributed.run", "deepspeed.launcher.launch",
+              "deepspeed.launcher.runner"}
+_state = {"signum": None, "launchers": ()}
+
+
+def _on_signal(signum, frame):
+    _state["signum"] = signum
+
+
+def install_signal_handlers() -> None:
+    """Catch the stop signals and remember which launcher processes this one runs under."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
+    _state["signum"] = None
+    _state["launchers"] = _launcher_ancestors()
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn`: stop signals are for the main process, which saves and ends the workers."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _launcher_ancestors() -> tuple:
+    """(pid, start time) of the ancestors that are torchrun or deepspeed launchers."""
+    try:
+        found = []
+        for proc in psutil.Process().parents():
+            head = [os.path.basename(arg) for arg in proc.cmdline()[:3]]
+            if _LAUNCHERS.intersection(head):
+                found.append((proc.pid, proc.create_time()))
+        return tuple(found)
+    except psutil.Error:  # a process gone or hidden: nothing to watch
+        return ()
+
+
+def _launcher_gone() -> bool:
+    for pid, started in _state["launchers"]:
+        try:
+            if psutil.Process(pid).create_time() != started:
+                return True  # the pid was reused
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
+    return False
+
+
+def stop_reason() -> Optional[str]:
+    """Why this process should stop after the current step ('SIGTERM', 'the launcher exited'), or None."""
+    if _state["signum"] is not None:
+        return signal.Signals(_state["signum"]).name
+    if _state["launchers"] and _launcher_gone():
+        return "the launcher exited"
+    return None
+
