@@ -20,8 +20,9 @@ setup(
         "tqdm>=4.64",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "safetensors>=0.4"],
+        "test": ["pytest>=7", "transformers>=4.40", "safetensors>=0.4", "matplotlib>=3.7"],
         "gpu": ["flash-attn>=2.5"],
         "hf": ["transformers>=4.40", "safetensors>=0.4"],
+        "plot": ["matplotlib>=3.7"],  # tools/compare_runs.py and tools/plot_metrics.py figures
     },
 )

@@ -1,0 +1,6 @@
+"""est_megatron.analysis: reading training logs (`metrics.jsonl`) back and drawing loss curves from them.
+
+`curves` turns a log into loss series against steps, FLOPs and tokens (no plotting library needed);
+`figure` draws the paper's Figure 2 layout with matplotlib, an optional dependency (`pip install -e ".[plot]"`).
+tools/compare_runs.py and tools/plot_metrics.py both draw through these two modules.
+"""
