@@ -9,20 +9,28 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["est_megatron", "est_megatron.*"]),
     python_requires=">=3.9",
+    # Ranges are the ones CI tests: torch and DeepSpeed at the tested minor versions; .ci/run also runs the
+    # Hugging Face tests against the oldest transformers allowed here.
     install_requires=[
-        "torch>=2.5",
-        "deepspeed>=0.14",
-        "sentencepiece>=0.1.99",
+        "torch>=2.13,<2.14",
+        "deepspeed>=0.19,<0.20",
+        "sentencepiece>=0.2,<0.3",
+        "protobuf>=4",  # sentencepiece's model proto, read when exporting a tokenizer.json
+        "tokenizers>=0.22,<0.24",
         "datasets>=2.14",
         "numpy>=1.24",
         "zstandard>=0.21",
         "pyarrow>=12",
         "tqdm>=4.64",
+        "psutil>=5.9",
+        "tensorboard>=2.14",
+        "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "safetensors>=0.4", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7"],
         "gpu": ["flash-attn>=2.5"],
-        "hf": ["transformers>=4.40", "safetensors>=0.4"],
+        "hf": ["transformers>=5.0,<6"],
+        "wandb": ["wandb>=0.16"],
         "plot": ["matplotlib>=3.7"],  # tools/compare_runs.py and tools/plot_metrics.py figures
     },
 )

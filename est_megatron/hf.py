@@ -9,16 +9,18 @@ Our standalone checkpoint (what `tools/convert_hf_to_est.py` writes and `--init-
 `model.safetensors` (our parameter names, `lm_head.weight` absent when embeddings are tied), `est_config.json`
 (`{"model": ModelConfig fields, "source": ...}`) and the tokenizer files. `load_est_weights` also reads a
 training checkpoint (DeepSpeed layout: `latest` -> step_N/ with `mp_rank_00_model_states.pt`, key "module", and
-our `est_state.json` holding the model config; ZeRO-3 partitions are merged with DeepSpeed's zero_to_fp32). A
+our `est_state.json` holding the model config; ZeRO-3's fp32 partitions are merged here). A
 checkpoint of a tensor- or pipeline-parallel run is merged into the single-process (TP=1) weights: one
 `mp_rank_XX_model_states.pt` per TP rank, or `layer_XX-model_YY-model_states.pt` per pipeline layer and TP rank.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import json
 import os
+import pickle
 import re
 import shutil
 from typing import Dict, Optional, Tuple
@@ -26,6 +28,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from est_megatron.config import ModelConfig
+from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.errors import UsageError
 
 StateDict = Dict[str, torch.Tensor]
@@ -33,7 +36,7 @@ EST_CONFIG = "est_config.json"
 EST_WEIGHTS = "model.safetensors"
 # Tokenizer files carried between checkpoints as they are (the SentencePiece model first of all).
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+                   "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
 # ---- configs ----
@@ -231,7 +234,7 @@ def _read_weights(directory: str) -> StateDict:
     loader = load_file
     if not files:
         files = sorted(glob.glob(os.path.join(directory, "pytorch_model*.bin")))
-        loader = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
+        loader = _safe_load
     if not files:
         raise UsageError(f"{directory} has no *.safetensors or pytorch_model*.bin weights")
     state: StateDict = {}
@@ -285,10 +288,53 @@ _PIPE_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 _TP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 
 
+def _safe_load(path: str) -> dict:
+    """torch.load that never runs code from the file (tensors and plain containers only, plus the few DeepSpeed
+    classes of its optimizer files, which are rebuilt from their fields); a damaged file is one line naming it."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UsageError(f"{path} holds objects other than tensors ({str(err).splitlines()[0][:160]}); it is not "
+                         "loaded, since unpickling could run code: convert the weights to safetensors") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise UsageError(f"{path} cannot be read ({str(err).splitlines()[0][:160]}); it is truncated or damaged, "
+                         "copy it again") from None
+
+
 def _load_module_state(path: str) -> StateDict:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = _safe_load(path)
     state = blob.get("module", blob)
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _zero3_state(tag_dir: str, model_states: str) -> StateDict:
+    """The full fp32 parameters of a ZeRO-3 checkpoint (TP=1): every rank's `zero_pp_rank_R_mp_rank_00_optim_states
+    .pt` holds, per parameter group, one flat tensor with, for each parameter in order, its R-th slice of
+    ceil(numel / world) elements; `param_shapes` in the model-states file gives the order and shapes. (DeepSpeed's
+    zero_to_fp32 does the same but unpickles the files.)"""
+    optim = {int(g.group(1)): os.path.join(tag_dir, n) for n in os.listdir(tag_dir)
+             if (g := re.match(r"^zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$", n))}
+    world = _ranks_complete(list(optim), "zero_pp_rank_*_optim_states.pt", tag_dir)
+    meta = _safe_load(model_states)
+    flat = [_safe_load(optim[r])["optimizer_state_dict"]["fp32_flat_groups"] for r in range(world)]
+    state: StateDict = {}
+    for group, shapes in enumerate(meta["param_shapes"]):
+        offset = 0
+        for name, shape in shapes.items():
+            numel = int(torch.Size(shape).numel())
+            part = -(-numel // world)
+            pieces = [flat[r][group][offset:offset + part] for r in range(world)]
+            if any(p.numel() != part for p in pieces):
+                raise UsageError(f"{tag_dir}: the ZeRO-3 partitions are shorter than the model-states file says; "
+                                 "copy the whole checkpoint directory")
+            state[name.removeprefix("module.")] = torch.cat(pieces)[:numel].view(shape).clone()
+            offset += part
+    for name, source in (meta.get("shared_params") or {}).items():
+        state[name.removeprefix("module.")] = state[source.removeprefix("module.")]
+    return state
 
 
 def _ranks_complete(ranks, what: str, tag_dir: str) -> int:
@@ -327,6 +373,8 @@ def _training_weights(tag_dir: str, m: ModelConfig) -> StateDict:
         states = _pipeline_shards(tag_dir, m, pipe)
     else:
         tp_files = {int(g.group(1)): os.path.join(tag_dir, n) for n in names if (g := _TP_FILE.match(n))}
+        if not tp_files and "zero_pp_rank_0_mp_rank_00_model_states.pt" in names:  # ZeRO-3 writes only these
+            tp_files = {0: os.path.join(tag_dir, "zero_pp_rank_0_mp_rank_00_model_states.pt")}
         if not tp_files:
             raise UsageError(f"{tag_dir} has no mp_rank_00_model_states.pt; is it a DeepSpeed checkpoint tag?")
         tp = _ranks_complete(list(tp_files), "mp_rank_*_model_states.pt", tag_dir)
@@ -335,10 +383,7 @@ def _training_weights(tag_dir: str, m: ModelConfig) -> StateDict:
             if tp > 1:
                 raise UsageError(f"{tag_dir} is a ZeRO-3 checkpoint of a tensor-parallel run, which cannot be merged; "
                                  "train with ZeRO-1/2 under tensor parallelism, or with TP=1 under ZeRO-3")
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            parent, tag = os.path.split(os.path.abspath(tag_dir))
-            states = [{k[len("module."):] if k.startswith("module.") else k: v for k, v in
-                       get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag).items()}]
+            states = [_zero3_state(tag_dir, tp_files[0])]
     state = merge_tensor_parallel(states, m)
     _check_shapes(state, m, tag_dir)
     return state
@@ -377,34 +422,110 @@ def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
 
 
 def tokenizer_files(directory: str) -> Dict[str, str]:
-    """Tokenizer files that belong to a checkpoint: those beside it, else the run's recorded --tokenizer-model."""
-    found = {name: os.path.join(directory, name) for name in TOKENIZER_FILES
-             if os.path.isfile(os.path.join(directory, name))}
-    if "tokenizer.model" not in found:
-        tag_dir = _training_tag_dir(directory)
-        recorded = (_training_state(tag_dir).get("args") or {}).get("tokenizer_model") if tag_dir else None
-        if recorded and os.path.isfile(recorded):
-            found["tokenizer.model"] = recorded
-    return found
+    """The tokenizer files beside a checkpoint (an imported checkpoint keeps whatever its Hugging Face folder had)."""
+    return {name: os.path.join(directory, name) for name in TOKENIZER_FILES
+            if os.path.isfile(os.path.join(directory, name))}
+
+
+def folder_tokenizer(directory: str) -> Optional[TokenizerSpec]:
+    """The tokenizer a folder's files make: a SentencePiece tokenizer.model first (what Llama's shards are made
+    with), then a Hugging Face tokenizer.json, then GPT-2's vocab.json + merges.txt."""
+    files = tokenizer_files(directory)
+    if "tokenizer.model" in files:
+        return TokenizerSpec("SentencePieceTokenizer", files["tokenizer.model"])
+    if "tokenizer.json" in files:
+        return TokenizerSpec("HuggingFaceTokenizer", directory)
+    if "vocab.json" in files and "merges.txt" in files:
+        return TokenizerSpec("GPT2BPETokenizer", None, files["vocab.json"], files["merges.txt"])
+    return None
+
+
+def _run_adds_bos(args: dict) -> Optional[bool]:
+    """Whether a training run's documents started with BOS: SFT always does; pretraining as the shards' manifests
+    say (None when they are gone)."""
+    if "sft_packing" in args:
+        return True
+    from est_megatron.data.blend import parse_data_path
+    from est_megatron.data.preprocess import manifest_path
+    data_path = args.get("data_path") or args.get("train_data_path")  # Megatron's separate training blend
+    if not data_path:
+        return None
+    seen = set()
+    for _, prefix in parse_data_path(data_path):
+        if not os.path.isfile(manifest_path(prefix)):
+            return None
+        with open(manifest_path(prefix)) as f:
+            seen.add(bool(json.load(f).get("add_bos")))
+    return any(seen) if seen else None
+
+
+def checkpoint_tokenizer(directory: str) -> Tuple[Optional[TokenizerSpec], Optional[bool]]:
+    """(tokenizer spec, whether documents start with BOS) of a checkpoint: the files beside it, else the training
+    run's recorded tokenizer flags and shards; None where unknown."""
+    spec = folder_tokenizer(directory)
+    tag_dir = _training_tag_dir(directory)
+    args = (_training_state(tag_dir).get("args") or {}) if tag_dir else {}
+    add_bos = _run_adds_bos(args) if args else None
+    if spec is None and args:
+        from est_megatron.data.tokenizer import spec_from_args
+        try:
+            recorded = spec_from_args(argparse.Namespace(**args))
+        except UsageError:
+            recorded = None
+        files = [f for f in (recorded.model, recorded.vocab_file, recorded.merge_file) if f] if recorded else []
+        spec = recorded if files and all(os.path.exists(f) for f in files) else None
+    return spec, add_bos
+
+
+def _source_tokenizer_config(tokenizer) -> dict:
+    """The tokenizer_config.json beside the tokenizer's files (an imported Hugging Face folder's own: special
+    tokens, add_bos_token, chat template), if any."""
+    spec = tokenizer.spec
+    first = spec.model or spec.vocab_file
+    folder = first if os.path.isdir(first) else os.path.dirname(os.path.abspath(first))
+    path = os.path.join(folder, "tokenizer_config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself prepends BOS: its config's add_bos_token, else what its tokenizer.json does."""
+    config = _source_tokenizer_config(tokenizer)
+    if "add_bos_token" in config:
+        return bool(config["add_bos_token"])
+    if tokenizer.spec.type != "HuggingFaceTokenizer" or tokenizer.bos_id < 0:
+        return False
+    return tokenizer.backend.encode("a", add_special_tokens=True).ids[:1] == [tokenizer.bos_id]
 
 
 def write_hf_checkpoint(directory: str, model: ModelConfig, state: StateDict, dtype: torch.dtype = torch.float32,
-                        tokenizer: Optional[Dict[str, str]] = None) -> None:
-    """A directory `transformers.AutoModelForCausalLM.from_pretrained` loads, with the tokenizer files."""
+                        tokenizer: Optional[TokenizerSpec] = None, add_bos: Optional[bool] = None) -> None:
+    """A directory `transformers.AutoModelForCausalLM.from_pretrained` loads and, given the tokenizer,
+    `AutoTokenizer.from_pretrained` too: a fast tokenizer.json (est_megatron.hf_tokenizer) that prepends BOS when
+    `add_bos` (None: as the tokenizer's own files say), config.json with its bos/eos/pad ids, and the source
+    files (tokenizer.model, vocab.json + merges.txt) for slow tokenizers."""
     from safetensors.torch import save_file
     os.makedirs(directory, exist_ok=True)
     hf = est_to_hf_state(model, state)
     save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in hf.items()},
               os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config_from_model(model, dtype)
+    if tokenizer is not None:
+        from est_megatron.hf_tokenizer import special_ids, write_tokenizer_files
+        tok = tokenizer.load()
+        if tok.vocab_size > model.vocab_size:
+            raise UsageError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is "
+                             f"{model.vocab_size}; pass the tokenizer the model was trained with")
+        config.update(special_ids(tok))
+        copies = ({"tokenizer.model": tokenizer.model} if tokenizer.type == "SentencePieceTokenizer" else
+                  {"vocab.json": tokenizer.vocab_file, "merges.txt": tokenizer.merge_file}
+                  if tokenizer.type == "GPT2BPETokenizer" else {})
+        for name, path in copies.items():
+            if os.path.abspath(path) != os.path.abspath(os.path.join(directory, name)):
+                shutil.copyfile(path, os.path.join(directory, name))
+        write_tokenizer_files(directory, tok, _adds_bos(tok) if add_bos is None else add_bos,
+                              model.max_position_embeddings, _source_tokenizer_config(tok))
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config_from_model(model, dtype), f, indent=2)
-    copied = []
-    for name, path in (tokenizer or {}).items():
-        if os.path.abspath(path) != os.path.abspath(os.path.join(directory, name)):
-            shutil.copyfile(path, os.path.join(directory, name))
-        copied.append(name)
-    if model.is_llama and "tokenizer.model" in copied and "tokenizer_config.json" not in copied:
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                       "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-                       "model_max_length": model.max_position_embeddings}, f, indent=2)
+        json.dump(config, f, indent=2)

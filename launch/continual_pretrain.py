@@ -6,8 +6,9 @@
         --data-path shards/chinese --ds_config ds_configs/zero3.json --train-steps 10000 --save ckpt/cpt
 
 The model's shape comes from --init-from (--model and its overrides are ignored); the tokenizer defaults to the
-checkpoint's tokenizer.model. Everything else is the pretraining loop and its flags (`--help`): SAT's
---sat-* flags (default: maxip + sampling + LORS), RAPTR's --raptr-*, EST's --est-*. Resuming uses --load.
+checkpoint's (its tokenizer.model, else tokenizer.json, else vocab.json + merges.txt). Everything else is the
+pretraining loop and its flags (`--help`): SAT's --sat-* flags (default: maxip + sampling + LORS), RAPTR's
+--raptr-*, EST's --est-*. Resuming uses --load.
 """
 import os
 import sys
@@ -32,9 +33,12 @@ def parse_args(argv=None, description=__doc__):
     if not args.init_from and not resuming:
         raise UsageError("--init-from is required: a checkpoint from tools/convert_hf_to_est.py (or --load a run "
                          "to resume)")
-    if args.init_from and not args.tokenizer_model and os.path.isfile(os.path.join(args.init_from,
-                                                                                   "tokenizer.model")):
-        args.tokenizer_model = os.path.join(args.init_from, "tokenizer.model")
+    if args.init_from and not (args.tokenizer_model or args.vocab_file):
+        from est_megatron.hf import folder_tokenizer
+        spec = folder_tokenizer(args.init_from)
+        if spec is not None:
+            args.tokenizer_type, args.tokenizer_model = spec.type, spec.model
+            args.vocab_file, args.merge_file = spec.vocab_file, spec.merge_file
     return args
 
 

@@ -3,12 +3,15 @@
 
     python tools/convert_to_hf.py --load ckpt/run --output hf/run [--tokenizer-model tokenizer.model]
     python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('hf/run')"
+    python -c "import transformers; transformers.AutoTokenizer.from_pretrained('hf/run')"
 
 --load takes a training checkpoint directory (`latest` -> step_N/; the per-rank files of a tensor- or
 pipeline-parallel run are merged into the single-process weights; a ZeRO-3 checkpoint is merged with DeepSpeed's
-zero_to_fp32) or a converted one (model.safetensors + est_config.json). The tokenizer files
-travel along: those beside the checkpoint, else --tokenizer-model, else the run's recorded --tokenizer-model;
-a SentencePiece tokenizer.model gets a tokenizer_config.json for LlamaTokenizer.
+zero_to_fp32) or a converted one (model.safetensors + est_config.json). The tokenizer is the --tokenizer-*
+flags', else the files beside the checkpoint, else the run's recorded tokenizer flags; the export gets a fast
+tokenizer.json (any tokenizer type, built at export time) with tokenizer_config.json, so AutoTokenizer loads it
+with no extra package, and config.json gets its bos/eos/pad ids. Encoding with special tokens prepends BOS when
+the run's shards did (their manifests' add_bos; SFT always does), or as --add-bos-token says.
 """
 import argparse
 import os
@@ -19,16 +22,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
-from est_megatron.hf import load_est_weights, tokenizer_files, write_hf_checkpoint  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args  # noqa: E402
+from est_megatron.hf import checkpoint_tokenizer, load_est_weights, write_hf_checkpoint  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--load", required=True, help="our checkpoint directory")
     p.add_argument("--output", required=True, help="Hugging Face output directory")
-    p.add_argument("--tokenizer-model", help="SentencePiece tokenizer.model to ship with the export")
+    add_tokenizer_args(p, model_help="tokenizer to ship with the export (default: the checkpoint's): a "
+                                     "SentencePiece .model, or for HuggingFaceTokenizer a tokenizer.json or folder")
+    p.add_argument("--add-bos-token", choices=("yes", "no"),
+                   help="whether the exported tokenizer prepends BOS (default: as the run's shard manifests say)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="dtype of the exported weights")
     return p
 
@@ -39,15 +47,15 @@ def main(argv=None):
     if not os.path.isdir(args.load):
         raise UsageError(f"--load {args.load} is not a directory")
     model, state = load_est_weights(args.load)
-    tokenizer = tokenizer_files(args.load)
-    if args.tokenizer_model:
-        if not os.path.isfile(args.tokenizer_model):
-            raise UsageError(f"--tokenizer-model {args.tokenizer_model} does not exist")
-        tokenizer["tokenizer.model"] = args.tokenizer_model
-    write_hf_checkpoint(args.output, model, state, DTYPES[args.dtype], tokenizer)
-    shipped = [n for n in ("tokenizer.model", "tokenizer.json") if os.path.isfile(os.path.join(args.output, n))]
+    tokenizer, add_bos = checkpoint_tokenizer(args.load)
+    if args.tokenizer_model or args.vocab_file or args.tokenizer_type != "SentencePieceTokenizer":
+        tokenizer = spec_from_args(args)
+    if args.add_bos_token:
+        add_bos = args.add_bos_token == "yes"
+    write_hf_checkpoint(args.output, model, state, DTYPES[args.dtype], tokenizer, add_bos)
+    shipped = f"{tokenizer.type}, tokenizer.json" if tokenizer else "none found, pass --tokenizer-model"
     print(f"exported {args.load} -> {args.output} ({'LlamaForCausalLM' if model.is_llama else 'GPT2LMHeadModel'}, "
-          f"{args.dtype}; tokenizer: {', '.join(shipped) or 'none found, pass --tokenizer-model'})")
+          f"{args.dtype}; tokenizer: {shipped})")
     return 0
 
 

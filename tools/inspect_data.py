@@ -17,8 +17,9 @@ from est_megatron.data import SPLIT_NAMES, build_datasets  # noqa: E402
 from est_megatron.data.blend import parse_data_path  # noqa: E402
 from est_megatron.data.corpus import Corpus  # noqa: E402
 from est_megatron.data.preprocess import manifest_path  # noqa: E402
-from est_megatron.data.tokenizer import SentencePieceTokenizer  # noqa: E402
+from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args, spec_from_json  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def describe(prefix):
@@ -30,7 +31,9 @@ def describe(prefix):
         with open(manifest_path(prefix)) as f:
             m = json.load(f)
         tok = m["tokenizer"]
-        lines += [f"  tokenizer {tok['model']} (vocab {tok['vocab_size']}, sha256 {tok['sha256'][:16]}...)",
+        files = ", ".join(tok[k] for k in ("model", "vocab_file", "merge_file") if tok.get(k))
+        lines += [f"  tokenizer {tok.get('type', 'SentencePieceTokenizer')} {files} (vocab {tok['vocab_size']}, "
+                  f"sha256 {tok['sha256'][:16]}...)",
                   f"  input format {m['input_format']}, {len(m['sources'])} source file(s), eod appended: "
                   f"{m['append_eod']}, bos added: {m['add_bos']}",
                   f"  skipped: {', '.join(f'{k} {v:,}' for k, v in m['skipped'].items()) or 'none'}"]
@@ -38,17 +41,21 @@ def describe(prefix):
     return lines
 
 
-def manifest_tokenizer(prefix):
+def tokenizer_spec(args, prefix):
+    """The --tokenizer-* flags when given, else the tokenizer the prefix's manifest names."""
+    if args.tokenizer_model or args.vocab_file:
+        return spec_from_args(args)
     path = manifest_path(prefix)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)["tokenizer"]["model"]
-    return None
+    if not os.path.isfile(path):
+        raise UsageError("no manifest names the tokenizer; pass --tokenizer-model (or --tokenizer-type with its "
+                         "files) to detokenize")
+    with open(path) as f:
+        return spec_from_json(json.load(f)["tokenizer"])
 
 
 def render(tokenizer, ids):
     """Detokenized text with control tokens made visible."""
-    marks = {tokenizer.eos_id: "<eos>", tokenizer.bos_id: "<bos>"}
+    marks = {tokenizer.bos_id: "<bos>", tokenizer.eos_id: "<eos>"}  # GPT-2's one <|endoftext|> reads as <eos>
     out, run = [], []
     for i in (int(t) for t in ids):
         if i in marks:
@@ -62,27 +69,25 @@ def render(tokenizer, ids):
 
 @exit_on_usage_error
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-path", nargs="+", required=True, help="PREFIX, or Megatron's weighted pairs")
-    p.add_argument("--tokenizer-model", help="default: the model named in the manifest")
+    add_tokenizer_args(p, model_help="tokenizer to detokenize with (default: the one the manifest names)")
     p.add_argument("--document", type=int, help="show document i (of the first prefix, across its shards)")
     p.add_argument("--sample", type=int, help="show sample i of the built dataset (needs --seq-length)")
-    p.add_argument("--seq-length", type=int)
-    p.add_argument("--split", default="969,30,1")
+    p.add_argument("--seq-length", type=int, help="the training sequence length (for --sample)")
+    p.add_argument("--split", default="969,30,1", help="train,valid,test document split weights, as in training")
     p.add_argument("--which", choices=SPLIT_NAMES, default="train", help="split the sample is taken from")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="the training seed (it shuffles the samples)")
     p.add_argument("--num-samples", type=int, help="samples of the dataset (default: sample + 1); match training "
                                                    "to see its exact samples")
-    p.add_argument("--cache-dir", help="where sample indices are cached (default: beside the shards)")
+    p.add_argument("--data-cache-path", "--cache-dir", dest="cache_dir",
+                   help="where sample indices are cached (default: beside the shards)")
     p.add_argument("--ids", action="store_true", help="also print the token ids")
     args = p.parse_args(argv)
     prefixes = [prefix for _, prefix in parse_data_path(args.data_path)]
     out = [line for prefix in prefixes for line in describe(prefix)]
     if args.document is not None or args.sample is not None:
-        model = args.tokenizer_model or manifest_tokenizer(prefixes[0])
-        if model is None:
-            raise UsageError("no manifest names the tokenizer; pass --tokenizer-model to detokenize")
-        tokenizer = SentencePieceTokenizer(model)
+        tokenizer = tokenizer_spec(args, prefixes[0]).load()
     if args.document is not None:
         corpus = Corpus(prefixes[0])
         if not 0 <= args.document < len(corpus):

@@ -3,6 +3,8 @@
 
     python tools/preprocess_data.py --input /data/SlimPajama/train --format slimpajama \
         --tokenizer-model tokenizer.model --output-prefix /data/shards/slimpajama --workers 16
+    python tools/preprocess_data.py --input openwebtext.jsonl --tokenizer-type GPT2BPETokenizer \
+        --vocab-file gpt2/vocab.json --merge-file gpt2/merges.txt --output-prefix /data/shards/owt
 """
 import argparse
 import os
@@ -12,13 +14,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from est_megatron.data import sources  # noqa: E402
 from est_megatron.data.preprocess import preprocess, summary_line  # noqa: E402
+from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args  # noqa: E402
 from est_megatron.errors import exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sources.add_source_args(p)
-    p.add_argument("--tokenizer-model", required=True, help="SentencePiece .model (e.g. Llama's tokenizer.model)")
+    add_tokenizer_args(p)
     p.add_argument("--output-prefix", required=True, help="shards become PREFIX_00000.bin/.idx, ...")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (output identical for any N)")
     p.add_argument("--shard-size", type=int, default=1 << 30, help="start a new shard after this many tokens")
@@ -33,7 +37,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     options = sources.options_from_args(args)
-    manifest = preprocess(args.input, options, args.tokenizer_model, args.output_prefix, workers=args.workers,
+    manifest = preprocess(args.input, options, spec_from_args(args), args.output_prefix, workers=args.workers,
                           shard_size=args.shard_size, append_eod=args.append_eod, add_bos=args.add_bos,
                           progress=args.progress)
     print(summary_line(manifest))

@@ -9,15 +9,18 @@ import argparse
 import os
 import sys
 
+from tqdm import tqdm
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from est_megatron.data import sources  # noqa: E402
 from est_megatron.data.tokenizer import SentencePieceTokenizer, train_llama_style  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sources.add_source_args(p)
     p.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
     p.add_argument("--vocab-size", type=int, default=32000, help="pieces in the model (Llama: 32000)")
@@ -25,19 +28,33 @@ def build_parser():
                    help="SentencePiece samples this many lines (0: all that were read)")
     p.add_argument("--max-chars", type=int, default=200_000_000,
                    help="stop reading input after this many characters (bounds memory and time)")
+    p.add_argument("--character-coverage", type=float, default=0.99995,
+                   help="share of the text's characters that get their own pieces (the rarest fall back to bytes); "
+                        "lower it (e.g. 0.9995) for text with many distinct characters, such as CJK")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar while the input is read")
     return p
 
 
-def capped_lines(texts, max_chars):
-    """Non-empty lines of the documents (SentencePiece's unit is a sentence) until max_chars are read."""
+def capped_lines(texts, max_chars, progress=False):
+    """Non-empty lines of the documents (SentencePiece's unit is a sentence) until max_chars are read; the bar
+    counts characters read, then says that training (silent and often the longer part) has begun."""
+    bar = tqdm(total=max_chars, unit="char", unit_scale=True, desc="reading", disable=not progress,
+               dynamic_ncols=True)
     total = 0
-    for text in texts:
-        for line in text.splitlines():
-            if line.strip():
-                yield line
-                total += len(line)
-                if total >= max_chars:
-                    return
+    try:
+        for text in texts:
+            for line in text.splitlines():
+                if line.strip():
+                    yield line
+                    total += len(line)
+                    bar.update(len(line))
+                    if total >= max_chars:
+                        return
+    finally:
+        bar.close()
+        if progress:
+            print(f"read {total:,} characters; training the tokenizer...", file=sys.stderr, flush=True)
 
 
 @exit_on_usage_error
@@ -48,8 +65,9 @@ def main(argv=None):
     options = sources.options_from_args(args)
     bad = sources.BadInputs(options.skip_bad_records)
     texts = sources.iter_texts(sources.discover(args.input, args.format), options, bad)
-    model = train_llama_style(capped_lines(texts, args.max_chars), args.model_prefix, args.vocab_size,
-                              max_sentences=args.max_sentences)
+    model = train_llama_style(capped_lines(texts, args.max_chars, args.progress), args.model_prefix,
+                              args.vocab_size, max_sentences=args.max_sentences,
+                              character_coverage=args.character_coverage)
     tok = SentencePieceTokenizer(model)
     print(f"wrote {model}: {tok.vocab_size} pieces, sha256 {tok.sha256[:16]}...; skipped {dict(bad.counts) or 0}")
     return model

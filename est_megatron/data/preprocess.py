@@ -3,7 +3,7 @@
 Work is cut into ordered chunks (sources.py). With N > 1 workers the chunks go to a process pool through a
 bounded window of `apply_async` results consumed in submission order, i.e. Pool.imap's ordering without its
 eager reading of the whole input into memory; the output is byte-identical for any N. Each worker parses,
-filters and batch-encodes its chunk (SentencePiece with one thread, so N workers use N cores and 1 worker uses
+filters and batch-encodes its chunk (with one tokenizer thread, so N workers use N cores and 1 worker uses
 one) and returns one numpy array of tokens plus document lengths, so the writer never loops per token.
 A shard is closed once it holds at least --shard-size tokens (documents are never split). Shards and the
 manifest are written under temporary names and renamed when complete, manifest last.
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from est_megatron.data import sources
 from est_megatron.data.atomic import save_json
 from est_megatron.data.indexed import IndexedDatasetWriter, token_dtype
-from est_megatron.data.tokenizer import SentencePieceTokenizer
+from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.errors import UsageError
 
 MANIFEST_VERSION = 1
@@ -38,8 +38,8 @@ def shard_prefix(prefix, index):
 class ChunkEncoder:
     """Turns a chunk into (lengths, tokens) with EOS/BOS added; one per process."""
 
-    def __init__(self, model_path, options, append_eod, add_bos):
-        self.tokenizer = SentencePieceTokenizer(model_path)
+    def __init__(self, tokenizer_spec, options, append_eod, add_bos):
+        self.tokenizer = tokenizer_spec.load()
         self.options, self.append_eod, self.add_bos = options, append_eod, add_bos
         self.dtype = token_dtype(self.tokenizer.vocab_size)
 
@@ -124,15 +124,20 @@ class ShardedWriter:
             self._writer.abort()
 
 
-def preprocess(inputs, options, tokenizer_model, output_prefix, workers=1, shard_size=1 << 30,
+def preprocess(inputs, options, tokenizer, output_prefix, workers=1, shard_size=1 << 30,
                append_eod=True, add_bos=False, progress=True):
-    """Run the whole pipeline; returns the manifest (also written to PREFIX.manifest.json)."""
+    """Run the whole pipeline; returns the manifest (also written to PREFIX.manifest.json).
+
+    `tokenizer` is a TokenizerSpec, or the path of a SentencePiece model."""
     if workers < 1:
         raise UsageError(f"--workers {workers} must be at least 1")
     if shard_size < 1:
         raise UsageError(f"--shard-size {shard_size} must be a positive number of tokens")
     started = time.time()
-    tokenizer = SentencePieceTokenizer(tokenizer_model)
+    spec = TokenizerSpec(model=tokenizer) if isinstance(tokenizer, str) else tokenizer
+    tokenizer = spec.load()
+    if add_bos and tokenizer.bos_id < 0:
+        raise UsageError(f"--add-bos: the {spec.type} has no BOS token; drop --add-bos")
     dtype = token_dtype(tokenizer.vocab_size)
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(out_dir, exist_ok=True)
@@ -145,7 +150,7 @@ def preprocess(inputs, options, tokenizer_model, output_prefix, workers=1, shard
     writer = ShardedWriter(output_prefix, dtype, shard_size)
     bar = None  # created at the first result, so an early error prints nothing but its own line
     n_docs = n_tokens = n_bytes = 0
-    encoder_args = (tokenizer_model, options, append_eod, add_bos)
+    encoder_args = (spec, options, append_eod, add_bos)
     try:
         for path, first, n_records, nbytes, lengths, tokens, filtered, faults in _ordered_results(
                 encoder_args, sources.iter_chunks(files, options, bad), workers):
@@ -186,8 +191,8 @@ def preprocess(inputs, options, tokenizer_model, output_prefix, workers=1, shard
         "tokens": int(n_tokens),
         "append_eod": append_eod,
         "add_bos": add_bos,
-        "tokenizer": {"model": os.path.abspath(tokenizer_model), "sha256": tokenizer.sha256,
-                      "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id},
+        "tokenizer": {**spec.to_json(), "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+                      "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id},
         "input_format": options.format,
         "sources": [per_source.get(p, {"path": p, "records": 0, "documents": 0, "tokens": 0}) for p in files],
         "skipped": {reason: n for reason, n in sorted(skipped.items()) if n},

@@ -126,8 +126,8 @@ def split_batch(batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def build_sft_data(args, dist_info=None):
     """(tokenizer, (train, valid, None)) for the training loop: the last --sft-valid-fraction of records validate."""
-    from est_megatron.data.tokenizer import SentencePieceTokenizer
-    tokenizer = SentencePieceTokenizer(args.tokenizer_model)
+    from est_megatron.data.tokenizer import spec_from_args
+    tokenizer = spec_from_args(args).load()
     records = read_records(args.data_path)
     examples = [encode_example(r, tokenizer) for r in records]
     n_valid = int(len(examples) * args.sft_valid_fraction)

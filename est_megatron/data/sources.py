@@ -122,19 +122,25 @@ def discover(inputs, fmt):
     if fmt == "hf":
         return list(inputs)
     extensions = EXTENSIONS[fmt]
+
+    def walk(folder):
+        return [os.path.join(root, name) for root, _, names in os.walk(folder)
+                for name in names if name.endswith(extensions)]
+
     files = set()
     for pattern in inputs:
         if os.path.isdir(pattern):
-            found = [os.path.join(root, name) for root, _, names in os.walk(pattern)
-                     for name in names if name.endswith(extensions)]
+            found = walk(pattern)
             if not found:
                 raise UsageError(f"folder {pattern} holds no {'/'.join(extensions)} files for --format {fmt}; "
                                  f"check --input and --format")
             files.update(found)
-        elif glob.has_magic(pattern):
-            found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        elif glob.has_magic(pattern):  # a match may be a file, or a folder searched like one named directly
+            matches = glob.glob(pattern, recursive=True)
+            found = [f for m in matches for f in (walk(m) if os.path.isdir(m) else [m]) if os.path.isfile(f)]
             if not found:
-                raise UsageError(f"--input {pattern} matches no files; check the pattern")
+                raise UsageError(f"--input {pattern} matches no {'/'.join(extensions)} files for --format {fmt} "
+                                 f"({len(matches)} paths matched); check the pattern and --format")
             files.update(found)
         else:
             files.add(pattern)

@@ -11,7 +11,9 @@ import os
 from typing import Optional, Sequence
 
 from est_megatron.config import MODEL_PRESETS
+from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args
 from est_megatron.errors import UsageError
+from est_megatron.help_format import HelpFormatter
 from est_megatron.subnet.raptr import add_raptr_args
 from est_megatron.subnet.sat import add_sat_args
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS
@@ -35,7 +37,7 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Pretrain a {family} model with Evolving Subnetwork Training (EST) on DeepSpeed. Runs "
                     "under `deepspeed`, `torchrun` or plain `python` (one process).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d["model"], choices=sorted(MODEL_PRESETS), help="model preset")
@@ -53,20 +55,26 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="+",
                    help="Megatron blend: PREFIX or W1 PREFIX1 W2 PREFIX2 ... (shards from tools/preprocess_data.py)")
-    g.add_argument("--tokenizer-model", help="SentencePiece .model the shards were made with")
+    add_tokenizer_args(g, model_help="the tokenizer the shards were made with: a SentencePiece .model, or for "
+                                     "HuggingFaceTokenizer a tokenizer.json or a folder with one")
     g.add_argument("--split", default="969,30,1", help="train,valid,test document split weights")
     g.add_argument("--seq-length", type=int, default=d["seq_length"], help="tokens per sample")
-    g.add_argument("--data-cache-dir", help="where sample indices are cached (default: beside the shards)")
+    g.add_argument("--data-cache-dir", "--data-cache-path", dest="data_cache_dir",
+                   help="where sample indices are cached (default: beside the shards)")
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
 
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=d["micro_batch_size"], help="samples per rank per micro-batch")
     g.add_argument("--global-batch-size", type=int, default=d["global_batch_size"],
                    help="samples per optimizer step (= micro batch x data-parallel size x accumulation steps)")
-    g.add_argument("--train-steps", type=int, default=d["train_steps"], help="optimizer steps of the run")
+    g.add_argument("--train-steps", "--train-iters", dest="train_steps", type=int, default=d["train_steps"],
+                   help="optimizer steps of the run")
     g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (AdamW)")
     g.add_argument("--min-lr", type=float, default=d["min_lr"], help="learning rate at the end of the decay")
-    g.add_argument("--lr-warmup-steps", type=int, default=d["lr_warmup_steps"], help="linear warm-up steps")
+    g.add_argument("--lr-warmup-steps", "--lr-warmup-iters", dest="lr_warmup_steps", type=int,
+                   default=d["lr_warmup_steps"], help="linear warm-up steps")
+    g.add_argument("--lr-decay-steps", "--lr-decay-iters", dest="lr_decay_steps", type=int,
+                   help="step at which the decay reaches --min-lr, which then holds (default: --train-steps)")
     g.add_argument("--lr-decay-style", default=d["lr_decay_style"], choices=("cosine", "linear", "constant"),
                    help="decay from --lr to --min-lr after the warm-up")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay")
@@ -95,7 +103,10 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--eval-interval", type=int, default=1000, help="validation every N steps and at the end")
     g.add_argument("--eval-iters", type=int, default=10, help="global batches per validation")
     g.add_argument("--log-interval", type=int, default=10, help="log every N steps")
-    g.add_argument("--log-dir", help="metrics.jsonl and tensorboard/ go here")
+    g.add_argument("--log-dir", help="metrics.jsonl, args.json and tensorboard/ go here")
+    g.add_argument("--tensorboard-dir", help="TensorBoard event files go here (default: LOG_DIR/tensorboard; "
+                   "without --log-dir, metrics.jsonl and args.json go here too)")
+    g.add_argument("--wandb-project", help="also log to this Weights & Biases project (needs wandb installed)")
     g.add_argument("--peak-tflops", type=float,
                    help="peak TFLOP/s of one device for MFU (default: bf16 table of A100/H100/H200; none on CPU)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
@@ -110,6 +121,13 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
                    help="DeepSpeed JSON config; batch sizes, clipping and precision are filled from the flags")
     g.add_argument("--deepspeed", action="store_true", help="accepted for Megatron-DeepSpeed compatibility "
                    "(DeepSpeed is always used)")
+    precision = g.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                           help="train in bf16 (needs a GPU with bf16; default: bf16 on such GPUs, fp32 elsewhere)")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                           help="train in fp16 with DeepSpeed's dynamic loss scaling (needs a GPU)")
+    precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
+                           help="train in fp32, also on GPUs")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="set by the deepspeed launcher (LOCAL_RANK env otherwise)")
 
@@ -172,8 +190,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.data_path:
         raise UsageError("--data-path is required: give shard prefixes from tools/preprocess_data.py "
                          "(or run --demo)")
-    if not args.tokenizer_model:
-        raise UsageError("--tokenizer-model is required: the SentencePiece model the shards were made with")
+    spec_from_args(args)  # the tokenizer flags name their files (e.g. --tokenizer-model), or one clear error
     for name in ("micro_batch_size", "global_batch_size", "train_steps", "seq_length", "log_interval",
                  "eval_interval", "save_interval", "make_vocab_size_divisible_by",
                  "tensor_model_parallel_size", "pipeline_model_parallel_size"):
@@ -186,6 +203,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"learning rates must satisfy 0 <= --min-lr ({args.min_lr}) <= --lr ({args.lr}), lr > 0")
     if args.exit_interval is not None and args.exit_interval <= 0:
         raise UsageError(f"--exit-interval must be positive, got {args.exit_interval}")
+    if args.lr_decay_steps is not None and not args.lr_warmup_steps <= args.lr_decay_steps:
+        raise UsageError(f"--lr-decay-steps {args.lr_decay_steps} must be at least --lr-warmup-steps "
+                         f"{args.lr_warmup_steps}")
     if not os.path.isfile(args.deepspeed_config):
         raise UsageError(f"DeepSpeed config {args.deepspeed_config} does not exist; pass one of ds_configs/*.json "
                          "with --ds_config")
+
+
+def resolve_precision(args: argparse.Namespace, cuda: bool, bf16_supported: bool) -> str:
+    """"bf16", "fp16" or "fp32": --bf16/--fp16/--fp32 when given, else bf16 on a GPU that has it and fp32 elsewhere
+    (DeepSpeed's half-precision optimizers need a GPU)."""
+    if args.precision is None:
+        return "bf16" if cuda and bf16_supported else "fp32"
+    if args.precision == "bf16" and not bf16_supported:
+        raise UsageError("--bf16 needs a GPU with bf16 support" + ("; use --fp16" if cuda else
+                                                                  "; drop it to train in fp32 on CPU"))
+    if args.precision == "fp16" and not cuda:
+        raise UsageError("--fp16 needs a GPU; drop it to train in fp32 on CPU")
+    return args.precision

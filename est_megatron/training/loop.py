@@ -34,6 +34,7 @@ from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
 from est_megatron.subnet.flops import dense_step_flops, step_flops
 from est_megatron.training import checkpoint as ckpt
+from est_megatron.training.arguments import resolve_precision
 from est_megatron.training.distributed import init_distributed, teardown
 from est_megatron.training.methods import MethodContext, build_method
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
@@ -99,8 +100,8 @@ def _all_reduce_mean(values: list, device) -> list:
 def build_data(args, dist_info):
     """Tokenizer, datasets (rank 0 builds the index caches first, the others then read them)."""
     from est_megatron.data import build_datasets
-    from est_megatron.data.tokenizer import SentencePieceTokenizer
-    tokenizer = SentencePieceTokenizer(args.tokenizer_model)
+    from est_megatron.data.tokenizer import spec_from_args
+    tokenizer = spec_from_args(args).load()
     num_samples = (args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size, 0)
 
     def build():
@@ -217,8 +218,9 @@ class Trainer:
         tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
         self.layout = ParallelState(tp, pp)  # Megatron order: TP ranks adjacent, then DP, then PP
         self.dp_size, self.dp_rank = self.layout.get_data_parallel_world_size(), self.layout.get_data_parallel_rank()
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        ds_config = load_ds_config(args.deepspeed_config, args, self.dp_size, use_bf16)
+        cuda = torch.cuda.is_available()
+        precision = resolve_precision(args, cuda, cuda and torch.cuda.is_bf16_supported())
+        ds_config = load_ds_config(args.deepspeed_config, args, self.dp_size, precision)
         self.zero_stage = zero_stage(ds_config)
         self.accumulation = ds_config["gradient_accumulation_steps"]
 
@@ -257,10 +259,12 @@ class Trainer:
             if state is not None:
                 self.progress = Progress(state["step"], state["consumed_samples"], state["flops_done"],
                                          state["dense_flops_done"], state["stage"])
-        self.log = MetricsLogger(args.log_dir, self.rank == 0, args.progress, args.train_steps, self.progress.step)
-        self._announce(use_bf16)
+        self.log = MetricsLogger(args.log_dir, self.rank == 0, args.progress, args.train_steps, self.progress.step,
+                                 args.tensorboard_dir, args.wandb_project)
+        self.log.arguments(_json_args(args))
+        self._announce(precision)
 
-    def _announce(self, use_bf16: bool) -> None:
+    def _announce(self, precision: str) -> None:
         args, log, step = self.args, self.log, self.progress.step
         tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
         log.line(f"est_megatron: {args.model} {self.model_cfg.num_parameters():,} parameters (vocab "
@@ -268,8 +272,9 @@ class Trainer:
                  f"ranks (tp {tp} x pp {pp} x dp {self.dp_size}), ZeRO-{self.zero_stage}, batch "
                  f"{args.global_batch_size} = micro {args.micro_batch_size} x dp {self.dp_size} x accumulation "
                  f"{self.accumulation}, seq {args.seq_length}")
-        log.line("precision: bf16 (GPU)" if use_bf16 else
-                 "precision: fp32 (CPU: the DeepSpeed config's bf16 section is overridden)")
+        log.line(f"precision: {precision}" + ("" if args.precision else " (--bf16/--fp16/--fp32 not given: bf16 on "
+                                              "a GPU that has it, else fp32; the DeepSpeed config's sections are "
+                                              "overridden)"))
         if hasattr(self.method, "describe"):
             log.line(self.method.describe())
         if getattr(args, "init_from", None) and not step:
@@ -357,6 +362,8 @@ class Trainer:
                 engine.backward(loss)
                 engine.step()
                 step_loss += loss.detach().double()
+        norm = engine.get_global_grad_norm()  # DeepSpeed's, before clipping, of this optimizer step
+        self.interval["grad_norm"] = None if norm is None else float(norm)
 
         flops = step_flops(self.model_cfg, plan, args.global_batch_size, args.seq_length)
         if hasattr(self.method, "overhead_flops"):  # e.g. SAT's importance pre-pass, on each rank that ran it
@@ -395,12 +402,15 @@ class Trainer:
                   "tokens_per_sec": interval["steps"] * args.global_batch_size * args.seq_length / elapsed,
                   "tflops": tflops, "mfu": tflops / peak if peak else None,
                   "flops_saved_frac": progress.flops_saved_frac, "memory_gb": memory_gb(),
-                  "consumed_samples": progress.consumed, "step_time_s": elapsed / interval["steps"]}
+                  "consumed_samples": progress.consumed, "step_time_s": elapsed / interval["steps"],
+                  "grad_norm": interval.get("grad_norm"), "tokens": progress.consumed * args.seq_length,
+                  "flops": progress.flops_done}
         if args.check_plan_consistency:
             check_replicas(self.engine, self.device, self.layout.get_data_parallel_group())
             record["replicas_identical"] = True
         self.log.record(record)
         self.log.scalars(progress.step, {k: v for k, v in record.items() if k != "step"}, "train")
+        self.log.loss_series("train", loss, record["tokens"], progress.flops_done)
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if peak else ""
         self.log.line(f"step {progress.step:>7}/{args.train_steps} | loss {loss:.4f} | lr {interval['lr']:.3e} | "
                       f"stage {progress.stage} p=({rates[0]:.3g},{rates[1]:.3g},{rates[2]:.3g}) | "
@@ -416,6 +426,7 @@ class Trainer:
             ppl = math.exp(min(val, 80.0))
             self.log.record({"step": step, "val_loss": val, "val_ppl": ppl})
             self.log.scalars(step, {"loss": val, "ppl": ppl}, "valid")
+            self.log.loss_series("valid", val, self.progress.consumed * self.args.seq_length, self.progress.flops_done)
             self.log.line(f"step {step:>7}: validation loss {val:.4f} | perplexity {ppl:.2f}")
         self.interval["start"] = time.perf_counter()  # validation time is not training throughput
 

@@ -53,7 +53,8 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, args) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupDecay(args.lr_warmup_steps, args.train_steps, args.min_lr / args.lr, args.lr_decay_style))
+        optimizer, WarmupDecay(args.lr_warmup_steps, getattr(args, "lr_decay_steps", None) or args.train_steps,
+                               args.min_lr / args.lr, args.lr_decay_style))
 
 
 def batch_geometry(global_batch: int, micro_batch: int, dp_size: int) -> int:
@@ -65,8 +66,9 @@ def batch_geometry(global_batch: int, micro_batch: int, dp_size: int) -> int:
     return global_batch // (micro_batch * dp_size)
 
 
-def load_ds_config(path: str, args, dp_size: int, use_bf16: bool) -> dict:
-    """The JSON config with batch sizes, clipping and precision set from the flags (consistency checked)."""
+def load_ds_config(path: str, args, dp_size: int, precision: str) -> dict:
+    """The JSON config with batch sizes, clipping and precision ("bf16", "fp16" or "fp32", from
+    arguments.resolve_precision) set from the flags (consistency checked)."""
     try:
         with open(path) as f:
             config = json.load(f)
@@ -89,9 +91,8 @@ def load_ds_config(path: str, args, dp_size: int, use_bf16: bool) -> dict:
     config["zero_allow_untested_optimizer"] = True
     config.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
     config.setdefault("wall_clock_breakdown", False)
-    config["bf16"] = dict(config.get("bf16", {}), enabled=bool(use_bf16))
-    if not use_bf16:
-        config["fp16"] = dict(config.get("fp16", {}), enabled=False)
+    config["bf16"] = dict(config.get("bf16", {}), enabled=precision == "bf16")
+    config["fp16"] = dict(config.get("fp16", {}), enabled=precision == "fp16")
     return config
 
 
