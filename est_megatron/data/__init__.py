@@ -1,9 +1,12 @@
 """Data pipeline: raw text -> SentencePiece tokens -> Megatron shards -> packed, blended training samples.
 
 `build_datasets` is what the training loop calls; `sampler.PretrainingSampler` and `sampler.collate` feed a
-torch DataLoader from the datasets it returns.
+torch DataLoader from the datasets it returns. `build_corpus_sets` keeps corpora apart, for validation and
+evaluation that report each corpus on its own.
 """
 import os
+from dataclasses import dataclass
+from typing import List, Optional
 
 import numpy as np
 
@@ -70,3 +73,46 @@ def build_datasets(data_path, split, seq_length, seed, num_samples, cache_dir=No
         parts = [part(k, int(n)) if n else None for k, n in enumerate(counts)]
         result.append(BlendedDataset(parts, dataset_index, dataset_sample_index))
     return tuple(result)
+
+
+@dataclass
+class CorpusSets:
+    """One dataset per corpus of a blend, kept apart so each corpus' loss can be reported on its own; `weights`
+    (normalised: the blend's, else token counts) combine them into one figure."""
+
+    names: List[str]
+    weights: np.ndarray
+    datasets: List[GPTDataset]
+
+    def __len__(self):
+        return len(self.datasets)
+
+
+def corpus_names(prefixes):
+    """Short, distinct labels for logs: each prefix's basename, the whole prefix where basenames collide."""
+    bases = [os.path.basename(os.path.normpath(p)) or p for p in prefixes]
+    return [b if bases.count(b) == 1 else p for b, p in zip(bases, prefixes)]
+
+
+def build_corpus_sets(data_path, seq_length, seed, num_samples: Optional[int], split_name, cache_dir=None):
+    """Every document of each corpus of `data_path` as its own packed dataset (the training datasets' code).
+
+    num_samples: samples per corpus; None takes one epoch, so every token but a final partial window is predicted
+    exactly once. split_name only names the cached indices.
+    """
+    entries = parse_data_path(data_path)
+    prefixes = [prefix for _, prefix in entries]
+    if len(set(prefixes)) != len(prefixes):
+        raise UsageError(f"--data-path names a corpus twice ({' '.join(prefixes)}); give each prefix once")
+    corpora = [Corpus(prefix) for prefix in prefixes]
+    weights = [w for w, _ in entries]
+    if weights[0] is None:
+        weights = [c.num_tokens for c in corpora]
+    datasets = []
+    for corpus in corpora:
+        size = num_samples if num_samples is not None else (corpus.num_tokens - 1) // seq_length
+        if size < 1:
+            raise UsageError(f"{corpus.prefix} holds {corpus.num_tokens} tokens, not one sample of --seq-length "
+                             f"{seq_length} + 1; lower --seq-length or add data")
+        datasets.append(GPTDataset(corpus, 0, len(corpus), seq_length, size, seed, split_name, cache_dir))
+    return CorpusSets(corpus_names(prefixes), normalise(weights), datasets)

@@ -58,6 +58,14 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     add_tokenizer_args(g, model_help="the tokenizer the shards were made with: a SentencePiece .model, or for "
                                      "HuggingFaceTokenizer a tokenizer.json or a folder with one")
     g.add_argument("--split", default="969,30,1", help="train,valid,test document split weights")
+    g.add_argument("--train-data-path", nargs="+",
+                   help="Megatron's separate training blend (every document trains; --split is not used): instead "
+                        "of --data-path")
+    g.add_argument("--valid-data-path", nargs="+",
+                   help="validation corpora (PREFIX ... or weighted pairs), each reported on its own in the logs, "
+                        "plus their weighted mean; replaces the --split validation part")
+    g.add_argument("--test-data-path", nargs="+",
+                   help="test corpora, evaluated like --valid-data-path once the run completes")
     g.add_argument("--seq-length", type=int, default=d["seq_length"], help="tokens per sample")
     g.add_argument("--data-cache-dir", "--data-cache-path", dest="data_cache_dir",
                    help="where sample indices are cached (default: beside the shards)")
@@ -187,9 +195,11 @@ def parse_args(argv: Optional[Sequence[str]] = None, family: str = "tinyllama") 
 
 def check_args(args: argparse.Namespace) -> None:
     """Checks of single flags and their pairs, before any process group or data exists."""
-    if not args.data_path:
+    if not args.data_path and not args.train_data_path:
         raise UsageError("--data-path is required: give shard prefixes from tools/preprocess_data.py "
                          "(or run --demo)")
+    if args.data_path and args.train_data_path:
+        raise UsageError("--data-path and --train-data-path both name training data; give one of them")
     spec_from_args(args)  # the tokenizer flags name their files (e.g. --tokenizer-model), or one clear error
     for name in ("micro_batch_size", "global_batch_size", "train_steps", "seq_length", "log_interval",
                  "eval_interval", "save_interval", "make_vocab_size_divisible_by",

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from est_megatron.config import ModelConfig, SubnetConfig, model_preset, MODEL_PRESETS
+from est_megatron.data import CorpusSets
 from est_megatron.errors import UsageError
 from est_megatron.model.recompute import Recompute
 from est_megatron.parallel.build import build_model
@@ -98,15 +99,28 @@ def _all_reduce_mean(values: list, device) -> list:
 
 
 def build_data(args, dist_info):
-    """Tokenizer, datasets (rank 0 builds the index caches first, the others then read them)."""
-    from est_megatron.data import build_datasets
+    """Tokenizer, datasets (rank 0 builds the index caches first, the others then read them). The training set is
+    --data-path's split (or all of --train-data-path); --valid-data-path / --test-data-path corpora come as
+    CorpusSets, one dataset per corpus, so validation reports each on its own."""
+    from est_megatron.data import build_corpus_sets, build_datasets
     from est_megatron.data.tokenizer import spec_from_args
     tokenizer = spec_from_args(args).load()
-    num_samples = (args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size, 0)
+    train_samples, eval_samples = args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size
 
     def build():
-        return build_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
-                              cache_dir=args.data_cache_dir)
+        if args.train_data_path:
+            train, valid, test = build_datasets(args.train_data_path, "1", args.seq_length, args.seed,
+                                                (train_samples, 0, 0), cache_dir=args.data_cache_dir)
+        else:
+            split_valid = 0 if args.valid_data_path else eval_samples
+            train, valid, test = build_datasets(args.data_path, args.split, args.seq_length, args.seed,
+                                                (train_samples, split_valid, 0), cache_dir=args.data_cache_dir)
+        separate = {}
+        for name, path in (("valid", args.valid_data_path), ("test", args.test_data_path)):
+            if path and eval_samples:
+                separate[name] = build_corpus_sets(path, args.seq_length, args.seed, eval_samples, name,
+                                                   args.data_cache_dir)
+        return train, separate.get("valid", valid), separate.get("test", test)
 
     error = None
     datasets = None
@@ -137,7 +151,7 @@ def split_tokens(batch: torch.Tensor):
 class DataHooks:
     """Where batches come from: pretraining shards by default; launch/finetune.py plugs in SFT data here."""
 
-    build_data: Callable  # (args, dist_info) -> (tokenizer, (train, valid, test))
+    build_data: Callable  # (args, dist_info) -> (tokenizer, (train, valid, test)); valid/test may be CorpusSets
     collate: Callable  # list of samples -> batch
     split: Callable = split_tokens  # batch -> (input_ids, labels)
 
@@ -224,7 +238,7 @@ class Trainer:
         self.zero_stage = zero_stage(ds_config)
         self.accumulation = ds_config["gradient_accumulation_steps"]
 
-        self.tokenizer, (self.train_ds, self.valid_ds, _) = hooks.build_data(args, info)
+        self.tokenizer, (self.train_ds, self.valid_ds, self.test_ds) = hooks.build_data(args, info)
         full_state = None
         if getattr(args, "init_from", None):  # the model's shape is the checkpoint's (a resumed --load overrides)
             from est_megatron.hf import load_est_weights
@@ -329,6 +343,8 @@ class Trainer:
                 log.line(f"step {step}: --exit-interval {args.exit_interval} reached, stopping")
                 break
 
+        if self.test_ds is not None and progress.step >= args.train_steps:
+            self._validate("test")
         if self.rank == 0 and args.log_dir:
             log.record({"event": "end", "step": progress.step, "flops_saved_frac": progress.flops_saved_frac,
                         "checkpoint": args.save})
@@ -418,16 +434,38 @@ class Trainer:
                       f"{record['flops_saved_frac'] * 100:.1f}% | mem {record['memory_gb']:.2f} GiB")
         self._reset_interval()
 
-    def _validate(self) -> None:
-        step = self.progress.step
-        val = evaluate(self.engine, self.valid_ds, self.args, self.dp_rank, self.dp_size, self.device, self.hooks,
-                       self.pipe_plans)
+    def _validate(self, kind: str = "valid") -> None:
+        """Dense-model loss on the validation data (the test data at the end); corpora given apart
+        (--valid-data-path / --test-data-path) are each reported, then their weighted mean."""
+        step, data = self.progress.step, self.valid_ds if kind == "valid" else self.test_ds
+        key, title = ("val", "validation") if kind == "valid" else ("test", "test")
+
+        def run(dataset):
+            return evaluate(self.engine, dataset, self.args, self.dp_rank, self.dp_size, self.device, self.hooks,
+                            self.pipe_plans)
+
+        by_corpus = {}
+        if isinstance(data, CorpusSets):
+            by_corpus = {name: run(dataset) for name, dataset in zip(data.names, data.datasets)}
+            val = float(sum(w * loss for w, loss in zip(data.weights, by_corpus.values())))
+        else:
+            val = run(data)
         if val is not None:
             ppl = math.exp(min(val, 80.0))
-            self.log.record({"step": step, "val_loss": val, "val_ppl": ppl})
-            self.log.scalars(step, {"loss": val, "ppl": ppl}, "valid")
-            self.log.loss_series("valid", val, self.progress.consumed * self.args.seq_length, self.progress.flops_done)
-            self.log.line(f"step {step:>7}: validation loss {val:.4f} | perplexity {ppl:.2f}")
+            record = {"step": step, f"{key}_loss": val, f"{key}_ppl": ppl}
+            line = f"step {step:>7}: {title} loss {val:.4f} | perplexity {ppl:.2f}"
+            if by_corpus:
+                record[f"{key}_loss_by_corpus"] = by_corpus
+                record[f"{key}_ppl_by_corpus"] = {name: math.exp(min(v, 80.0)) for name, v in by_corpus.items()}
+                line += "".join(f" | {name} {v:.4f} (ppl {record[f'{key}_ppl_by_corpus'][name]:.2f})"
+                                for name, v in by_corpus.items())
+                for name, v in by_corpus.items():
+                    self.log.scalars(step, {"loss": v, "ppl": record[f"{key}_ppl_by_corpus"][name]},
+                                     f"{kind}/{name}")
+            self.log.record(record)
+            self.log.scalars(step, {"loss": val, "ppl": ppl}, kind)
+            self.log.loss_series(kind, val, self.progress.consumed * self.args.seq_length, self.progress.flops_done)
+            self.log.line(line)
         self.interval["start"] = time.perf_counter()  # validation time is not training throughput
 
     def _save(self) -> None:

@@ -1,0 +1,67 @@
+"""What an evaluation reads: a checkpoint directory as our dense Transformer, as a Hugging Face folder, and its
+tokenizer.
+
+Three kinds of directory are accepted, told apart by their files: a training checkpoint (`latest` -> step_N/, any
+ZeRO stage, tensor/pipeline-parallel ranks merged by est_megatron.hf), our converted checkpoint (model.safetensors
++ est_config.json) and a Hugging Face folder (config.json). Every path goes through est_megatron.hf, so the
+evaluated weights are exactly what tools/convert_to_hf.py exports.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from est_megatron.config import ModelConfig
+from est_megatron.errors import UsageError
+from est_megatron.hf import (EST_CONFIG, checkpoint_tokenizer, load_est_weights, read_hf_checkpoint,
+                             write_hf_checkpoint)
+from est_megatron.model.transformer import Transformer
+
+
+def is_hf_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, EST_CONFIG))
+
+
+def check_directory(path: str, flag: str = "--load") -> None:
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is not a directory; give a training checkpoint, a converted checkpoint or "
+                         "a Hugging Face folder")
+
+
+def load_model(path: str, device: torch.device) -> Tuple[ModelConfig, Transformer]:
+    """Our Transformer with the directory's weights, fp32, in eval mode (the dense model: no plan)."""
+    check_directory(path)
+    model_cfg, state = read_hf_checkpoint(path) if is_hf_folder(path) else load_est_weights(path)
+    model = Transformer(model_cfg)
+    model.load_state_dict(state, strict=True)
+    return model_cfg, model.to(device=device, dtype=torch.float32).eval()
+
+
+def load_tokenizer(path: str, override=None):
+    """The tokenizer object of a checkpoint (`override`: a TokenizerSpec from the command line), or None."""
+    spec = override or checkpoint_tokenizer(path)[0]
+    return spec.load() if spec is not None else None
+
+
+@contextlib.contextmanager
+def as_hf_folder(path: str, tokenizer_spec=None, dtype: torch.dtype = torch.float32,
+                 add_bos: Optional[bool] = None) -> Iterator[str]:
+    """A Hugging Face folder of the checkpoint: the folder itself, or an export into a temporary directory that
+    is removed afterwards (the weights and tokenizer tools/convert_to_hf.py would write)."""
+    check_directory(path)
+    if is_hf_folder(path):
+        yield path
+        return
+    model_cfg, state = load_est_weights(path)
+    spec, run_adds_bos = checkpoint_tokenizer(path)
+    spec = tokenizer_spec or spec
+    if spec is None:
+        raise UsageError(f"{path} has no tokenizer beside it and its run recorded none that still exists; pass "
+                         "--tokenizer-model (the tokenizer the model was trained with)")
+    with tempfile.TemporaryDirectory(prefix="est_eval_hf_") as folder:
+        write_hf_checkpoint(folder, model_cfg, state, dtype, spec, run_adds_bos if add_bos is None else add_bos)
+        yield folder
