@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 from est_megatron.training.arguments import check_args  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ from continual_pretrain import parse_args as parse_common  # noqa: E402
 
 def parse_args(argv=None):
     import argparse
-    extra = argparse.ArgumentParser(add_help=False)
+    extra = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     extra.add_argument("--sft-packing", choices=("pad", "pack"), default="pad",
                        help="one example per window (padded/truncated), or examples packed into full windows")
     extra.add_argument("--sft-valid-fraction", type=float, default=0.02,

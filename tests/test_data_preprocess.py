@@ -101,6 +101,9 @@ def test_starcoder_parquet_and_hf_saved_dataset(tokenizer_model, tmp_path):  # n
     want = [tok.encode(t) + [2] for lang in sorted(texts) for t in texts[lang]]
     manifest = run(tokenizer_model, [tmp_path / "sc"], tmp_path / "sc_out", "--format", "starcoder")
     assert [list(d) for d in read_all(tmp_path / "sc_out", manifest)] == want
+    # the README's form: a glob of language folders, each searched like a folder named directly
+    manifest = run(tokenizer_model, [f"{tmp_path / 'sc'}/*/"], tmp_path / "glob_out", "--format", "starcoder")
+    assert [list(d) for d in read_all(tmp_path / "glob_out", manifest)] == want
     import datasets
     datasets.Dataset.from_dict({"body": ["one two", "", "three"]}).save_to_disk(str(tmp_path / "hf"))
     manifest = run(tokenizer_model, [tmp_path / "hf"], tmp_path / "hf_out", "--format", "hf", "--hf-column", "body")

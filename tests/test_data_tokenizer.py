@@ -50,3 +50,14 @@ def test_no_text_is_a_usage_error(tmp_path):
 def test_vocab_larger_than_data_gives_smaller_model(tmp_path):
     model = train_llama_style([make_text(random.Random(0), 20)] * 50, str(tmp_path / "m"), 5000)
     assert 259 < SentencePieceTokenizer(model).vocab_size < 5000
+
+
+def test_too_many_characters_for_the_vocabulary_gives_the_right_advice(tmp_path):
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(600)]  # 600 distinct CJK characters
+    lines = ["".join(rng.choice(chars) for _ in range(30)) for _ in range(400)]
+    with pytest.raises(UsageError, match=r"--vocab-size 400 is smaller than the \d+ pieces .* raise --vocab-size "
+                                         r"above \d+ or lower --character-coverage"):
+        train_llama_style(lines, str(tmp_path / "m"), 400, character_coverage=1.0)
+    with pytest.raises(UsageError, match=r"--character-coverage 0.5 must lie in \[0.98, 1\]"):
+        train_llama_style(lines, str(tmp_path / "m"), 400, character_coverage=0.5)

@@ -19,12 +19,13 @@ import torch  # noqa: E402
 
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.hf import read_hf_checkpoint, save_est_checkpoint, tokenizer_files  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--hf-dir", required=True, help="Hugging Face model directory (config.json + weights)")
     p.add_argument("--save", required=True, help="output directory of our checkpoint")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="dtype of the saved weights")

@@ -29,12 +29,13 @@ from est_megatron.subnet.sat import (decay_start_step, importance_flops, lors_la
                                      sat_config_from_args)
 from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
 from est_megatron.training.arguments import add_method_args  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 METHODS = ("est", "raptr", "sat")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, choices=sorted(MODEL_PRESETS), help="model preset")
     p.add_argument("--train-steps", type=int,
                    help="run length; required when the boundaries are fractions (presets, RAPTR, SAT), else the "

@@ -67,8 +67,7 @@ def render(tokenizer, ids):
     return "".join(out)
 
 
-@exit_on_usage_error
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-path", nargs="+", required=True, help="PREFIX, or Megatron's weighted pairs")
     add_tokenizer_args(p, model_help="tokenizer to detokenize with (default: the one the manifest names)")
@@ -83,7 +82,12 @@ def main(argv=None):
     p.add_argument("--data-cache-path", "--cache-dir", dest="cache_dir",
                    help="where sample indices are cached (default: beside the shards)")
     p.add_argument("--ids", action="store_true", help="also print the token ids")
-    args = p.parse_args(argv)
+    return p
+
+
+@exit_on_usage_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     prefixes = [prefix for _, prefix in parse_data_path(args.data_path)]
     out = [line for prefix in prefixes for line in describe(prefix)]
     if args.document is not None or args.sample is not None:

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Optional
 
 import sentencepiece as spm
@@ -258,8 +259,9 @@ def train_llama_style(sentences, model_prefix, vocab_size, max_sentences=0, num_
     if vocab_size <= RESERVED_PIECES:
         raise UsageError(f"--vocab-size {vocab_size} is too small: a byte-fallback model needs more than "
                          f"{RESERVED_PIECES} pieces (unk, bos, eos and 256 bytes); use e.g. 32000")
-    if not 0.0 < character_coverage <= 1.0:
-        raise UsageError(f"--character-coverage {character_coverage} must lie in (0, 1], e.g. 0.9995")
+    if not 0.98 <= character_coverage <= 1.0:
+        raise UsageError(f"--character-coverage {character_coverage} must lie in [0.98, 1] (SentencePiece's "
+                         "range), e.g. 0.9995")
     out_dir = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(out_dir, exist_ok=True)
     counted = _Counted(sentences)
@@ -287,10 +289,12 @@ def train_llama_style(sentences, model_prefix, vocab_size, max_sentences=0, num_
     except RuntimeError as err:
         if counted.n == 0:
             raise UsageError("the tokenizer inputs hold no text; check --input and --format") from None
-        if "required_chars" in str(err):
-            raise UsageError(f"--vocab-size {vocab_size} cannot hold every character the text needs at "
-                             f"--character-coverage {character_coverage} ({err}); raise --vocab-size or lower "
-                             "--character-coverage (e.g. 0.9995)") from None
+        needed = re.search(r"required_chars\. \d+ vs (\d+)", str(err))
+        if needed:
+            raise UsageError(f"--vocab-size {vocab_size} is smaller than the {needed.group(1)} pieces that the "
+                             f"text's characters need at --character-coverage {character_coverage}; raise "
+                             f"--vocab-size above {needed.group(1)} or lower --character-coverage (down to "
+                             "0.98)") from None
         raise UsageError(f"SentencePiece training failed: {err}; check the input text and --vocab-size") from None
     return f"{model_prefix}.model"
 

@@ -24,6 +24,7 @@ from est_megatron.data import sources  # noqa: E402
 from est_megatron.data.preprocess import preprocess  # noqa: E402
 from est_megatron.data.tokenizer import SentencePieceTokenizer, train_llama_style  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def stdlib_documents(max_bytes, doc_chars=3000):
@@ -74,7 +75,7 @@ def interleaved_best(repeats, runs):
 
 @exit_on_usage_error
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", action="append", help="jsonl files with a 'text' field (default: stdlib sources)")
     p.add_argument("--mb", type=float, default=4.0, help="MB of stdlib text to generate when no --input")
     p.add_argument("--tokenizer-model", help="SentencePiece model (default: train a Llama-style one on the text)")

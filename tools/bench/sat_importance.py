@@ -25,6 +25,7 @@ from est_megatron.config import SubnetConfig  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.subnet.flops import step_flops  # noqa: E402
 from est_megatron.subnet.sat import METRICS, SatConfig, SatPlanner, importance_flops  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 class _FixedPlan:
@@ -38,7 +39,7 @@ class _FixedPlan:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     step_speed.add_common_args(p)
     p.add_argument("--accumulation", type=int, default=8, help="micro-batches per optimizer step for the share")
     p.add_argument("--sat-metric", choices=METRICS, default="maxip", help="SAT importance metric")

@@ -28,10 +28,11 @@ from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.subnet.flops import dense_step_flops, step_flops  # noqa: E402
 from est_megatron.subnet.plan import PlanSampler  # noqa: E402
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     step_speed.add_common_args(p)
     p.add_argument("--schedule", default="tinyllama", help=f"EST schedule ({', '.join(SCHEDULE_PRESETS)} or custom)")
     p.add_argument("--train-steps", type=int, default=60, help="steps of each of the two runs")

@@ -37,6 +37,7 @@ from est_megatron.subnet.flops import dense_step_flops, step_flops  # noqa: E402
 from est_megatron.subnet.plan import PlanSampler  # noqa: E402
 from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
 from est_megatron.training.metrics import peak_tflops  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 STAGES = {"stage1": (0.5, 0.5, 0.5), "stage2": (0.5, 0.5, 1.0)}
 
@@ -262,7 +263,7 @@ def setup(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p)
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every variant first")
     p.add_argument("--reps", type=int, default=3, help="timed rounds; figures are medians")

@@ -1,0 +1,90 @@
+"""Megatron-LM's spellings parse to the same arguments as ours, precision flags, and --help shows true defaults."""
+import argparse
+import os
+
+import pytest
+
+from data_fixtures import load_tool
+from est_megatron.errors import UsageError
+from est_megatron.training.arguments import build_parser, check_args, resolve_precision
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ["--data-path", "shards/x", "--tokenizer-model", "tok.model"]
+
+
+def parsed(argv):
+    return vars(build_parser().parse_args(BASE + argv))
+
+
+@pytest.mark.parametrize("megatron,ours", [
+    (["--train-iters", "500"], ["--train-steps", "500"]),
+    (["--lr-warmup-iters", "20"], ["--lr-warmup-steps", "20"]),
+    (["--lr-decay-iters", "400"], ["--lr-decay-steps", "400"]),
+    (["--data-cache-path", "/tmp/c"], ["--data-cache-dir", "/tmp/c"]),
+    (["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", "v.json", "--merge-file", "m.txt"],
+     ["--tokenizer-type=GPT2BPETokenizer", "--vocab-file=v.json", "--merge-file=m.txt"]),
+    (["--bf16"], ["--bf16"]),
+])
+def test_megatron_spellings_parse_like_ours(megatron, ours):
+    assert parsed(megatron) == parsed(ours)
+    assert parsed(megatron) != parsed([])
+
+
+def test_megatron_example_command_line_parses():
+    """The flags of Megatron-LM's GPT pretraining examples that we share, as they write them."""
+    args = build_parser().parse_args(
+        ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "64",
+         "--max-position-embeddings", "64", "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "6e-4",
+         "--train-iters", "100", "--lr-decay-iters", "80", "--lr-decay-style", "cosine", "--min-lr", "6e-5",
+         "--weight-decay", "0.1", "--clip-grad", "1.0", "--lr-warmup-iters", "10", "--bf16",
+         "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", "gpt2/vocab.json", "--merge-file", "gpt2/merges.txt",
+         "--data-path", "my-gpt2_text_document", "--split", "949,50,1", "--log-interval", "10",
+         "--save-interval", "50", "--eval-interval", "50", "--eval-iters", "2", "--tensorboard-dir", "tb",
+         "--data-cache-path", "cache"])
+    assert (args.train_steps, args.lr_warmup_steps, args.lr_decay_steps) == (100, 10, 80)
+    assert (args.precision, args.tensorboard_dir, args.data_cache_dir) == ("bf16", "tb", "cache")
+    check_args(args)
+
+
+def test_precision_flags():
+    def precision(flags, cuda, bf16):
+        return resolve_precision(build_parser().parse_args(BASE + flags), cuda, bf16)
+
+    assert precision([], cuda=True, bf16=True) == "bf16" and precision([], cuda=True, bf16=False) == "fp32"
+    assert precision([], cuda=False, bf16=False) == "fp32"
+    assert precision(["--fp16"], cuda=True, bf16=True) == "fp16"
+    assert precision(["--fp32"], cuda=True, bf16=True) == "fp32"
+    with pytest.raises(UsageError, match="--bf16 needs a GPU with bf16 support; use --fp16"):
+        precision(["--bf16"], cuda=True, bf16=False)
+    with pytest.raises(UsageError, match="--fp16 needs a GPU"):
+        precision(["--fp16"], cuda=False, bf16=False)
+    with pytest.raises(SystemExit):  # argparse: not allowed with
+        build_parser().parse_args(BASE + ["--bf16", "--fp16"])
+
+
+def test_decay_must_end_after_warmup_and_tokenizer_files_are_named():
+    with pytest.raises(UsageError, match="--lr-decay-steps 5 must be at least --lr-warmup-steps 10"):
+        check_args(build_parser().parse_args(BASE + ["--lr-decay-iters", "5", "--lr-warmup-iters", "10"]))
+    with pytest.raises(UsageError, match="needs --vocab-file"):
+        check_args(build_parser().parse_args(["--data-path", "x", "--tokenizer-type", "GPT2BPETokenizer"]))
+
+
+def parsers():
+    yield "pretrain", build_parser()
+    for tool in ("preprocess_data", "train_tokenizer", "inspect_data", "convert_to_hf", "convert_hf_to_est",
+                 "est_plan", "bench/step_speed", "bench/schedule_speed", "bench/sat_importance"):
+        yield tool, load_tool(f"tools/{tool}.py").build_parser()
+
+
+@pytest.mark.parametrize("name,parser", list(parsers()), ids=lambda v: v if isinstance(v, str) else "")
+def test_help_shows_true_defaults(name, parser):
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        text = " ".join(parser._get_formatter()._expand_help(action).split())
+        flag = action.option_strings[0]
+        assert text.count("(default") <= 1 and "default: None" not in text, (flag, text)
+        if action.nargs == 0:  # a switch: its stored default is not what it does
+            assert "(default: True)" not in text and "(default: False)" not in text, (flag, text)
+        elif action.default is not None:
+            assert "default" in text, (flag, text)
