@@ -29,7 +29,6 @@ cumulative FLOPs and tokens, stage transitions, final losses, FLOPs saved, wall-
 OUTPUT_DIR/table.md (final validation loss against dense: mean +- standard deviation over seeds, the per-seed
 relative difference, FLOPs saved), also printed.
 """
-from __future__ import annotations
 
 import argparse
 import json
