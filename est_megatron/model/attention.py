@@ -79,6 +79,18 @@ class Attention(nn.Module):
             self._index_cache = (plan, SubnetIndex(plan, self.num_groups, self.heads_per_group, self.head_dim))
         return self._index_cache[1]
 
+    def trained_slices(self, plan: Optional[LayerPlan]) -> list:
+        """What `plan` trains here, for the sparse optimizer step: (parameter, axis, sorted indices along the axis;
+        None = all of it). The sampled heads' QKV rows and output columns; the output bias is not per head."""
+        rows = columns = None
+        if plan is not None and plan.query_heads is not None:
+            index = SubnetIndex(plan, self.num_groups, self.heads_per_group, self.head_dim)  # keeps the forward's cache
+            rows, columns = index.qkv_rows, index.out_columns
+        slices = [(self.qkv.weight, 0, rows), (self.out.weight, 1, columns)]
+        if self.qkv.bias is not None:
+            slices += [(self.qkv.bias, 0, rows), (self.out.bias, None, None)]
+        return slices
+
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         x = copy_to_tensor_parallel_region(x, self.tp_group)

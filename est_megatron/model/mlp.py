@@ -28,13 +28,27 @@ class MLP(nn.Module):
         self.down = nn.Linear(self.ffn_size, config.hidden_size, bias=config.bias)
         self._index_cache = (None, None)
 
+    def rows_of(self, columns: torch.Tensor) -> torch.Tensor:
+        """Rows of the fused up weight ([gate; up] for Llama) that hold these intermediate columns."""
+        return torch.cat([columns, columns + self.ffn_size]) if self.gated else columns
+
     def up_rows(self, plan: LayerPlan) -> torch.Tensor:
-        """Rows of the fused up weight for the plan's columns, computed once per plan."""
+        """`rows_of` the plan's columns, computed once per plan."""
         if self._index_cache[0] is not plan:
-            cols = plan.mlp_columns
-            rows = torch.cat([cols, cols + self.ffn_size]) if self.gated else cols
-            self._index_cache = (plan, rows)
+            self._index_cache = (plan, self.rows_of(plan.mlp_columns))
         return self._index_cache[1]
+
+    def trained_slices(self, plan: Optional[LayerPlan]) -> list:
+        """What `plan` trains here, for the sparse optimizer step: (parameter, axis, sorted indices along the axis;
+        None = all of it). The sampled columns' up rows and down columns; the down bias is not per column."""
+        rows = columns = None
+        if plan is not None and plan.mlp_columns is not None:
+            columns = plan.mlp_columns
+            rows = self.rows_of(columns)
+        slices = [(self.up.weight, 0, rows), (self.down.weight, 1, columns)]
+        if self.up.bias is not None:
+            slices += [(self.up.bias, 0, rows), (self.down.bias, None, None)]
+        return slices
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         x = copy_to_tensor_parallel_region(x, self.tp_group)

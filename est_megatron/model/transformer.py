@@ -34,8 +34,9 @@ from est_megatron.subnet.plan import LayerPlan, StepPlan
 class TransformerLayer(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables], tp_group=None):
+    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables], tp_group=None, index: int = 0):
         super().__init__()
+        self.index = index  # global layer number: the plan's entry for this layer
         tp_size, _ = group_size_rank(tp_group)
         self.attn_norm = build_norm(config)
         self.attn = Attention(config, rotary, config.num_query_groups // tp_size, tp_group)
@@ -52,6 +53,12 @@ class TransformerLayer(nn.Module):
             nn.init.normal_(linear.weight, std=linear_std)
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
+
+    def trained_slices(self, plan: Optional[LayerPlan]) -> list:
+        """(parameter, axis, sorted indices; None = all) of everything an active layer's `plan` trains; the norms
+        train whenever the layer runs."""
+        norms = [(param, None, None) for norm in (self.attn_norm, self.mlp_norm) for param in norm.parameters()]
+        return self.attn.trained_slices(plan) + self.mlp.trained_slices(plan) + norms
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
         return recomputed(self.recompute, self.block, x, plan)
@@ -82,7 +89,7 @@ class Transformer(nn.Module):
         self.embed = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp_group)
         self.pos_embed = None if config.is_llama else nn.Embedding(config.max_position_embeddings,
                                                                     config.hidden_size)
-        self.layers = nn.ModuleList(TransformerLayer(config, rotary, tp_group) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerLayer(config, rotary, tp_group, i) for i in range(config.num_layers))
         self.final_norm = build_norm(config)
         start, end = vocab_range(config.vocab_size, tp_rank, tp_size)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, end - start, bias=False)

@@ -62,8 +62,7 @@ class PositionEmbeddingPipe(nn.Embedding):
 
 class TransformerLayerPipe(TransformerLayer):
     def __init__(self, cfg: ModelConfig, index: int, plans: PlanHolder, tp_group=None):
-        super().__init__(cfg, rotary_tables(cfg), tp_group)
-        self.index = index
+        super().__init__(cfg, rotary_tables(cfg), tp_group, index)
         self.plans = plans
         self.weight_prefix = f"layers.{index}."
 

@@ -39,7 +39,9 @@ from est_megatron.training.arguments import resolve_precision
 from est_megatron.training.distributed import init_distributed, teardown
 from est_megatron.training.methods import MethodContext, build_method
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
-from est_megatron.training.optim import build_lr_scheduler, build_optimizer, load_ds_config, zero_stage
+from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer, load_ds_config,
+                                         zero_stage)
+from est_megatron.training.sparse_adamw import SparseAdamW
 
 _STOP_SIGNAL = {"signum": None}
 
@@ -266,6 +268,9 @@ class Trainer:
                                                     lr_scheduler=build_lr_scheduler(optimizer, args),
                                                     config=ds_config, dist_init_required=False,
                                                     mpu=None if pp > 1 else self.layout)
+        self.sparse_optimizer = optimizer if isinstance(optimizer, SparseAdamW) else None
+        if self.sparse_optimizer is not None:
+            bind_sparse_optimizer(optimizer, self.engine, model, self.model_cfg, self.layout)
 
         self.progress = Progress()
         if args.load:
@@ -363,6 +368,8 @@ class Trainer:
         self._note_stage(plan)
 
         device_plan = plan.to(device) if plan is not None else None
+        if self.sparse_optimizer is not None:  # the optimizer step leaves what this plan does not train untouched
+            self.sparse_optimizer.set_plan(plan)
         if self.zero_stage == 3:
             _clear_stale_zero3_grads(engine)
         self.interval["lr"] = engine.get_lr()[0]

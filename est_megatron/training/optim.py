@@ -13,6 +13,8 @@ import math
 import torch
 
 from est_megatron.errors import UsageError
+from est_megatron.training.optimizer_layout import segments_of
+from est_megatron.training.sparse_adamw import SparseAdamW
 
 
 class WarmupDecay:
@@ -38,17 +40,35 @@ class WarmupDecay:
 
 
 def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms (1-D parameters). FusedAdam on CUDA when it builds."""
+    """AdamW; no weight decay on biases, norms (1-D parameters). A subnetwork method gets the sparse step
+    (SparseAdamW: what the plan does not train stays untouched) unless --est-optimizer dense; the dense model gets
+    FusedAdam on CUDA when it builds, torch's AdamW otherwise."""
     decay, no_decay = [], []
-    for param in model.parameters():
-        (no_decay if param.ndim < 2 else decay).append(param)
+    for param in model.parameters():  # a ZeRO-3-partitioned parameter keeps its shape in ds_shape
+        (no_decay if len(getattr(param, "ds_shape", param.shape)) < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+    if args.method != "dense" and args.est_optimizer == "sparse":
+        return SparseAdamW(groups, **kwargs)
     if torch.cuda.is_available():
         from deepspeed.ops.adam import FusedAdam
         return FusedAdam(groups, adam_w_mode=True, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
+
+
+def bind_sparse_optimizer(optimizer: SparseAdamW, engine, model: torch.nn.Module, model_cfg, layout) -> None:
+    """Tell the sparse optimizer, after `deepspeed.initialize`, which parameters it steps (global names, this
+    rank's transformer layers) and where DeepSpeed keeps their fp32 copies; plans are localised to this TP rank."""
+    from est_megatron.model.transformer import TransformerLayer
+    from est_megatron.parallel.pipeline import global_named_parameters
+    from est_megatron.parallel.subnet import localize_plan
+
+    named = global_named_parameters(model) if layout.get_pipe_parallel_world_size() > 1 else \
+        list(model.named_parameters())
+    layers = [m for m in model.modules() if isinstance(m, TransformerLayer)]
+    optimizer.bind(named, layers, segments_of(engine, optimizer),
+                   lambda plan: localize_plan(plan, model_cfg, layout.tp_rank, layout.tp_size))
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, args) -> torch.optim.lr_scheduler.LambdaLR:
