@@ -21,10 +21,11 @@ from est_megatron.training.arguments import build_parser, check_args  # noqa: E4
 METHODS = ("dense", "est", "sat", "raptr")
 
 
-def parse_args(argv=None, description=__doc__):
+def parse_args(argv=None, description=__doc__, defaults=None):
+    """Pretraining's flags with SAT as the method; `defaults` (a script's own, e.g. SFT's) show in --help too."""
     parser = build_parser("tinyllama")
     parser.description = description
-    parser.set_defaults(method="sat")
+    parser.set_defaults(method="sat", **(defaults or {}))
     args = parser.parse_args(argv)
     args.family = "tinyllama"
     if args.method not in METHODS:

@@ -23,6 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from continual_pretrain import parse_args as parse_common  # noqa: E402
 
 
+# SAT paper's SFT setup: small LR, cosine, no weight decay; flags override them.
+SFT_DEFAULTS = dict(lr=2e-5, min_lr=0.0, lr_warmup_steps=10, weight_decay=0.0, seq_length=1024,
+                    global_batch_size=128, micro_batch_size=4, train_steps=1000, lr_decay_style="cosine")
+
+
 def parse_args(argv=None):
     import argparse
     extra = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
@@ -35,11 +40,7 @@ def parse_args(argv=None):
     if "-h" in argv or "--help" in argv:
         extra.print_help()
     sft, rest = extra.parse_known_args(argv)
-    # SFT defaults (SAT paper's SFT setup: small LR, cosine, no weight decay); flags override them
-    defaults = ["--lr", "2e-5", "--min-lr", "0", "--lr-warmup-steps", "10", "--weight-decay", "0",
-                "--seq-length", "1024", "--global-batch-size", "128", "--micro-batch-size", "4",
-                "--train-steps", "1000", "--lr-decay-style", "cosine"]
-    args = parse_common(defaults + rest, description=__doc__)
+    args = parse_common(rest, description=__doc__, defaults=SFT_DEFAULTS)
     if not 0.0 <= sft.sft_valid_fraction < 1.0:
         raise UsageError(f"--sft-valid-fraction must be in [0, 1), got {sft.sft_valid_fraction}")
     args.sft_packing, args.sft_valid_fraction = sft.sft_packing, sft.sft_valid_fraction

@@ -86,5 +86,5 @@ def test_help_shows_true_defaults(name, parser):
         assert text.count("(default") <= 1 and "default: None" not in text, (flag, text)
         if action.nargs == 0:  # a switch: its stored default is not what it does
             assert "(default: True)" not in text and "(default: False)" not in text, (flag, text)
-        elif action.default is not None:
+        elif action.default not in (None, []):
             assert "default" in text, (flag, text)
