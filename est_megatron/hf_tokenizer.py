@@ -61,10 +61,11 @@ def sentencepiece_to_fast(model_path: str):
 
 
 def fast_tokenizer(tokenizer):
-    """The `tokenizers.Tokenizer` behind any of our tokenizer types."""
+    """A `tokenizers.Tokenizer` that encodes like any of our tokenizer types (a copy: the export changes it)."""
+    from tokenizers import Tokenizer
     if isinstance(tokenizer, SentencePieceTokenizer):
         return sentencepiece_to_fast(tokenizer.model_path)
-    return tokenizer.backend
+    return Tokenizer.from_str(tokenizer.backend.to_str())
 
 
 def _token(tokenizer, token_id: int) -> Optional[str]:

@@ -38,23 +38,24 @@ def build_parser():
 
 def capped_lines(texts, max_chars, progress=False):
     """Non-empty lines of the documents (SentencePiece's unit is a sentence) until max_chars are read; the bar
-    counts characters read, then says that training (silent and often the longer part) has begun."""
+    counts characters read, then a line says that training (silent and often the longer part) has begun."""
     bar = tqdm(total=max_chars, unit="char", unit_scale=True, desc="reading", disable=not progress,
                dynamic_ncols=True)
     total = 0
     try:
-        for text in texts:
-            for line in text.splitlines():
-                if line.strip():
-                    yield line
-                    total += len(line)
-                    bar.update(len(line))
-                    if total >= max_chars:
-                        return
+        for line in (line for text in texts for line in text.splitlines() if line.strip()):
+            yield line
+            total += len(line)
+            bar.update(len(line))
+            if total >= max_chars:
+                break
+    except BaseException:
+        bar.leave = False  # wipe the bar so that an error is the one line left
+        raise
     finally:
         bar.close()
-        if progress:
-            print(f"read {total:,} characters; training the tokenizer...", file=sys.stderr, flush=True)
+    if progress:
+        print(f"read {total:,} characters; training the tokenizer...", file=sys.stderr, flush=True)
 
 
 @exit_on_usage_error
