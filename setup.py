@@ -27,9 +27,11 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7",
+                 "lm_eval>=0.4.9,<0.5", "accelerate>=0.26"],
         "gpu": ["flash-attn>=2.5"],
         "hf": ["transformers>=5.0,<6"],
+        "eval": ["lm_eval>=0.4.9,<0.5", "accelerate>=0.26", "transformers>=5.0,<6"],  # tools/evaluate.py tasks
         "wandb": ["wandb>=0.16"],
         "plot": ["matplotlib>=3.7"],  # tools/compare_runs.py and tools/plot_metrics.py figures
     },
