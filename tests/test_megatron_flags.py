@@ -72,7 +72,8 @@ def test_decay_must_end_after_warmup_and_tokenizer_files_are_named():
 def parsers():
     yield "pretrain", build_parser()
     for tool in ("preprocess_data", "train_tokenizer", "inspect_data", "convert_to_hf", "convert_hf_to_est",
-                 "est_plan", "bench/step_speed", "bench/schedule_speed", "bench/sat_importance"):
+                 "est_plan", "evaluate", "hessian_trace", "compare_runs", "plot_metrics", "bench/step_speed",
+                 "bench/schedule_speed", "bench/sat_importance"):
         yield tool, load_tool(f"tools/{tool}.py").build_parser()
 
 

@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from est_megatron.analysis.curves import load_curves, mean_and_spread  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 from est_megatron.training.methods import METHODS  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ ECHO = re.compile(r"^(step |est_megatron:|resumed |no checkpoint|the run is comp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 allow_abbrev=False,
                                 usage="%(prog)s [options] [training flags passed to every run]")
     p.add_argument("--run", action="append", metavar="NAME[:FLAGS]",

@@ -26,13 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 from est_megatron.evaluation import harness  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--load", required=True,
                    help="training checkpoint, converted checkpoint or Hugging Face folder to evaluate")
     p.add_argument("--output", default="eval_results.json", help="JSON file of the results (default: %(default)s)")

@@ -24,10 +24,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--load", required=True, help="training checkpoint, converted checkpoint or Hugging Face folder")
     p.add_argument("--data-path", nargs="+", required=True,
                    help="shard prefixes (a blend with weights, as in training) the batches come from")

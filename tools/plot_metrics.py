@@ -19,10 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from est_megatron.analysis.curves import load_curves  # noqa: E402
 from est_megatron.analysis.figure import require_matplotlib, save_loss_figure  # noqa: E402
 from est_megatron.errors import exit_on_usage_error  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="[LABEL=]PATH",
                    help="metrics.jsonl files or log directories; a shared LABEL averages them as seeds")
     p.add_argument("--output", "-o", default="loss_curves.png", help="PNG to write (default: loss_curves.png)")
