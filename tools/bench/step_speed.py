@@ -5,8 +5,11 @@
     python tools/bench/step_speed.py --model tinyllama-1.1b --seq-length 2048 --micro-batch-size 8 --device cuda
 
 A step is what training does per micro-batch: draw a fresh plan (PlanSampler.plan, index building included),
-forward, backward, AdamW over all parameters (missing gradients of skipped layers are zero-filled first, as
-ZeRO's flat buffers do), zero_grad. Variants run interleaved (dense, stage 1, stage 2, ...) after warm-up, so a
+forward, backward, the optimizer step, zero_grad. The optimizer is training's: the sparse AdamW step that leaves
+what the plan does not train untouched (--est-optimizer sparse, the default), or AdamW over all parameters with the
+missing gradients of skipped layers zero-filled, as ZeRO's flat buffers hold them (--est-optimizer dense). After
+each timed step, untimed, AdamW over all parameters steps the same gradients too, so the optimizer table puts the
+two optimizer steps side by side. Variants run interleaved (dense, stage 1, stage 2, ...) after warm-up, so a
 machine whose speed drifts affects all of them alike; each figure is the median over --reps.
 
 Ideal speedup = dense_step_flops / step_flops(realised plan) from est_megatron.subnet.flops; efficiency =
@@ -37,6 +40,8 @@ from est_megatron.subnet.flops import dense_step_flops, step_flops  # noqa: E402
 from est_megatron.subnet.plan import PlanSampler  # noqa: E402
 from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
 from est_megatron.training.metrics import peak_tflops  # noqa: E402
+from est_megatron.training.optimizer_layout import own_segments  # noqa: E402
+from est_megatron.training.sparse_adamw import SparseAdamW  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 STAGES = {"stage1": (0.5, 0.5, 0.5), "stage2": (0.5, 0.5, 1.0)}
@@ -88,13 +93,20 @@ def build_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim
 class Stepper:
     """One model, its optimizer and a fixed batch; `step(sampler)` runs a whole training step."""
 
-    def __init__(self, cfg, device, dtype, batch: int, seq: int, seed: int, compile_model: bool = False):
+    def __init__(self, cfg, device, dtype, batch: int, seq: int, seed: int, compile_model: bool = False,
+                 sparse: bool = True):
         torch.manual_seed(seed)
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.model = Transformer(cfg).to(device)
         self.forward = torch.compile(self.model) if compile_model else self.model
-        self.optimizer = build_optimizer(self.model, device)
         self.params = list(self.model.parameters())
+        self.dense_optimizer = build_optimizer(self.model, device)
+        self.optimizer = self.dense_optimizer
+        if sparse:  # training's default for a subnetwork method
+            self.optimizer = SparseAdamW(self.params, lr=1e-4, weight_decay=0.1)
+            self.optimizer.bind(list(self.model.named_parameters()), list(self.model.layers),
+                                own_segments(self.params))
+        self.optimizer_time = 0.0  # seconds of the last step's optimizer step
         generator = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=generator).to(device)
         self.inputs, self.labels = tokens[:, :-1], tokens[:, 1:]
@@ -102,7 +114,14 @@ class Stepper:
         self.last_plan = None
 
     def step(self, sampler: Optional[PlanSampler], inputs=None, labels=None) -> float:
-        """One training step; `sampler` None runs the model with plan=None (no EST machinery at all)."""
+        """One whole training step (`run`, then `finish`); returns the loss."""
+        loss = self.run(sampler, inputs, labels)
+        self.finish()
+        return loss
+
+    def run(self, sampler: Optional[PlanSampler], inputs=None, labels=None) -> float:
+        """A training step up to and including the optimizer step, gradients left for `finish`; `sampler` None
+        runs the model with plan=None (no EST machinery at all)."""
         plan = None
         if sampler is not None:
             plan = sampler.plan(self.count)
@@ -114,12 +133,28 @@ class Stepper:
             loss = self.forward(self.inputs if inputs is None else inputs, plan,
                                 labels=self.labels if labels is None else labels)
         loss.backward()
+        if self.optimizer is not self.dense_optimizer:
+            self.optimizer.set_plan(None if plan is None else plan.to("cpu"))
+        else:
+            self.zero_fill()
+        self.optimizer_time = timed(self.device, self.optimizer.step)
+        return loss.item()
+
+    def zero_fill(self) -> None:
         for p in self.params:  # a skipped layer has no gradient: ZeRO zero-fills it, AdamW still steps it
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        self.optimizer.step()
+
+    def finish(self) -> float:
+        """After a step (untimed): AdamW over all parameters on the same gradients, timed; then zero_grad."""
+        if self.optimizer is self.dense_optimizer:
+            dense_time = self.optimizer_time
+        else:
+            self.zero_fill()
+            dense_time = timed(self.device, self.dense_optimizer.step)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        return dense_time
 
 
 def write_json(path: Optional[str], result: dict) -> None:
@@ -172,12 +207,15 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
     device = stepper.device
     times: Dict[str, List[float]] = {name: [] for name in variants}
     cpu_times: Dict[str, List[float]] = {name: [] for name in variants}
+    optimizer_times: Dict[str, List[tuple]] = {name: [] for name in variants}
     for rep in range(warmup + reps):
         for name, sampler in variants.items():
-            wall, cpu = timed2(device, lambda: stepper.step(sampler))
+            wall, cpu = timed2(device, lambda: stepper.run(sampler))
+            dense_optimizer = stepper.finish()
             if rep >= warmup:
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
+                optimizer_times[name].append((stepper.optimizer_time, dense_optimizer))
     results = {}
     for name, sampler in variants.items():
         if device.type == "cuda":
@@ -189,6 +227,8 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
         if profile_rows:
             print_profile(stepper, name, sampler, profile_rows)
         results[name] = dict(step_time_s=statistics.median(times[name]), step_times_s=times[name],
+                             optimizer_time_s=statistics.median(t for t, _ in optimizer_times[name]),
+                             adamw_time_s=statistics.median(t for _, t in optimizer_times[name]),
                              cpu_time_s=statistics.median(cpu_times[name]), peak_memory_bytes=peak,
                              plan=stepper.last_plan)
     return results
@@ -268,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every variant first")
     p.add_argument("--reps", type=int, default=3, help="timed rounds; figures are medians")
     p.add_argument("--compile", action="store_true", help="run the model under torch.compile")
+    p.add_argument("--est-optimizer", choices=("sparse", "dense"), default="sparse",
+                   help="the optimizer step timed: training's sparse AdamW step, or AdamW over all parameters")
     p.add_argument("--no-est-machinery", action="store_true",
                    help="also time the dense step with plan=None and compare it with the dense StepPlan step")
     p.add_argument("--modules", action="store_true", help="add MHA/MLP/layer forward times (paper Tables 8/9)")
@@ -304,6 +346,8 @@ def summarise(cfg, results: Dict[str, dict], batch: int, seq: int, peak: Optiona
     def entry(r, flops):
         t = r["step_time_s"]
         out = dict(step_time_s=t, step_times_s=r["step_times_s"], step_time_min_s=min(r["step_times_s"]),
+                   optimizer_time_s=r["optimizer_time_s"], adamw_time_s=r["adamw_time_s"],
+                   optimizer_vs_adamw=r["optimizer_time_s"] / r["adamw_time_s"],
                    cpu_time_s=r["cpu_time_s"],
                    tokens_per_s=batch * seq / t,
                    tflops=flops / t / 1e12, peak_memory_bytes=r["peak_memory_bytes"],
@@ -353,6 +397,11 @@ def print_summary(summary: dict) -> None:
     for stage, e in summary["stages"].items():
         print(f"{stage}: by CPU time speedup {e['cpu_speedup']:.3f} (efficiency {e['cpu_efficiency']:.2f}); "
               f"by fastest rep {e['min_speedup']:.3f} (efficiency {e['min_speedup'] / e['ideal_speedup']:.2f})")
+    print(f"optimizer step ({summary.get('optimizer', 'sparse')}) against AdamW over all parameters on the same "
+          "gradients, ms:")
+    for name, e in [("dense (plan)", d)] + list(summary["stages"].items()):
+        print(f"  {name:<14}{1e3 * e['optimizer_time_s']:>9.2f} vs {1e3 * e['adamw_time_s']:>9.2f}"
+              f"  ratio {e['optimizer_vs_adamw']:.3f}")
     for row in summary.get("modules", []):
         parts = "  ".join(f"{k} {row[k]['dense_ms']:.2f}/{row[k]['est_ms']:.2f} ms ({row[k]['speedup']:.2f}x)"
                           for k in ("mha", "mlp", "layer"))
@@ -366,7 +415,8 @@ def main(argv=None) -> dict:
     cfg, seq, device, dtype = setup(args)
     module_batches = parse_batch_sizes(args.module_batch_sizes) if args.modules else []
 
-    stepper = Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed, args.compile)
+    stepper = Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed, args.compile,
+                      sparse=args.est_optimizer == "sparse")
     variants: Dict[str, Optional[PlanSampler]] = {"dense": make_sampler(cfg, (1.0, 1.0, 1.0), args.seed)}
     if args.no_est_machinery:
         variants["dense_plan_none"] = None
@@ -378,7 +428,7 @@ def main(argv=None) -> dict:
     if module_batches:
         summary["modules"] = measure_modules(cfg, device, dtype, seq, module_batches, args.warmup, args.reps,
                                              args.seed)
-    summary.update(model=args.model, seq_length=seq, micro_batch_size=args.micro_batch_size, device=str(device),
+    summary.update(optimizer=args.est_optimizer, model=args.model, seq_length=seq, micro_batch_size=args.micro_batch_size, device=str(device),
                    dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), warmup=args.warmup,
                    reps=args.reps, compile=args.compile, peak_tflops=peak,
                    memory_method="cuda max_memory_allocated" if device.type == "cuda" else
