@@ -196,7 +196,10 @@ class HuggingFaceTokenizer(_TokenizersLibrary):
 
     def __init__(self, path):
         from tokenizers import Tokenizer
-        folder = path if os.path.isdir(_existing(path, "--tokenizer-model")) else os.path.dirname(path)
+        if not os.path.exists(path):
+            raise UsageError(f"--tokenizer-model {path} does not exist; HuggingFaceTokenizer reads a local "
+                             "tokenizer.json or a folder with one (download a Hub tokenizer first)")
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
         json_path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(json_path):
             raise UsageError(f"{path} holds no tokenizer.json; --tokenizer-type HuggingFaceTokenizer needs a "
