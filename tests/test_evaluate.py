@@ -174,3 +174,15 @@ def test_lm_eval_runs_local_tasks_end_to_end(run, tmp_path):
             nll -= _loglikelihood(model, [sp.bos_id()], sp.encode(doc["text"]))
             size += len(doc["text"].encode("utf-8"))
     assert table[("tiny_rolling", "bits_per_byte")]["value"] == pytest.approx(nll / size / math.log(2), rel=1e-4)
+
+
+def test_training_data_flags_conflict_in_one_line(tiny_shards):  # noqa: F811
+    from est_megatron.errors import UsageError
+    from est_megatron.training.arguments import parse_args
+    base = ["--tokenizer-model", tiny_shards["tokenizer"], "--valid-data-path", tiny_shards["prefix"]]
+    with pytest.raises(UsageError, match="--data-path and --train-data-path both name training data"):
+        parse_args(base + ["--data-path", tiny_shards["prefix"], "--train-data-path", tiny_shards["prefix"]])
+    with pytest.raises(UsageError, match="--data-path is required"):
+        parse_args(base)
+    args = parse_args(base + ["--train-data-path", tiny_shards["prefix"]])
+    assert args.train_data_path == [tiny_shards["prefix"]] and args.data_path is None
