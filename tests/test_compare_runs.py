@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -125,13 +126,27 @@ def test_bad_input_is_one_clear_line(harness, capsys, extra, message):
     assert exc.value.code == 2 and message in err[-1] and err[-1].startswith("error: ")
 
 
-def test_plot_metrics_overlays_logs(harness, tmp_path):
+def test_report_only_redraws_from_the_logs(harness, tmp_path):
+    argv = [a if a != str(harness["out"]) else str(tmp_path / "copy") for a in harness["argv"]]
+    shutil.copytree(harness["out"], tmp_path / "copy")
+    (tmp_path / "copy" / "figure2.png").unlink()
+    summary, out = run_harness(argv + ["--report-only"])
+    assert "runs to train" not in out and (tmp_path / "copy" / "figure2.png").exists()
+    for copied, original in zip(summary["runs"], harness["skipped"]["runs"]):
+        assert copied["final_val_loss_mean"] == original["final_val_loss_mean"]
+        assert copied["seeds"][0]["train"] == original["seeds"][0]["train"]
+        assert copied["seeds"][0]["log_dir"].startswith(str(tmp_path / "copy"))
+
+
+def test_plot_metrics_overlays_logs(harness, tmp_path, capsys):
     out = harness["out"]
     png = tmp_path / "curves.png"
     load_tool("tools/plot_metrics.py").main([f"dense={out / 'dense' / 'seed_3' / 'logs'}",
                                              str(out / "est" / "seed_3" / "logs" / "metrics.jsonl"),
                                              "--output", str(png), "--title", "smoke"])
     assert png.read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert "dense: " in printed and "est/seed_3: " in printed and "FLOPs saved 0.0%" in printed
 
     from est_megatron.analysis.figure import loss_figure
     est = load_curves(out / "est" / "seed_3" / "logs")

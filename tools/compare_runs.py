@@ -44,7 +44,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from est_megatron.analysis.curves import load_curves, mean_and_spread  # noqa: E402
+from est_megatron.analysis.curves import load_curves, mean_and_spread, read_records  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
 from est_megatron.training.methods import METHODS  # noqa: E402
@@ -224,7 +224,7 @@ def default_flags(args) -> List[str]:
 
 def check_training_flags(argv: List[str], family: str, where: str):
     """Parse a run's launcher flags exactly as the launcher will, and build its model and method, so that a typo
-    or an impossible combination stops here, before hours of other runs. Returns (args, info)."""
+    or an impossible combination stops here, before hours of other runs. Returns (settings, info)."""
     from est_megatron.config import SubnetConfig
     from est_megatron.data.tokenizer import SentencePieceTokenizer
     from est_megatron.subnet.flops import dense_step_flops
@@ -290,7 +290,6 @@ def finished(job_dir: str, train_steps: int) -> bool:
     path = os.path.join(job_dir, "logs", "metrics.jsonl")
     if not os.path.isfile(path):
         return False
-    from est_megatron.analysis.curves import read_records
     ends = [r for r in read_records(path) if r.get("event") == "end"]
     return bool(ends) and ends[-1]["step"] >= train_steps
 
@@ -350,10 +349,15 @@ def train_job(job: Job, args, position: str) -> None:
                         print(f"  {job.spec.name} s{job.seed} | {line.rstrip()}", flush=True)
             except (KeyboardInterrupt, Interrupted) as err:
                 interrupted = str(err) or "SIGINT"
-                print(f"compare_runs: {interrupted}: asking {job.label} to save and stop", flush=True)
+                print(f"compare_runs: {interrupted}: asking {job.label} to save and stop (again to kill it)",
+                      flush=True)
                 os.killpg(proc.pid, signal.SIGTERM)
-                for line in proc.stdout:
-                    log.write(line)
+                try:
+                    for line in proc.stdout:
+                        log.write(line)
+                except (KeyboardInterrupt, Interrupted):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    interrupted += " twice (killed; its last steps since a checkpoint are lost)"
             status = proc.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -381,11 +385,12 @@ def _tail(path: str, lines: int) -> str:
 # ----------------------------------------------------------------------------------------------- the report
 
 
-def job_report(directory: str, state: Optional[dict]) -> dict:
-    """One run and seed: its curves and final numbers from metrics.jsonl, and its wall-clock from run.json."""
+def job_report(directory: str, state: Optional[dict]):
+    """One run and seed: its curves and final numbers from metrics.jsonl, and its wall-clock from run.json.
+    Returns (report, curves), curves None for a run not started."""
     metrics = os.path.join(directory, "logs", "metrics.jsonl")
     if state is None or not os.path.isfile(metrics):
-        return {"status": "not started", "log_dir": os.path.join(directory, "logs")}
+        return {"status": "not started", "log_dir": os.path.join(directory, "logs")}, None
     curves = load_curves(metrics, dense_step_flops=state["dense_step_flops"], seq_length=state["seq_length"])
     train, val = curves.train, curves.val
     done = curves.end_step is not None and curves.end_step >= state["train_steps"] and \
@@ -402,19 +407,23 @@ def job_report(directory: str, state: Optional[dict]) -> dict:
         "attempts": len(state["attempts"]),
         "val": val.to_json(), "train": train.to_json(), "stage_transitions": curves.transitions,
     }
-    return report
+    return report, curves
 
 
-def summarize(specs: List[RunSpec], args) -> dict:
-    """Every run's per-seed reports and their means over seeds, compared with the baseline run seed by seed."""
-    runs = []
+def summarize(specs: List[RunSpec], args):
+    """Every run's per-seed reports and their means over seeds, compared with the baseline run seed by seed.
+    Returns (summary, {run name: its seeds' curves})."""
+    runs, curves = [], {}
     for spec in specs:
         seeds, method = [], None
         for seed in args.seeds:
             directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
             state = read_state(os.path.join(directory, "run.json"))
             method = method or (state or {}).get("method")
-            seeds.append({"seed": seed, **job_report(directory, state)})
+            report, run_curves = job_report(directory, state)
+            seeds.append({"seed": seed, **report})
+            if run_curves is not None:
+                curves.setdefault(spec.name, []).append(run_curves)
         runs.append({"name": spec.name, "flags": spec.flags, "method": method, "seeds": seeds})
     baseline = args.baseline or next((r["name"] for r in runs if r["method"] == "dense"), None)
     base = next((r for r in runs if r["name"] == baseline), None)
@@ -434,7 +443,7 @@ def summarize(specs: List[RunSpec], args) -> dict:
                 mean_and_spread(at) if at and None not in at else (None, None)
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
             "family": args.family, "seeds": args.seeds, "baseline": baseline, "common_flags": args.common,
-            "runs": runs}
+            "runs": runs}, curves
 
 
 def _value_at(seed_report: dict, step: int) -> Optional[float]:
@@ -464,8 +473,8 @@ def markdown_table(summary: dict, table_steps: List[int]) -> str:
                           if s.get("final_val_step") is not None})
     at = f"step {final_steps[0]}" if len(final_steps) == 1 else "the last evaluation"
     seeds = ", ".join(str(s) for s in summary["seeds"])
-    lines = [f"Validation loss (the dense model on the same held-out batches) at {at}; mean ± standard deviation "
-             f"over seeds {seeds}. "
+    over = f"mean ± standard deviation over seeds {seeds}" if len(summary["seeds"]) > 1 else f"seed {seeds}"
+    lines = [f"Validation loss (the dense model on the same held-out batches) at {at}; {over}. "
              + (f"'vs {base}' is the relative difference to {base} with the same seed, averaged over seeds."
                 if base else "No dense run to compare with (add --run dense)."), ""]
     header = ["run", "flags", "seeds done", "val loss"] + [f"val loss @{t}" for t in table_steps]
@@ -492,7 +501,7 @@ def markdown_table(summary: dict, table_steps: List[int]) -> str:
 
 def write_report(specs: List[RunSpec], args) -> dict:
     """summary.json, table.md (also printed) and figure2.png from whatever logs the runs have."""
-    summary = summarize(specs, args)
+    summary, curves = summarize(specs, args)
     os.makedirs(args.output_dir, exist_ok=True)
     paths = {"summary": os.path.join(args.output_dir, "summary.json"),
              "table": os.path.join(args.output_dir, "table.md")}
@@ -501,18 +510,11 @@ def write_report(specs: List[RunSpec], args) -> dict:
     table = markdown_table(summary, args.table_steps)
     with open(paths["table"], "w") as f:
         f.write(table)
-    if args.plot:
-        groups = {}
-        for spec, run in zip(specs, summary["runs"]):
-            for s in run["seeds"]:
-                if s["status"] != "not started":
-                    state = read_state(os.path.join(os.path.dirname(s["log_dir"]), "run.json"))
-                    groups.setdefault(spec.name, []).append(
-                        load_curves(s["log_dir"], dense_step_flops=state["dense_step_flops"]))
-        if groups:
-            from est_megatron.analysis.figure import save_loss_figure
-            paths["figure"] = save_loss_figure(groups, os.path.join(args.output_dir, "figure2.png"),
-                                               title=f"{' vs '.join(groups)} (seeds {', '.join(map(str, args.seeds))})")
+    if args.plot and curves:
+        from est_megatron.analysis.figure import save_loss_figure
+        seeds = ", ".join(map(str, args.seeds))
+        paths["figure"] = save_loss_figure(curves, os.path.join(args.output_dir, "figure2.png"),
+                                           title=f"{' vs '.join(curves)} (seeds {seeds})")
     print("\n" + table)
     print("compare_runs: wrote " + ", ".join(paths.values()), flush=True)
     summary["paths"] = paths

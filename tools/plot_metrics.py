@@ -42,7 +42,8 @@ def _run_dir(path: str) -> str:
 
 
 def labelled_inputs(inputs):
-    """[(label, path)]: explicit LABEL=PATH, else the run directory relative to what all inputs share."""
+    """[(label, path)]: explicit LABEL=PATH, else the run directory relative to what the unlabelled inputs
+    share."""
     pairs = []
     for item in inputs:
         label, sep, path = item.partition("=")
@@ -51,7 +52,9 @@ def labelled_inputs(inputs):
         else:
             pairs.append((None, item))
     unnamed = [_run_dir(path) for label, path in pairs if label is None]
-    base = os.path.commonpath(unnamed) if len(unnamed) > 1 else os.path.dirname(unnamed[0]) if unnamed else ""
+    # one input: its last two path components (a run/seed_S pair of compare_runs.py reads well)
+    base = os.path.commonpath(unnamed) if len(unnamed) > 1 else \
+        os.path.dirname(os.path.dirname(unnamed[0])) if unnamed else ""
     return [(label if label is not None else os.path.relpath(_run_dir(path), base), path) for label, path in pairs]
 
 
