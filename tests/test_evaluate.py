@@ -75,11 +75,12 @@ def _hf_losses(hf_dir, dataset):
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(len(dataset)):
-            ids = torch.from_numpy(dataset[i])[None]
+        for start in range(0, len(dataset), 64):
+            ids = torch.from_numpy(np.stack([dataset[i] for i in range(start, min(start + 64, len(dataset)))]))
             logits = model(ids[:, :-1]).logits.double()
-            total += float(torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum"))
-            count += ids.shape[1] - 1
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(),
+                                                             reduction="sum"))
+            count += ids[:, 1:].numel()
     return total, count
 
 

@@ -105,10 +105,9 @@ def perplexity(args, device):
     return {"seq_length": seq_length, "corpora": [r.to_json() for r in results]}
 
 
-def tasks(args, device):
+def tasks(args, device, mode):
     from est_megatron.evaluation.source import as_hf_folder
     names = harness.parse_tasks(args.tasks)
-    mode = harness.choose_hub_mode(args.hub)
     print(f"lm-eval tasks {', '.join(names)} (task data: {'Hub or cache' if mode == 'online' else 'cache only'}"
           f"{', plus ' + ' '.join(args.include_path) if args.include_path else ''})")
     with as_hf_folder(args.load, _tokenizer_override(args)) as folder:
@@ -125,11 +124,13 @@ def main(argv=None):
     from est_megatron.evaluation.source import check_directory
     check_directory(args.load)
     device = _device(args.device)
+    run_tasks = args.tasks or not args.data_path
+    mode = harness.choose_hub_mode(args.hub) if run_tasks else None  # before anything imports `datasets`
     report = {"load": os.path.abspath(args.load)}
     if args.data_path:
         report["perplexity"] = perplexity(args, device)
-    if args.tasks or not args.data_path:
-        report["lm_eval"] = tasks(args, device)
+    if run_tasks:
+        report["lm_eval"] = tasks(args, device, mode)
     directory = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(directory, exist_ok=True)
     with open(args.output, "w") as f:

@@ -54,6 +54,9 @@ def as_hf_folder(path: str, tokenizer_spec=None, dtype: torch.dtype = torch.floa
     is removed afterwards (the weights and tokenizer tools/convert_to_hf.py would write)."""
     check_directory(path)
     if is_hf_folder(path):
+        if tokenizer_spec is not None:
+            raise UsageError(f"{path} is a Hugging Face folder with its own tokenizer; drop the --tokenizer-* flags "
+                             "(they name the tokenizer of our checkpoints)")
         yield path
         return
     model_cfg, state = load_est_weights(path)
