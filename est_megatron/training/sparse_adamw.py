@@ -154,23 +154,18 @@ class SparseAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                 tensors = (flat.view(-1), flat.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
                 segments = self.segments[id(flat)]
-                uniform = self._uniform_count(segments)
-                if uniform is not None:  # the whole tensor trains with one bias correction: plain AdamW
-                    adamw_(*tensors, None, *bias_corrections(uniform, hyper), hyper)
-                    continue
+                if self._trains_whole(segments):  # one plain AdamW update over the whole tensor
+                    counts = torch.cat([self.counts[segment.param] for segment in segments])
+                    corrections = bias_corrections(counts, hyper, None, flat)
+                    if not torch.is_tensor(corrections[0]):
+                        adamw_(*tensors, None, *corrections, hyper)
+                        continue
                 for segment in segments:
                     self._update_segment(tensors, segment, hyper)
         return loss
 
-    def _uniform_count(self, segments: List[Segment]) -> Optional[int]:
-        """The one step count of a tensor whose segments all train whole with equal counts, else None."""
-        counts = set()
-        for segment in segments:
-            count = self.counts[segment.param]
-            if self.trained[segment.param] is not ALL or count.min() != count.max():
-                return None
-            counts.add(int(count[0]))
-        return counts.pop() if len(counts) == 1 else None
+    def _trains_whole(self, segments: List[Segment]) -> bool:
+        return all(self.trained[segment.param] is ALL for segment in segments)
 
     def _update_segment(self, tensors, segment: Segment, hyper) -> None:
         trained = self.trained[segment.param]
@@ -184,24 +179,18 @@ class SparseAdamW(torch.optim.Optimizer):
         parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
         if unit.axis is None:
             if mask is None or mask.all():
-                adamw_(*parts, None, *bias_corrections(int(count[0]), hyper), hyper)
+                adamw_(*parts, None, *bias_corrections(count, hyper, 0, parts[0]), hyper)
             return
+        shape = (-1, 1) if unit.axis == 0 else (1, -1)
         for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
             piece_mask = None if mask is None else mask[axis_slice]
             if piece_mask is not None and not piece_mask.any():
                 continue
-            piece_count = count[axis_slice]
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
-            shape = (-1, 1) if unit.axis == 0 else (1, -1)
             weight = None
             if piece_mask is not None and not piece_mask.all():
                 weight = piece_mask.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
-            if piece_count.min() == piece_count.max():
-                corrections = bias_corrections(int(piece_count[0]), hyper)
-            else:
-                corrections = tuple(c.view(shape).to(views[0].device, non_blocking=True)
-                                    for c in bias_corrections_of(piece_count, hyper, views[0].dtype))
-            adamw_(*views, weight, *corrections, hyper)
+            adamw_(*views, weight, *bias_corrections(count[axis_slice], hyper, unit.axis, views[0]), hyper)
 
 
 def rectangles(start: int, numel: int, unit: Unit):
@@ -223,41 +212,46 @@ def rectangles(start: int, numel: int, unit: Unit):
         pos += rows * cols
 
 
-def bias_corrections(count: int, hyper) -> Tuple[float, float]:
-    """(1 - beta1^n, sqrt(1 - beta2^n)) as torch.optim.AdamW computes them."""
+def bias_corrections(counts: torch.Tensor, hyper, axis: Optional[int], like: torch.Tensor):
+    """(1 - beta1^n, sqrt(1 - beta2^n)) of the units' step counts n: floats when they are equal for all units (as
+    torch.optim.AdamW computes them; always so once every count is past a few hundred steps), else tensors that
+    broadcast along `axis` of a 2-D view."""
     _, _, beta1, beta2, _ = hyper
-    return 1 - beta1 ** count, math.sqrt(1 - beta2 ** count)
-
-
-def bias_corrections_of(counts: torch.Tensor, hyper, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`bias_corrections` per unit (1 for a unit never trained, whose moments are zero anyway)."""
-    _, _, beta1, beta2, _ = hyper
+    counts = counts.clamp(min=1)  # a unit never trained is outside this step's plan: any finite value does
+    low, high = int(counts.min()), int(counts.max())
+    first, second = 1 - beta1 ** low, math.sqrt(1 - beta2 ** low)
+    if (first, second) == (1 - beta1 ** high, math.sqrt(1 - beta2 ** high)):
+        return first, second
     n = counts.double()
-    trained = counts > 0
-    first = torch.where(trained, 1 - beta1 ** n, torch.ones_like(n))
-    second = torch.where(trained, (1 - beta2 ** n).sqrt(), torch.ones_like(n))
-    return first.to(dtype), second.to(dtype)
+    shape = (-1, 1) if axis == 0 else (1, -1)
+    return tuple(c.to(like.dtype).view(shape).to(like.device, non_blocking=True)
+                 for c in (1 - beta1 ** n, (1 - beta2 ** n).sqrt()))
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, weight, correction1, correction2_sqrt, hyper) -> None:
-    """One AdamW update in place. `weight` (broadcastable, 1 = trained, 0 = untouched) or None for all; the bias
-    corrections are floats or broadcastable tensors. Where weight is 0 every tensor keeps its exact value."""
+    """One AdamW update in place. `weight`: None (every element trains) or 1/0 per row or column, broadcasting;
+    where it is 0 every tensor keeps its exact value. The bias corrections are floats (then with no weight this is
+    torch.optim.AdamW's arithmetic exactly) or tensors broadcasting over rows or columns, one per unit. Either way
+    the update takes as many passes over memory as torch's."""
     lr, weight_decay, beta1, beta2, eps = hyper
+    if weight_decay:
+        param.mul_(1 - lr * weight_decay if weight is None else 1 - (lr * weight_decay) * weight)
     if weight is None:
-        if weight_decay:
-            param.mul_(1 - lr * weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     else:
-        if weight_decay:
-            param.mul_(1 - (lr * weight_decay) * weight)
         exp_avg.lerp_(grad, (1 - beta1) * weight)
         exp_avg_sq.lerp_(grad * grad, (1 - beta2) * weight)
-    denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(eps)
-    step_size = lr / correction1
-    if weight is None and not torch.is_tensor(step_size):
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+    if lr == 0:
         return
+    if weight is None and not torch.is_tensor(correction1):
+        denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-lr / correction1)
+        return
+    # lr/c1 * m / (sqrt(v)/c2 + eps) = m / ((sqrt(v) + eps*c2) * c1/(lr*c2)); dividing that scale by the weight
+    # gives an element outside the plan an infinite denominator, so it moves by exactly zero
+    scale = correction1 / (lr * correction2_sqrt)
     if weight is not None:
-        step_size = step_size * weight
-    param.sub_((exp_avg / denom).mul_(step_size))
+        scale = scale / weight
+    denom = exp_avg_sq.sqrt().add_(eps * correction2_sqrt).mul_(scale)
+    param.addcdiv_(exp_avg, denom, value=-1.0)
