@@ -83,6 +83,11 @@ def run_tasks(hf_folder: str, tasks: Sequence[str], include_path: Optional[Seque
     try:
         return lm_eval.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot,
                                        limit=limit, log_samples=log_samples)
+    except FileNotFoundError as err:
+        if not str(err).startswith("Unable to find"):  # datasets' message for a missing data file
+            raise
+        raise UsageError(f"a task's data file is missing ({err}); data_files paths in YAML tasks are relative to the "
+                         f"directory you run from ({os.getcwd()}): run from theirs or write absolute paths") from None
     except Exception as err:  # noqa: BLE001 -- re-raised unless it is a missing dataset
         if not _is_data_unavailable(err):
             raise
