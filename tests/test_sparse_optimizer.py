@@ -205,3 +205,20 @@ def test_deepspeed_sparse_step_element_by_element(layout, nproc):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert output.count("SPARSE STEP OK") == nproc, output[-3000:]
+
+
+def test_step_bias_correction_counts_every_step_for_every_unit():
+    """The LazyAdam ablation: one count for all units, the optimizer's steps, so early rare rows move less."""
+    cfg, sampler, _ = tiny_setup(seed=4)
+    models = [Transformer(cfg, None, 2) for _ in range(2)]
+    opts = [SparseAdamW(decay_groups(m, 0.1), weight_decay=0.1, bias_correction=mode, **HYPER)
+            for m, mode in zip(models, ("unit", "step"))]
+    for model, opt in zip(models, opts):
+        opt.bind(list(model.named_parameters()), list(model.layers), own_segments(list(model.parameters())))
+        for step in range(3):
+            synthetic_grads(model, sampler.plan(step), step)
+            opt.set_plan(sampler.plan(step))
+            opt.step()
+    assert all(set(c.tolist()) == {3} for c in opts[1].state_dict()["unit_steps"].values())
+    unit_qkv, step_qkv = (dict(m.named_parameters())["layers.0.attn.qkv.weight"] for m in models)
+    assert not torch.allclose(unit_qkv, step_qkv)

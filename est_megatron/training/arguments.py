@@ -174,6 +174,9 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
                    help="AdamW step of a subnetwork method: sparse leaves everything the step's plan did not train "
                         "untouched (values, both Adam moments, no weight decay); dense applies AdamW to every "
                         "parameter, with zero gradients outside the plan (an ablation)")
+    g.add_argument("--est-bias-correction", default="unit", choices=("unit", "step"),
+                   help="Adam bias correction of the sparse step: unit corrects each row/column by the steps that "
+                        "trained it; step by the optimizer's step count for all (an ablation)")
     g.add_argument("--est-whole-groups", action="store_true",
                    help="sample whole key/value groups instead of query heads inside every group")
     g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")

@@ -8,12 +8,13 @@ about 1% with the rest left alone. So for every step's plan (paper eq. 4 trains 
   columns of the output and down projections keep their values and both Adam moments, and get no weight decay;
 - everything the plan trains gets AdamW's update.
 
-Bias correction: every *unit* (a QKV or up-projection row, an output or down-projection column, a layer's norms and
+Bias correction (`bias_correction="unit"`, the default): every *unit* (a QKV or up-projection row, an output or down-projection column, a layer's norms and
 output biases, a parameter outside the layers) counts the steps that trained it, and its moments are corrected with
 its own count, 1 - beta^count. A unit trained n times has then had exactly AdamW over its n gradients, as if the rest
 of the model did not exist. (Corrected with the global step instead, a unit first trained at step t >> 1 would move
 by (1 - beta1) / sqrt(1 - beta2) = 0.45 of a normal first step.) The counts are per row or column, not per element,
-so they cost nothing next to the moments; they travel in the optimizer's state dict.
+so they cost nothing next to the moments; they travel in the optimizer's state dict. `bias_correction="step"` uses
+the optimizer's step count for every unit instead (TensorFlow's LazyAdam), kept for ablations.
 
 The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partitions of ZeRO-1/2/3, or the
 parameters themselves): `bind` learns, through est_megatron.training.optimizer_layout, which element range of which
@@ -69,8 +70,13 @@ class SparseAdamW(torch.optim.Optimizer):
     `set_plan` before every optimizer step; with no plan set (or a dense one) every unit trains."""
 
     def __init__(self, params, lr: float, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, bias_correction: str = "unit"):
+        """`bias_correction`: "unit" corrects each row/column by the steps that trained it; "step" by the optimizer's
+        step count for everything (as TensorFlow's LazyAdam does), an ablation."""
+        if bias_correction not in ("unit", "step"):
+            raise ValueError(f"bias_correction {bias_correction!r}: use 'unit' or 'step'")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.bias_correction = bias_correction
         self.units: Dict[int, Unit] = {}
         self.layers: Dict[int, object] = {}  # global layer number -> module with trained_slices(layer_plan)
         self.segments: Dict[int, List[Segment]] = {}  # id(optimizer tensor) -> its parameters' ranges
@@ -118,7 +124,7 @@ class SparseAdamW(torch.optim.Optimizer):
         if self._counted:
             return
         for key, trained in self.trained.items():
-            if trained is ALL:
+            if trained is ALL or self.bias_correction == "step":
                 self.counts[key] += 1
             elif trained is not SKIP:
                 self.counts[key][trained] += 1
