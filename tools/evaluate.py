@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 from est_megatron.evaluation import harness  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -36,7 +37,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--load", required=True,
                    help="training checkpoint, converted checkpoint or Hugging Face folder to evaluate")
-    p.add_argument("--output", default="eval_results.json", help="JSON file of the results (default: %(default)s)")
+    p.add_argument("--output", default="eval_results.json", help="JSON file of the results")
     add_tokenizer_args(p, model_help="the tokenizer the model was trained with (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -45,15 +46,15 @@ def build_parser():
     g.add_argument("--tasks", nargs="+", help=f"task names, comma or space separated (default: the GPT4All suite, "
                                               f"{','.join(harness.GPT4ALL_TASKS)})")
     g.add_argument("--include-path", nargs="+", help="folders of extra lm-eval YAML tasks")
-    g.add_argument("--num-fewshot", type=int, help="few-shot examples per task (default: the task's, zero-shot)")
-    g.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default: %(default)s)")
+    g.add_argument("--num-fewshot", type=int, help="few-shot examples per task (default: each task's own; 0 for the "
+                                                                "GPT4All suite)")
+    g.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     g.add_argument("--limit", type=float, help="at most this many documents per task (a fraction if < 1): a quick "
                                                "look, not a result")
-    g.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype in lm-eval "
-                                                                       "(default: %(default)s)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype in lm-eval")
     g.add_argument("--hub", choices=("auto", "online", "offline"), default="auto",
                    help="where task data comes from: auto probes the Hub (offline when unreachable or "
-                        "HF_DATASETS_OFFLINE=1), offline reads only the datasets cache (default: %(default)s)")
+                        "HF_DATASETS_OFFLINE=1), offline reads only the datasets cache")
 
     g = p.add_argument_group("perplexity on corpora")
     g.add_argument("--data-path", nargs="+", help="shard prefixes (weights allowed, as in training), each scored "
@@ -61,9 +62,8 @@ def build_parser():
     g.add_argument("--seq-length", type=int, help="tokens per sample (default: the run's --seq-length, else the "
                                                   "model's positions)")
     g.add_argument("--samples", type=int, help="samples per corpus (default: one epoch, every token once)")
-    g.add_argument("--micro-batch-size", type=int, default=4, help="samples per forward pass (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=1234, help="document shuffle seed, as training's --seed "
-                                                          "(default: %(default)s)")
+    g.add_argument("--micro-batch-size", type=int, default=4, help="samples per forward pass")
+    g.add_argument("--seed", type=int, default=1234, help="document shuffle seed, as training's --seed")
     g.add_argument("--data-cache-dir", help="where sample indices are cached (default: beside the shards)")
     return p
 

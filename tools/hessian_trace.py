@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
 def build_parser():
@@ -32,15 +33,14 @@ def build_parser():
     p.add_argument("--load", required=True, help="training checkpoint, converted checkpoint or Hugging Face folder")
     p.add_argument("--data-path", nargs="+", required=True,
                    help="shard prefixes (a blend with weights, as in training) the batches come from")
-    p.add_argument("--seq-length", type=int, default=2048, help="tokens per sample (default: %(default)s)")
-    p.add_argument("--batches", type=int, default=10, help="batches N (default: %(default)s)")
-    p.add_argument("--probes", type=int, default=8, help="Rademacher probes per batch, at least 2 "
-                                                         "(default: %(default)s)")
-    p.add_argument("--micro-batch-size", type=int, default=1, help="samples per batch (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1234, help="seeds the samples and the probes (default: %(default)s)")
+    p.add_argument("--seq-length", type=int, default=2048, help="tokens per sample")
+    p.add_argument("--batches", type=int, default=10, help="batches N")
+    p.add_argument("--probes", type=int, default=8, help="Rademacher probes per batch, at least 2")
+    p.add_argument("--micro-batch-size", type=int, default=1, help="samples per batch")
+    p.add_argument("--seed", type=int, default=1234, help="seeds the samples and the probes")
     p.add_argument("--data-cache-dir", help="where sample indices are cached (default: beside the shards)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--output", default="hessian_trace.json", help="JSON file of the estimates (default: %(default)s)")
+    p.add_argument("--output", default="hessian_trace.json", help="JSON file of the estimates")
     p.add_argument("--all-groups", action="store_true", help="print each layer's attention and MLP too")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
