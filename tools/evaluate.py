@@ -64,7 +64,8 @@ def build_parser():
     g.add_argument("--samples", type=int, help="samples per corpus (default: one epoch, every token once)")
     g.add_argument("--micro-batch-size", type=int, default=4, help="samples per forward pass")
     g.add_argument("--seed", type=int, default=1234, help="document shuffle seed, as training's --seed")
-    g.add_argument("--data-cache-dir", help="where sample indices are cached (default: beside the shards)")
+    g.add_argument("--data-cache-dir", "--data-cache-path", dest="data_cache_dir",
+                   help="where sample indices are cached (default: beside the shards)")
     return p
 
 

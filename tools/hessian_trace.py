@@ -38,7 +38,8 @@ def build_parser():
     p.add_argument("--probes", type=int, default=8, help="Rademacher probes per batch, at least 2")
     p.add_argument("--micro-batch-size", type=int, default=1, help="samples per batch")
     p.add_argument("--seed", type=int, default=1234, help="seeds the samples and the probes")
-    p.add_argument("--data-cache-dir", help="where sample indices are cached (default: beside the shards)")
+    p.add_argument("--data-cache-dir", "--data-cache-path", dest="data_cache_dir",
+                   help="where sample indices are cached (default: beside the shards)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--output", default="hessian_trace.json", help="JSON file of the estimates")
     p.add_argument("--all-groups", action="store_true", help="print each layer's attention and MLP too")
