@@ -214,6 +214,7 @@ def _is_number(text: str) -> bool:
 
 
 def default_flags(args) -> List[str]:
+    """The flags every run starts from (smoke or demo setup); common flags and a run's own come after and win."""
     if args.smoke:
         return list(SMOKE_FLAGS)
     if args.demo_data:
@@ -442,7 +443,8 @@ def summarize(specs: List[RunSpec], args):
             run[f"val_loss_at_{step}_mean"], run[f"val_loss_at_{step}_sd"] = \
                 mean_and_spread(at) if at and None not in at else (None, None)
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
-            "family": args.family, "seeds": args.seeds, "baseline": baseline, "common_flags": args.common,
+            "family": args.family, "seeds": args.seeds, "baseline": baseline,
+            "default_flags": default_flags(args), "common_flags": args.common,
             "runs": runs}, curves
 
 

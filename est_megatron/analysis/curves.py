@@ -133,17 +133,15 @@ def load_curves(path: str, dense_step_flops: Optional[float] = None,
         flops = [r["step"] * scale * (1.0 - r["flops_saved_frac"]) for r in train]
     steps = [int(r["step"]) for r in train]
 
-    def tokens_of(rows):
-        if all(r.get(TOKENS_FIELD) is not None for r in rows):
-            return [int(r[TOKENS_FIELD]) for r in rows]
-        if seq_length and all("consumed_samples" in r for r in rows):
-            return [int(r["consumed_samples"]) * seq_length for r in rows]
-        return None
+    train_tokens = None
+    if all(r.get(TOKENS_FIELD) is not None for r in train):
+        train_tokens = [int(r[TOKENS_FIELD]) for r in train]
+    elif seq_length and all("consumed_samples" in r for r in train):
+        train_tokens = [int(r["consumed_samples"]) * seq_length for r in train]
 
     def flops_at(step_list):
         return [float(v) for v in np.interp(step_list, [0] + steps, [0.0] + flops)]
 
-    train_tokens = tokens_of(train)
     extra = {name: [r[name] for r in train] for name in OPTIONAL_TRAIN_FIELDS if all(name in r for r in train)}
     train_series = Series(steps, [float(r["loss"]) for r in train], flops, train_tokens, extra)
 
