@@ -101,7 +101,8 @@ def loss_figure(groups: Dict[str, Sequence[RunCurves]], title: Optional[str] = N
                 ax.set_ylim(top=top)
             if not bands:
                 ax.text(0.5, 0.5, f"no {name} records", ha="center", va="center", transform=ax.transAxes)
-        axes[row][1].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+        if unit == FLOPS:
+            axes[row][1].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     handles, labels = axes[1][0].get_legend_handles_labels()
     if has_marks:
         handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1.1))
