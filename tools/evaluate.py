@@ -94,10 +94,10 @@ def _run_seq_length(load, model_cfg):
 def perplexity(args, device):
     from est_megatron.evaluation.perplexity import evaluate_corpora, format_table
     from est_megatron.evaluation.source import load_model, load_tokenizer
-    model_cfg, model = load_model(args.load, device)
-    tokenizer = load_tokenizer(args.load, _tokenizer_override(args))
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be positive, got {args.samples}")
+    model_cfg, model = load_model(args.load, device)
+    tokenizer = load_tokenizer(args.load, _tokenizer_override(args))
     seq_length = args.seq_length or _run_seq_length(args.load, model_cfg)
     results = evaluate_corpora(model, model_cfg, args.data_path, seq_length, args.micro_batch_size, device,
                                tokenizer, args.samples, args.seed, args.data_cache_dir, args.progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 import torch
 
@@ -48,10 +48,9 @@ def load_tokenizer(path: str, override=None):
 
 
 @contextlib.contextmanager
-def as_hf_folder(path: str, tokenizer_spec=None, dtype: torch.dtype = torch.float32,
-                 add_bos: Optional[bool] = None) -> Iterator[str]:
-    """A Hugging Face folder of the checkpoint: the folder itself, or an export into a temporary directory that
-    is removed afterwards (the weights and tokenizer tools/convert_to_hf.py would write)."""
+def as_hf_folder(path: str, tokenizer_spec=None) -> Iterator[str]:
+    """A Hugging Face folder of the checkpoint: the folder itself, or an fp32 export into a temporary directory
+    that is removed afterwards (the weights and tokenizer tools/convert_to_hf.py would write)."""
     check_directory(path)
     if is_hf_folder(path):
         if tokenizer_spec is not None:
@@ -60,11 +59,11 @@ def as_hf_folder(path: str, tokenizer_spec=None, dtype: torch.dtype = torch.floa
         yield path
         return
     model_cfg, state = load_est_weights(path)
-    spec, run_adds_bos = checkpoint_tokenizer(path)
+    spec, adds_bos = checkpoint_tokenizer(path)
     spec = tokenizer_spec or spec
     if spec is None:
         raise UsageError(f"{path} has no tokenizer beside it and its run recorded none that still exists; pass "
                          "--tokenizer-model (the tokenizer the model was trained with)")
     with tempfile.TemporaryDirectory(prefix="est_eval_hf_") as folder:
-        write_hf_checkpoint(folder, model_cfg, state, dtype, spec, run_adds_bos if add_bos is None else add_bos)
+        write_hf_checkpoint(folder, model_cfg, state, torch.float32, spec, adds_bos)
         yield folder
