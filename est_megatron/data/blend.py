@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from est_megatron.data.atomic import save_npy
-from est_megatron.data.gpt_dataset import cache_key
+from est_megatron.data.gpt_dataset import cache_key, load_index
 from est_megatron.errors import UsageError
 
 
@@ -72,7 +72,7 @@ def cached_blending_indices(weights, size, cache_dir):
     key = cache_key(version=1, weights=[float(w) for w in normalise(weights)], size=size)
     paths = [os.path.join(cache_dir, f"blend_{key}_{part}.npy") for part in ("dataset", "sample")]
     if all(os.path.isfile(p) for p in paths):
-        return tuple(np.load(p, mmap_mode="r") for p in paths)
+        return tuple(load_index(p) for p in paths)
     arrays = blending_indices(weights, size)
     os.makedirs(cache_dir, exist_ok=True)
     for path, array in zip(paths, arrays):

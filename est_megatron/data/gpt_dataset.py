@@ -42,6 +42,15 @@ def build_indices(sizes, num_samples, seq_length, rng):
     return document_index, sample_index, shuffle_index
 
 
+def load_index(path):
+    """A cached index array (memory-mapped); a damaged cache file is one line naming it."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UsageError(f"index cache {path} is damaged ({str(err).splitlines()[0][:120]}); delete it and it is "
+                         "rebuilt") from None
+
+
 class GPTDataset:
     """`ds[i]` -> int64 array of seq_length+1 tokens; documents [doc_begin, doc_end) of `corpus`."""
 
@@ -62,7 +71,7 @@ class GPTDataset:
         stem = os.path.join(cache_dir, f"{os.path.basename(corpus.prefix)}_{split_name}_{self.key}")
         paths = [f"{stem}_{name}.npy" for name in ("doc", "sample", "shuffle")]
         if all(os.path.isfile(p) for p in paths):
-            arrays = [np.load(p, mmap_mode="r") for p in paths]
+            arrays = [load_index(p) for p in paths]
         else:
             seq = np.random.SeedSequence([seed, int(self.key[:8], 16)])
             arrays = build_indices(sizes, num_samples, seq_length, np.random.default_rng(seq))

@@ -6,7 +6,8 @@ eager reading of the whole input into memory; the output is byte-identical for a
 filters and batch-encodes its chunk (with one tokenizer thread, so N workers use N cores and 1 worker uses
 one) and returns one numpy array of tokens plus document lengths, so the writer never loops per token.
 A shard is closed once it holds at least --shard-size tokens (documents are never split). Shards and the
-manifest are written under temporary names and renamed when complete, manifest last.
+manifest are written under temporary names and renamed when complete, manifest last; a failed run removes the
+shards it finished. The manifest records the largest token id, which training checks against its tokenizer.
 """
 import collections
 import datetime
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from est_megatron.data import sources
 from est_megatron.data.atomic import save_json
-from est_megatron.data.indexed import IndexedDatasetWriter, token_dtype
+from est_megatron.data.indexed import IndexedDatasetWriter, bin_path, idx_path, token_dtype
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.errors import UsageError
 
@@ -92,9 +93,12 @@ class ShardedWriter:
     def __init__(self, prefix, dtype, shard_size):
         self.prefix, self.dtype, self.shard_size = prefix, dtype, shard_size
         self.shards = []
+        self.max_token_id = -1
         self._writer = None
 
     def add(self, lengths, tokens):
+        if tokens.size:
+            self.max_token_id = max(self.max_token_id, int(tokens.max()))
         start_doc, start_tok = 0, 0
         while start_doc < lengths.size:
             if self._writer is None:
@@ -120,8 +124,14 @@ class ShardedWriter:
             self._close()
 
     def abort(self):
+        """Remove what this run wrote: the open shard's temporary files and every finished shard."""
         if self._writer is not None:
             self._writer.abort()
+        for index in range(len(self.shards)):
+            for path in (bin_path(shard_prefix(self.prefix, index)), idx_path(shard_prefix(self.prefix, index))):
+                if os.path.exists(path):
+                    os.remove(path)
+        self.shards = []
 
 
 def preprocess(inputs, options, tokenizer, output_prefix, workers=1, shard_size=1 << 30,
@@ -189,6 +199,7 @@ def preprocess(inputs, options, tokenizer, output_prefix, workers=1, shard_size=
         "shards": writer.shards,
         "documents": int(n_docs),
         "tokens": int(n_tokens),
+        "max_token_id": writer.max_token_id,
         "append_eod": append_eod,
         "add_bos": add_bos,
         "tokenizer": {**spec.to_json(), "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,

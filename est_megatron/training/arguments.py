@@ -17,6 +17,7 @@ from est_megatron.help_format import HelpFormatter
 from est_megatron.subnet.raptr import add_raptr_args
 from est_megatron.subnet.sat import add_sat_args
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS
+from est_megatron.training.resume import OVERRIDABLE, normalise_override
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DS_CONFIG_DIR = os.path.join(REPO_ROOT, "ds_configs")
@@ -106,6 +107,14 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (0: keep all)")
     g.add_argument("--exit-interval", type=int,
                    help="save and stop at the first step divisible by N (Megatron's meaning; the LR and EST schedules stay those of --train-steps, so chained jobs of N steps each train the same run)")
+    g.add_argument("--override-resume-args", nargs="+", metavar="NAME", default=[],
+                   help="accept these flags differing from the checkpoint on --load (refused otherwise): "
+                        f"{', '.join(f.lstrip('-') for f in OVERRIDABLE)}")
+    g.add_argument("--no-load-rng", action="store_true",
+                   help="on --load, keep this run's random states instead of the checkpoint's")
+    g.add_argument("--max-skipped-steps", type=int, default=10,
+                   help="stop (non-zero exit, no save) after this many consecutive steps skipped for a non-finite "
+                        "loss or gradient overflow; 0: never")
 
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=1000, help="validation every N steps and at the end")
@@ -209,7 +218,7 @@ def check_args(args: argparse.Namespace) -> None:
                  "tensor_model_parallel_size", "pipeline_model_parallel_size"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_iters", "lr_warmup_steps", "keep_checkpoints", "num_workers"):
+    for name in ("eval_iters", "lr_warmup_steps", "keep_checkpoints", "num_workers", "max_skipped_steps"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
@@ -219,6 +228,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.lr_decay_steps is not None and not args.lr_warmup_steps <= args.lr_decay_steps:
         raise UsageError(f"--lr-decay-steps {args.lr_decay_steps} must be at least --lr-warmup-steps "
                          f"{args.lr_warmup_steps}")
+    for name in args.override_resume_args:
+        normalise_override(name)
     if not os.path.isfile(args.deepspeed_config):
         raise UsageError(f"DeepSpeed config {args.deepspeed_config} does not exist; pass one of ds_configs/*.json "
                          "with --ds_config")

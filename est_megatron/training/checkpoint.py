@@ -1,17 +1,28 @@
-"""Checkpoints: DeepSpeed's (model, ZeRO optimizer partitions, LR scheduler) plus our state, committed atomically.
+"""Checkpoints: DeepSpeed's (model, ZeRO optimizer partitions, LR scheduler) plus our state, committed atomically
+and verified on load.
 
 Layout of `--save DIR`: `DIR/step_000123/` is DeepSpeed's tag directory, to which we add `est_state.json` (step,
-consumed samples, FLOPs counters, model config, schedule, args) and one `rng_state_rankNNNNN.pt` per rank.
-`DIR/latest` names the newest complete tag (DeepSpeed's own format, so its tools such as zero_to_fp32.py work).
+consumed samples, FLOPs counters, model config, schedule, layout, args), one `rng_state_rankNNNNN.json` per rank
+(plain JSON: loading it can run no code) and, written last, `checksums.json` (size and SHA-256 of every file of
+the tag). `DIR/latest` names the newest complete tag (DeepSpeed's own format, so its tools such as zero_to_fp32.py
+work).
 
 DeepSpeed's own `latest` is written with a plain open/write (a crash mid-write leaves it empty or pointing at a
-half-written tag), so we save with `save_latest=False` and, after a barrier that waits for every rank's files,
-rank 0 replaces `latest` atomically (temp file, fsync, os.replace). A crash at any moment leaves `latest` on a
-complete checkpoint. Old tags beyond `--keep-checkpoints` are removed only after the pointer moved.
+half-written tag), so we save with `save_latest=False` and, after every rank has written its files, rank 0 writes
+the checksums and then replaces `latest` atomically (temp file, fsync, os.replace). A crash or a full disk at any
+moment leaves `latest` on a complete, verified checkpoint; a failed save removes its partial tag and says which
+checkpoint is kept. Old tags beyond `--keep-checkpoints` are removed only after the pointer moved, and only tags
+older than the one just written.
+
+DeepSpeed reads its own files with `torch.load(weights_only=False)`: only `--load` checkpoints you trust (our
+checksums catch damage, not a forged checkpoint). Weights from elsewhere go through `--init-from`, which never
+unpickles.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -26,9 +37,11 @@ import torch.distributed as dist
 from est_megatron.config import ModelConfig
 from est_megatron.data.atomic import atomic_open
 from est_megatron.errors import UsageError
+from est_megatron.training.distributed import agree
 
 TAG_RE = re.compile(r"^step_(\d+)$")
 STATE_FILE = "est_state.json"
+CHECKSUMS = "checksums.json"
 
 
 def tag_for(step: int) -> str:
@@ -42,19 +55,95 @@ def _atomic_write(path: str, text: str) -> None:
         os.fsync(f.fileno())
 
 
+# ---- RNG states as JSON ----
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _bytes_tensor(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
+
+
 def rng_states() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA) generator states as plain JSON values."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": _b64(torch.get_rng_state())}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_states(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
+
+
+def rng_file(tag_dir: str, rank: int) -> str:
+    return os.path.join(tag_dir, f"rng_state_rank{rank:05d}.json")
+
+
+# ---- checksums ----
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tag_files(tag_dir: str) -> list:
+    """Every file of a tag (relative paths, sorted) except the checksum manifest and temporary files."""
+    found = []
+    for root, _, names in os.walk(tag_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), tag_dir)
+            if rel != CHECKSUMS and ".tmp." not in name:
+                found.append(rel)
+    return sorted(found)
+
+
+def write_checksums(tag_dir: str) -> None:
+    files = {rel: {"bytes": os.path.getsize(os.path.join(tag_dir, rel)), "sha256": _sha256(os.path.join(tag_dir, rel))}
+             for rel in _tag_files(tag_dir)}
+    _atomic_write(os.path.join(tag_dir, CHECKSUMS), json.dumps({"files": files}, indent=1) + "\n")
+
+
+def damaged_file(tag_dir: str) -> Optional[str]:
+    """None when every file listed in the tag's checksums is there with its size and hash, else what is wrong."""
+    path = os.path.join(tag_dir, CHECKSUMS)
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:
+        return f"it has no {CHECKSUMS} (an incomplete save, or a checkpoint of an older version)"
+    except (ValueError, KeyError, TypeError):
+        return f"its {CHECKSUMS} is unreadable"
+    for rel, expected in sorted(files.items()):
+        full = os.path.join(tag_dir, rel)
+        if not os.path.isfile(full):
+            return f"{rel} is missing"
+        if os.path.getsize(full) != expected["bytes"] or _sha256(full) != expected["sha256"]:
+            return f"{rel} does not match its checksum (damaged or modified)"
+    return None
+
+
+# ---- tags ----
+
+def complete_tags(save_dir: str) -> list:
+    """[(step, tag)] of the tags holding a checksum manifest, oldest first."""
+    if not os.path.isdir(save_dir):
+        return []
+    return sorted((int(m.group(1)), name) for name in os.listdir(save_dir)
+                  if (m := TAG_RE.match(name)) and os.path.isfile(os.path.join(save_dir, name, CHECKSUMS)))
 
 
 def read_latest(load_dir: str) -> Optional[str]:
@@ -70,33 +159,89 @@ def read_latest(load_dir: str) -> Optional[str]:
     return tag
 
 
+def _previous_hint(load_dir: str, tag: str) -> str:
+    older = [name for _, name in complete_tags(load_dir) if name < tag]
+    if older:
+        return (f"resume from the previous checkpoint with `echo {older[-1]} > {os.path.join(load_dir, 'latest')}`"
+                f" (or start from its weights with --init-from {os.path.join(load_dir, older[-1])})")
+    return "there is no earlier checkpoint in this directory; restore the files from a copy or start a new run"
+
+
+# ---- save ----
+
+class SaveFailed(UsageError):
+    """A save that could not complete; the previous checkpoint is untouched."""
+
+
 def save_checkpoint(engine, save_dir: str, step: int, state: dict, keep: int) -> str:
-    """Collective: every rank saves its part; returns the tag. `state` must be JSON-serialisable."""
+    """Collective: every rank saves its part; returns the tag. `state` must be JSON-serialisable.
+
+    A rank that fails to write (disk full, I/O error) still joins the collectives, so every rank raises
+    SaveFailed with the same line; the partial tag is removed and `latest` keeps pointing at the previous one.
+    """
     tag = tag_for(step)
     rank = dist.get_rank()
-    engine.save_checkpoint(save_dir, tag=tag, client_state={"est_step": step}, save_latest=False)
     tag_dir = os.path.join(save_dir, tag)
-    os.makedirs(tag_dir, exist_ok=True)
-    with atomic_open(os.path.join(tag_dir, f"rng_state_rank{rank:05d}.pt")) as f:
-        torch.save(rng_states(), f)
-    if rank == 0:
-        _atomic_write(os.path.join(tag_dir, STATE_FILE), json.dumps(state, indent=2) + "\n")
-    dist.barrier()  # every rank's DeepSpeed files and RNG state are on disk
-    if rank == 0:
-        _atomic_write(os.path.join(save_dir, "latest"), tag)
-        if keep > 0:
-            _remove_old(save_dir, keep, current=tag)
+    error = None
+    try:
+        engine.save_checkpoint(save_dir, tag=tag, client_state={"est_step": step}, save_latest=False)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        error = err
+        dist.barrier()  # DeepSpeed's save ends in a barrier that the other ranks are waiting in
+    if error is None:
+        try:
+            os.makedirs(tag_dir, exist_ok=True)
+            _atomic_write(rng_file(tag_dir, rank), json.dumps(rng_states()))
+            if rank == 0:
+                _atomic_write(os.path.join(tag_dir, STATE_FILE), json.dumps(state, indent=2) + "\n")
+        except OSError as err:
+            error = err
+    problem = agree(None if error is None else f"rank {rank}: {_short(error)}")
+    if problem is None and rank == 0:
+        try:
+            write_checksums(tag_dir)
+            _atomic_write(os.path.join(save_dir, "latest"), tag)
+        except OSError as err:
+            error = err
+    if problem is None:
+        problem = agree(None if error is None else f"rank {rank}: {_short(error)}")
+    if problem is not None:
+        _abandon(save_dir, tag, problem)
+    if rank == 0 and keep > 0:
+        _remove_old(save_dir, keep, step)
     dist.barrier()
     return tag
 
 
-def _remove_old(save_dir: str, keep: int, current: str) -> None:
-    tags = sorted((int(m.group(1)), name) for name in os.listdir(save_dir)
-                  if (m := TAG_RE.match(name)) and os.path.isdir(os.path.join(save_dir, name)))
-    for _, name in tags[:-keep]:
-        if name != current:
+def _short(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _abandon(save_dir: str, tag: str, problem: str) -> None:
+    """Remove the partial tag (never the one `latest` names) and raise SaveFailed on every rank."""
+    kept = None
+    if os.path.isfile(os.path.join(save_dir, "latest")):
+        with open(os.path.join(save_dir, "latest")) as f:
+            kept = f.read().strip() or None
+    if dist.get_rank() == 0 and kept != tag:
+        shutil.rmtree(os.path.join(save_dir, tag), ignore_errors=True)
+    dist.barrier()
+    where = f"the previous checkpoint {os.path.join(save_dir, kept)} is kept" if kept else "no earlier checkpoint"
+    raise SaveFailed(f"saving checkpoint {tag} to {save_dir} failed ({problem}); {where}; free space or fix "
+                     f"--save, then resume with --load {save_dir}")
+
+
+def _remove_old(save_dir: str, keep: int, step: int) -> None:
+    """Keep the newest `keep` complete tags up to `step`; older ones (and older incomplete leftovers) go."""
+    complete = [name for s, name in complete_tags(save_dir) if s <= step]
+    keep_names = set(complete[-keep:])
+    for name in os.listdir(save_dir):
+        m = TAG_RE.match(name)
+        if m and int(m.group(1)) < step and name not in keep_names and os.path.isdir(os.path.join(save_dir, name)):
             shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
 
+
+# ---- load ----
 
 def check_model_matches(saved: dict, model: ModelConfig, where: str) -> None:
     """UsageError naming the first model field whose value differs from the checkpoint's."""
@@ -108,19 +253,36 @@ def check_model_matches(saved: dict, model: ModelConfig, where: str) -> None:
                              "a fresh --save directory")
 
 
-def load_checkpoint(engine, load_dir: str, model: ModelConfig) -> Optional[dict]:
-    """Collective: restore the latest checkpoint of `load_dir` into the engine; our state, or None if none."""
+def find_checkpoint(load_dir: str) -> Optional[tuple]:
+    """Collective: (tag, our state) of the latest checkpoint of `load_dir` after verifying its checksums on rank 0,
+    or None when there is none. A damaged checkpoint is one line naming the file and the previous checkpoint."""
     tag = read_latest(load_dir)
     if tag is None:
         return None
     tag_dir = os.path.join(load_dir, tag)
+    problem = None
+    if dist.get_rank() == 0:
+        damage = damaged_file(tag_dir)
+        if damage is not None:
+            problem = f"checkpoint {tag_dir} cannot be trusted: {damage}; {_previous_hint(load_dir, tag)}"
+    problem = agree(problem)
+    if problem is not None:
+        raise UsageError(problem)
     with open(os.path.join(tag_dir, STATE_FILE)) as f:
-        state = json.load(f)
-    check_model_matches(state["model"], model, tag_dir)
+        return tag, json.load(f)
+
+
+def restore(engine, load_dir: str, tag: str, load_rng: bool = True) -> None:
+    """Collective: DeepSpeed's model, optimizer and LR scheduler states, and this rank's RNG states."""
+    tag_dir = os.path.join(load_dir, tag)
     path, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise UsageError(f"DeepSpeed could not load {tag_dir}; is it a checkpoint of this ZeRO stage and world size?")
-    rng_file = os.path.join(tag_dir, f"rng_state_rank{dist.get_rank():05d}.pt")
-    if os.path.isfile(rng_file):
-        set_rng_states(torch.load(rng_file, weights_only=False))
-    return state
+    path = rng_file(tag_dir, dist.get_rank())
+    if load_rng and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                set_rng_states(json.load(f))
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise UsageError(f"{path} is not a random-state file of this version ({type(err).__name__}); resume "
+                             "with --no-load-rng, or from another checkpoint") from None

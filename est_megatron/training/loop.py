@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -28,32 +27,25 @@ import torch.distributed as dist
 
 from est_megatron.config import ModelConfig, SubnetConfig, model_preset, MODEL_PRESETS
 from est_megatron.data import CorpusSets
+from est_megatron.data.integrity import check_shards_tokenizer
 from est_megatron.errors import UsageError
 from est_megatron.model.recompute import Recompute
 from est_megatron.parallel.build import build_model
 from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
 from est_megatron.subnet.flops import dense_step_flops, step_flops
-from est_megatron.training import checkpoint as ckpt
+from est_megatron.training import checkpoint as ckpt, preemption
 from est_megatron.training.arguments import resolve_precision
 from est_megatron.training.distributed import init_distributed, teardown
+from est_megatron.training.health import SkipCounter, TooManySkippedSteps, parameters_finite
 from est_megatron.training.methods import MethodContext, build_method
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
+from est_megatron.training.metrics_file import start_metrics_file
 from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer, load_ds_config,
                                          zero_stage)
+from est_megatron.training.preflight import check_directories, checkpoint_bytes
+from est_megatron.training.resume import check_resume
 from est_megatron.training.sparse_adamw import SparseAdamW
-
-_STOP_SIGNAL = {"signum": None}
-
-
-def _on_signal(signum, frame):
-    _STOP_SIGNAL["signum"] = signum
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM / SIGUSR1 only set a flag; the loop saves at the end of the current step and exits 0."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, _on_signal)
 
 
 def padded_vocab(tokenizer_vocab: int, preset_vocab: int, multiple: int) -> int:
@@ -74,10 +66,18 @@ def build_model_config(args, tokenizer_vocab: int) -> ModelConfig:
                         max_position_embeddings=max(positions, args.seq_length))
 
 
+def check_zero3_internals(engine) -> None:
+    """The ZeRO-3 stale-gradient fix reads a private DeepSpeed attribute: fail at start-up if a DeepSpeed version
+    renamed it, rather than letting skipped layers silently train on stale gradients."""
+    if not isinstance(getattr(engine.optimizer, "grad_partitions_flat_buffer", None), torch.Tensor):
+        import deepspeed
+        raise UsageError(f"DeepSpeed {deepspeed.__version__}'s ZeRO-3 optimizer has no grad_partitions_flat_buffer, "
+                         "which est_megatron clears so that layers a plan skips do not train on stale gradients; "
+                         "install a DeepSpeed version that has it (tested: 0.19.8) or use ZeRO-1/2")
+
+
 def _clear_stale_zero3_grads(engine) -> None:
-    buffer = getattr(engine.optimizer, "grad_partitions_flat_buffer", None)
-    if buffer is not None:
-        buffer.zero_()
+    engine.optimizer.grad_partitions_flat_buffer.zero_()
 
 
 def check_replicas(engine, device, group=None) -> None:
@@ -107,9 +107,12 @@ def build_data(args, dist_info):
     from est_megatron.data import build_corpus_sets, build_datasets
     from est_megatron.data.tokenizer import spec_from_args
     tokenizer = spec_from_args(args).load()
+    check_directories([("--data-cache-dir", args.data_cache_dir, 0)])
     train_samples, eval_samples = args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size
 
     def build():
+        check_shards_tokenizer([args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path],
+                               tokenizer, args.tokenizer_model)
         if args.train_data_path:
             train, valid, test = build_datasets(args.train_data_path, "1", args.seq_length, args.seed,
                                                 (train_samples, 0, 0), cache_dir=args.data_cache_dir)
@@ -194,7 +197,7 @@ def _json_args(args) -> dict:
 
 def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
     """Run training from parsed arguments (and data hooks, default pretraining shards); returns the exit status."""
-    install_signal_handlers()
+    preemption.install_signal_handlers()
     info = init_distributed(args.local_rank)
     trainer = None
     clean = False
@@ -259,6 +262,11 @@ class Trainer:
         if (tp > 1 or pp > 1) and hasattr(self.method, "prepare"):
             raise UsageError(f"--method {args.method} needs the whole model on one rank; use "
                              "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
+        self.layout_record = {"world_size": self.world, "tp": tp, "pp": pp, "dp": self.dp_size,
+                              "zero_stage": self.zero_stage}
+        self.resume_from = self._check_resume() if args.load else None
+        check_directories([("--save", args.save, checkpoint_bytes(self.model_cfg.num_parameters())),
+                           ("--log-dir", args.log_dir if self.rank == 0 else None, 0)])
         torch.manual_seed(args.seed)
         model, pipe_plans = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
                                         full_state, Recompute.from_args(args))
@@ -271,17 +279,34 @@ class Trainer:
         self.sparse_optimizer = optimizer if isinstance(optimizer, SparseAdamW) else None
         if self.sparse_optimizer is not None:
             bind_sparse_optimizer(optimizer, self.engine, model, self.model_cfg, self.layout)
+        if self.zero_stage == 3:
+            check_zero3_internals(self.engine)
 
         self.progress = Progress()
-        if args.load:
-            state = ckpt.load_checkpoint(self.engine, args.load, self.model_cfg)
-            if state is not None:
-                self.progress = Progress(state["step"], state["consumed_samples"], state["flops_done"],
-                                         state["dense_flops_done"], state["stage"])
+        self.skips = SkipCounter(args.max_skipped_steps)
+        if self.resume_from is not None:
+            tag, state = self.resume_from
+            ckpt.restore(self.engine, args.load, tag, load_rng=not args.no_load_rng)
+            self.progress = Progress(state["step"], state["consumed_samples"], state["flops_done"],
+                                     state["dense_flops_done"], state["stage"])
+            self.skips.total = state.get("skipped_steps", 0)
+        metrics_note = start_metrics_file(args.log_dir, self.progress.step) if self.rank == 0 else None
         self.log = MetricsLogger(args.log_dir, self.rank == 0, args.progress, args.train_steps, self.progress.step,
                                  args.tensorboard_dir, args.wandb_project)
         self.log.arguments(_json_args(args))
+        if metrics_note:
+            self.log.line(metrics_note)
         self._announce(precision)
+
+    def _check_resume(self):
+        """(tag, saved state) of --load's verified latest checkpoint if it fits this run (UsageError if not)."""
+        found = ckpt.find_checkpoint(self.args.load)
+        if found is not None:
+            tag, saved = found
+            where = os.path.join(self.args.load, tag)
+            ckpt.check_model_matches(saved["model"], self.model_cfg, where)
+            check_resume(self.args, saved, self.tokenizer.sha256, self.layout_record, where)
+        return found
 
     def _announce(self, precision: str) -> None:
         args, log, step = self.args, self.log, self.progress.step
@@ -315,19 +340,23 @@ class Trainer:
         sampler = PretrainingSampler(len(self.train_ds), progress.consumed, args.micro_batch_size, self.dp_rank,
                                      self.dp_size)
         batches = iter(DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=self.hooks.collate,
-                                  num_workers=args.num_workers, pin_memory=self.device.type == "cuda"))
+                                  num_workers=args.num_workers, pin_memory=self.device.type == "cuda",
+                                  worker_init_fn=preemption.ignore_stop_signals))
         self.dense_per_step = dense_step_flops(self.model_cfg, args.global_batch_size, args.seq_length)
         self._reset_interval()
         last_eval = None
-        stop_flag = torch.zeros(1, dtype=torch.int64, device=self.device)
+        flags = torch.zeros(2, dtype=torch.int64, device=self.device)  # (stop requested, loss not finite) on a rank
         while progress.step < args.train_steps:
+            skipped_before = self.engine.skipped_steps
             plan, step_loss = self._train_step(batches)
             rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
 
-            stop_flag.fill_(1 if _STOP_SIGNAL["signum"] is not None else 0)
-            dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX)
-            stopping = bool(stop_flag.item())
+            reason = preemption.stop_reason()
+            flags.copy_(torch.tensor([reason is not None, not math.isfinite(float(step_loss))]))
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stopping = bool(flags[0].item())
             step = progress.step
+            self._count_skip(step, bool(flags[1].item()) or self.engine.skipped_steps != skipped_before)
             exiting = args.exit_interval is not None and step % args.exit_interval == 0
             at_end = step == args.train_steps or exiting or stopping
 
@@ -337,12 +366,11 @@ class Trainer:
             if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
                 self._validate()
                 last_eval = step
-            if args.save and (step % args.save_interval == 0 or at_end):
-                self._save()
+            if args.save and (at_end or (step % args.save_interval == 0 and not self.skips.consecutive)):
+                self._save()  # not periodically while steps are being skipped: older checkpoints stay
             if stopping:
-                name = signal.Signals(_STOP_SIGNAL["signum"]).name if _STOP_SIGNAL["signum"] else \
-                    "a signal on a peer"
-                log.line(f"step {step}: stopping on {name}" + (" (checkpoint saved)" if args.save else ""))
+                log.line(f"step {step}: stopping on {reason or 'a stop request on a peer rank'}"
+                         + (" (checkpoint saved)" if args.save else ""))
                 break
             if exiting and step < args.train_steps:
                 log.line(f"step {step}: --exit-interval {args.exit_interval} reached, stopping")
@@ -354,6 +382,19 @@ class Trainer:
             log.record({"event": "end", "step": progress.step, "flops_saved_frac": progress.flops_saved_frac,
                         "checkpoint": args.save})
         log.close()
+
+    def _count_skip(self, step: int, skipped: bool) -> None:
+        """Count a skipped step; at --max-skipped-steps consecutive ones, record why and stop (non-zero exit)."""
+        if skipped:
+            self.log.line(f"step {step}: skipped (non-finite loss or gradient overflow; {self.skips.consecutive + 1} "
+                          f"in a row, {self.skips.total + 1} in all)")
+        try:
+            self.skips.update(step, skipped)
+        except TooManySkippedSteps:
+            self.log.record({"event": "stopped", "reason": "skipped_steps", "step": step,
+                             "skipped_steps": self.skips.total, "consecutive": self.skips.consecutive})
+            self.log.close()
+            raise
 
     def _train_step(self, batches):
         """Plan (drawn on rank 0, broadcast), all micro-batches with it, the optimizer step; (plan, summed loss)."""
@@ -427,7 +468,7 @@ class Trainer:
                   "flops_saved_frac": progress.flops_saved_frac, "memory_gb": memory_gb(),
                   "consumed_samples": progress.consumed, "step_time_s": elapsed / interval["steps"],
                   "grad_norm": interval.get("grad_norm"), "tokens": progress.consumed * args.seq_length,
-                  "flops": progress.flops_done}
+                  "flops": progress.flops_done, "skipped_steps": self.skips.total}
         if args.check_plan_consistency:
             check_replicas(self.engine, self.device, self.layout.get_data_parallel_group())
             record["replicas_identical"] = True
@@ -477,8 +518,14 @@ class Trainer:
 
     def _save(self) -> None:
         args, progress = self.args, self.progress
+        if not parameters_finite(self.engine):
+            kept = ckpt.read_latest(args.save)
+            raise UsageError(f"step {progress.step}: the parameters are not finite, so no checkpoint is written"
+                             + (f" (the last one, {os.path.join(args.save, kept)}, is kept)" if kept else "")
+                             + "; lower --lr, keep --clip-grad on, or resume from an earlier checkpoint")
         state = {"step": progress.step, "consumed_samples": progress.consumed, "flops_done": progress.flops_done,
                  "dense_flops_done": progress.dense_done, "stage": progress.stage,
+                 "skipped_steps": self.skips.total, "layout": self.layout_record,
                  "model": dataclasses.asdict(self.model_cfg), "method": args.method,
                  "schedule": args.est_schedule, "seed": args.seed, "tokenizer_sha256": self.tokenizer.sha256,
                  "args": _json_args(args)}

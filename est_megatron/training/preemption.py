@@ -70,10 +70,10 @@ def _launcher_gone() -> bool:
 
 
 def stop_reason() -> Optional[str]:
-    """Why this process should stop after the current step ('SIGTERM', 'the launcher exited'), or None."""
+    """Why this process should stop after the current step ('SIGTERM', 'the exit of its launcher'), or None."""
     if _state["signum"] is not None:
         return signal.Signals(_state["signum"]).name
     if _state["launchers"] and _launcher_gone():
-        return "the launcher exited"
+        return "the exit of its launcher"
     return None
 

@@ -57,7 +57,7 @@ def check_resume(args, saved: dict, tokenizer_sha256: str, layout: dict, where: 
     saved_layout = saved.get("layout")
     if saved_layout is not None and _partitioning(saved_layout) != _partitioning(layout):
         def show(d):
-            return f"{d['world_size']} ranks (tp {d['tp']} x pp {d['pp']} x dp {d['dp']}, ZeRO-{d['zero_stage']})"
+            return f"world size {d['world_size']} (tp {d['tp']} x pp {d['pp']} x dp {d['dp']}, ZeRO-{d['zero_stage']})"
         raise UsageError(f"checkpoint {where} was saved by {show(saved_layout)} but this run has {show(layout)}; "
                          "DeepSpeed's optimizer partitions cannot be re-cut: resume with the saved layout, or start "
                          f"a new run from its weights with --init-from {os.path.dirname(where) or where} (fresh "
