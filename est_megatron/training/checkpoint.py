@@ -243,14 +243,21 @@ def _remove_old(save_dir: str, keep: int, step: int) -> None:
 
 # ---- load ----
 
+# The flags that set a model field (fields not listed come from the --model preset alone).
+MODEL_FLAGS = {"num_layers": "--num-layers", "hidden_size": "--hidden-size", "ffn_hidden_size": "--ffn-hidden-size",
+               "num_attention_heads": "--num-attention-heads", "num_query_groups": "--num-query-groups",
+               "max_position_embeddings": "--max-position-embeddings/--seq-length",
+               "vocab_size": "--tokenizer-model/--make-vocab-size-divisible-by"}
+
+
 def check_model_matches(saved: dict, model: ModelConfig, where: str) -> None:
-    """UsageError naming the first model field whose value differs from the checkpoint's."""
+    """UsageError naming the first model field whose value differs from the checkpoint's, and its flag."""
     current = dataclasses.asdict(model)
     for name, value in current.items():
         if name in saved and saved[name] != value:
+            flags = "--model" + (f" and {MODEL_FLAGS[name]}" if name in MODEL_FLAGS else "")
             raise UsageError(f"checkpoint {where} has model {name}={saved[name]} but this run has {name}={value}; "
-                             f"load it with the same model shape (--model/--{name.replace('_', '-')}) or start "
-                             "a fresh --save directory")
+                             f"load it with the same model shape ({flags}) or start a fresh --save directory")
 
 
 def find_checkpoint(load_dir: str) -> Optional[tuple]:

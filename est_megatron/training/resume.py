@@ -13,7 +13,8 @@ from est_megatron.errors import UsageError
 
 # (flag, args attribute): what a resumed run must share with the saved one.
 RESUME_FLAGS = (("--seed", "seed"), ("--method", "method"), ("--est-schedule", "est_schedule"),
-                ("--train-steps", "train_steps"), ("--data-path", "data_path"), ("--split", "split"),
+                ("--train-steps", "train_steps"), ("--data-path", "data_path"),
+                ("--train-data-path", "train_data_path"), ("--split", "split"),
                 ("--seq-length", "seq_length"), ("--global-batch-size", "global_batch_size"))
 TOKENIZER_FLAG = "--tokenizer-model"
 OVERRIDABLE = tuple(flag for flag, _ in RESUME_FLAGS) + (TOKENIZER_FLAG,)
