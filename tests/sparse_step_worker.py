@@ -48,7 +48,8 @@ def reference(cfg, batches, plan):
     """(masks of plan, state after step 1, state after step 2) of the single-process model under torch AdamW."""
     model = Transformer(cfg, None, SEED)
     opts = options("dense")
-    adamw = torch.optim.AdamW(decay_groups(model, opts.weight_decay), lr=opts.lr, betas=(opts.adam_beta1, opts.adam_beta2), eps=opts.adam_eps)
+    adamw = torch.optim.AdamW(decay_groups(model, opts.weight_decay), fused=True, lr=opts.lr,
+                              betas=(opts.adam_beta1, opts.adam_beta2), eps=opts.adam_eps)
     schedule = step_one_at_rest(adamw)
     states = []
     for step_plan in (None, plan):

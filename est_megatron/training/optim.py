@@ -42,7 +42,7 @@ class WarmupDecay:
 def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms (1-D parameters). A subnetwork method gets the sparse step
     (SparseAdamW: what the plan does not train stays untouched) unless --est-optimizer dense; the dense model gets
-    FusedAdam on CUDA when it builds, torch's AdamW otherwise."""
+    DeepSpeed's FusedAdam on CUDA when it builds, else torch's AdamW with its fused kernel where it has one."""
     decay, no_decay = [], []
     for param in model.parameters():  # a ZeRO-3-partitioned parameter keeps its shape in ds_shape
         (no_decay if len(getattr(param, "ds_shape", param.shape)) < 2 else decay).append(param)
@@ -54,7 +54,10 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
     if torch.cuda.is_available():
         from deepspeed.ops.adam import FusedAdam
         return FusedAdam(groups, adam_w_mode=True, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype in this torch build
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def bind_sparse_optimizer(optimizer: SparseAdamW, engine, model: torch.nn.Module, model_cfg, layout) -> None:

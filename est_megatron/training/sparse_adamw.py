@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch.optim.adamw import adamw as functional_adamw
 
 from est_megatron.subnet.plan import StepPlan
 
@@ -164,7 +165,8 @@ class SparseAdamW(torch.optim.Optimizer):
                     counts = torch.cat([self.counts[segment.param] for segment in segments])
                     corrections = bias_corrections(counts, hyper, None, flat)
                     if not torch.is_tensor(corrections[0]):
-                        adamw_(*tensors, None, *corrections, hyper)
+                        if not fused_adamw_(*tensors, int(counts.max()), hyper):
+                            adamw_(*tensors, None, *corrections, hyper)
                         continue
                 for segment in segments:
                     self._update_segment(tensors, segment, hyper)
@@ -232,6 +234,27 @@ def bias_corrections(counts: torch.Tensor, hyper, axis: Optional[int], like: tor
     shape = (-1, 1) if axis == 0 else (1, -1)
     return tuple(c.to(like.dtype).view(shape).to(like.device, non_blocking=True)
                  for c in (1 - beta1 ** n, (1 - beta2 ** n).sqrt()))
+
+
+_FUSED_UNSUPPORTED = set()  # (device type, dtype) where torch has no fused AdamW kernel
+
+
+def fused_adamw_(param, grad, exp_avg, exp_avg_sq, count: int, hyper) -> bool:
+    """torch's fused AdamW kernel over whole tensors at step `count` (one pass over memory instead of eight), where
+    this torch build has one for the device and dtype; False (nothing done) where it has not."""
+    key = (param.device.type, param.dtype)
+    if key in _FUSED_UNSUPPORTED:
+        return False
+    lr, weight_decay, beta1, beta2, eps = hyper
+    step = torch.tensor(float(count - 1), device=param.device)  # the kernel counts this step itself
+    try:
+        functional_adamw([param], [grad], [exp_avg], [exp_avg_sq], [], [step], fused=True, amsgrad=False,
+                                beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps,
+                                maximize=False)
+    except (RuntimeError, ValueError):
+        _FUSED_UNSUPPORTED.add(key)
+        return False
+    return True
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, weight, correction1, correction2_sqrt, hyper) -> None:
