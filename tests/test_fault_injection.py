@@ -98,6 +98,23 @@ def test_group_sigterm_under_torchrun_with_a_dataloader_worker_then_exact_resume
     assert [(r["loss"], r["lr"]) for r in records] == [(r["loss"], r["lr"]) for r in expected]
 
 
+def test_workers_save_and_stop_when_their_launcher_dies(tiny_shards, tmp_path):  # noqa: F811
+    """SIGUSR1 kills torchrun outright (like SIGTERM kills the `deepspeed` command) without reaching the workers:
+    they notice the launcher is gone, save and exit instead of training on as orphans."""
+    ckpt = tmp_path / "ckpt"
+    proc = launch(train_flags(tiny_shards, tmp_path, steps=5000, **{"--save": str(ckpt), "--save-interval": "100000"}),
+                  nproc=2, popen=True)
+    metrics = tmp_path / "logs" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=600)  # the pipes close when the orphaned workers exit too
+    assert "stopping on the exit of its launcher (checkpoint saved)" in out + err, (out + err)[-4000:]
+    tag = (ckpt / "latest").read_text()
+    assert damaged_file(str(ckpt / tag)) is None
+
+
 class Planted:
     """Unpickling this creates a directory: proof that a file's code ran."""
 
