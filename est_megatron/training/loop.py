@@ -269,7 +269,7 @@ class Trainer:
                            ("--log-dir", args.log_dir if self.rank == 0 else None, 0)])
         torch.manual_seed(args.seed)
         model, pipe_plans = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
-                                        full_state, Recompute.from_args(args))
+                                        full_state, Recompute.from_args(args), ds_config)
         self.pipe_plans = pipe_plans if pp > 1 else None
         optimizer = build_optimizer(model, args)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,

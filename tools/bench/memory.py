@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Peak host memory (RSS) per rank of DeepSpeed training under ZeRO-1/2/3 on 1 and 2 processes.
+
+    python tools/bench/memory.py --zero 1,2,3 --nproc 1,2
+    python tools/bench/memory.py --hidden-size 768 --num-layers 8 --zero 3 --nproc 2 --recompute full
+
+Each (ZeRO stage, process count) is one `torchrun` run on gloo (CPU, fp32) that does what training does: the
+model from `build_model` (inside deepspeed.zero.Init under ZeRO-3), AdamW from `build_optimizer`, the DeepSpeed
+config from ds_configs/zeroN.json through `load_ds_config`, then --steps optimizer steps of EST stage 1
+(0.5, 0.5, 0.5), stage 2 (0.5, 0.5, 1) and dense (rates as the tinyllama schedule), each step --accumulation
+micro-batches of random tokens. Every rank reads its high-water RSS (getrusage ru_maxrss, which counts memory
+that glibc has since returned, so it is the true peak) after imports and process-group start (the runtime
+baseline), after the model is built (start-up), after `deepspeed.initialize` and after each stage; a stage's
+peak is the high-water mark at its end, so stages run smallest first. The table prints the largest rank's
+figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from types import SimpleNamespace
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
+GIB = 2 ** 30
+
+
+def peak_rss() -> int:
+    """This process' high-water resident set size in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def add_shape_args(p: argparse.ArgumentParser) -> None:
+    """The model shape: a ~200M-parameter Llama by default (fits 2 ZeRO-1 ranks in a 23 GB machine)."""
+    p.add_argument("--model", default="bench-cpu", help="model preset the shape flags override")
+    p.add_argument("--num-layers", type=int, default=12, help="transformer layers")
+    p.add_argument("--hidden-size", type=int, default=1024, help="hidden size")
+    p.add_argument("--ffn-hidden-size", type=int, default=2816, help="MLP intermediate size")
+    p.add_argument("--num-attention-heads", type=int, default=16, help="query heads")
+    p.add_argument("--num-query-groups", type=int, default=4, help="key/value heads")
+    p.add_argument("--vocab-size", type=int, default=32000, help="vocabulary")
+    p.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--micro-batch-size", type=int, default=2, help="sequences per micro-batch")
+
+
+def model_config(args):
+    from est_megatron.config import model_preset
+    return model_preset(args.model, num_layers=args.num_layers, hidden_size=args.hidden_size,
+                        ffn_hidden_size=args.ffn_hidden_size, num_attention_heads=args.num_attention_heads,
+                        num_query_groups=args.num_query_groups, vocab_size=args.vocab_size,
+                        max_position_embeddings=max(args.seq_length, 16))
+
+
+def train_args(args, dp_size: int) -> SimpleNamespace:
+    """The training flags `load_ds_config` and `build_optimizer` read."""
+    return SimpleNamespace(global_batch_size=args.micro_batch_size * dp_size * args.accumulation,
+                           micro_batch_size=args.micro_batch_size, clip_grad=1.0, weight_decay=0.1, lr=1e-4,
+                           adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8, method="dense", est_optimizer="dense",
+                           recompute_activations=False, recompute_granularity=args.recompute,
+                           recompute_num_layers=None)
+
+
+def worker(args) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(args.threads)
+    from est_megatron.model.recompute import Recompute
+    from est_megatron.parallel.state import initialize_model_parallel
+    import deepspeed
+    from est_megatron.config import SubnetConfig
+    from est_megatron.parallel.build import build_model
+    from est_megatron.subnet.plan import PlanSampler
+    from est_megatron.subnet.schedule import parse_schedule
+    from est_megatron.training.optim import build_optimizer, load_ds_config
+
+    state = initialize_model_parallel(1, 1, backend="gloo")
+    dp = state.get_data_parallel_world_size()
+    marks = {"baseline": peak_rss()}
+    cfg = model_config(args)
+    targs = train_args(args, dp)
+    ds_config = load_ds_config(os.path.join(REPO, "ds_configs", f"zero{args.zero}.json"), targs, dp, False)
+    model, _ = build_model(cfg, state, 1234, zero_stage=args.zero, ds_config=ds_config,
+                           recompute=Recompute.from_args(targs))
+    marks["start-up"] = peak_rss()
+    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, targs), config=ds_config,
+                                      mpu=state)
+    marks["initialize"] = peak_rss()
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    for name, rates in STAGES:
+        sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:{},{},{}".format(*rates)).resolve(1), 1234)
+        for step in range(args.steps):
+            plan = None if rates == (1.0, 1.0, 1.0) else sampler.plan(step)
+            if args.zero == 3:
+                engine.optimizer.grad_partitions_flat_buffer.zero_()
+            for _ in range(args.accumulation):
+                tokens = torch.randint(0, cfg.vocab_size, (args.micro_batch_size, args.seq_length + 1), generator=gen)
+                loss = engine(tokens[:, :-1], plan=plan, labels=tokens[:, 1:])
+                engine.backward(loss)
+                engine.step()
+        marks[name] = peak_rss()
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, marks)
+    if dist.get_rank() == 0:
+        with open(args.out, "w") as f:
+            json.dump(gathered, f)
+    dist.barrier()
+
+
+def run(args, zero: int, nproc: int) -> list:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "marks.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               os.path.abspath(__file__), "--worker", f"--zero={zero}", f"--out={out}"]
+        cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                if k in WORKER_FLAGS and v is not None]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"ZeRO-{zero} on {nproc} processes failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+WORKER_FLAGS = ("model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "num_query_groups", "vocab_size", "seq_length", "micro_batch_size", "steps", "accumulation",
+                "threads", "recompute")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(p)
+    p.add_argument("--zero", default="1,2,3", help="ZeRO stages to measure, comma-separated")
+    p.add_argument("--nproc", default="1,2", help="process counts to measure, comma-separated")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps per stage")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--recompute", choices=("selective", "full"), default=None, help="activation recompute")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.zero = int(args.zero)
+        worker(args)
+        return 0
+    cfg = model_config(args)
+    print(f"model: {cfg.num_parameters():,} parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab "
+          f"{cfg.vocab_size}), micro-batch {args.micro_batch_size} x seq {args.seq_length}, fp32 on CPU, "
+          f"recompute {args.recompute or 'none'}")
+    print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak RSS GiB':>13} {'above baseline GiB':>19}")
+    results = []
+    for zero in (int(z) for z in args.zero.split(",")):
+        for nproc in (int(n) for n in args.nproc.split(",")):
+            marks = run(args, zero, nproc)
+            baseline = max(rank["baseline"] for rank in marks)
+            for phase in ("start-up", "initialize") + tuple(name for name, _ in STAGES):
+                measured = max(rank[phase] for rank in marks)
+                results.append(dict(zero=zero, nproc=nproc, phase=phase, peak_bytes=measured,
+                                    baseline_bytes=baseline))
+                print(f"{zero:>4} {nproc:>5} {phase:>12} {measured / GIB:>13.3f} {(measured - baseline) / GIB:>19.3f}",
+                      flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
+                       "parameters": cfg.num_parameters(), "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
