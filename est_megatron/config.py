@@ -100,7 +100,7 @@ MODEL_PRESETS = {
     "gpt2-124m": dict(flavour="gpt2", num_layers=12, hidden_size=768, num_attention_heads=12,
                       num_query_groups=12, ffn_hidden_size=3072, vocab_size=50257,
                       max_position_embeddings=1024, norm_eps=1e-5, tie_embeddings=True, bias=True),
-    # Benchmark size of issue 6: about hidden 512, 8 layers, GQA, vocab 8192.
+    # CPU benchmark size (tools/bench): large enough that matmuls dominate, small enough for a CPU step.
     "bench-cpu": dict(flavour="llama", num_layers=8, hidden_size=512, num_attention_heads=8,
                       num_query_groups=2, ffn_hidden_size=1408, vocab_size=8192, max_position_embeddings=256),
     # Small Llama for tests and the demo: GQA with 2 query heads per key/value head.
@@ -126,7 +126,7 @@ def model_preset(name: str, **overrides) -> ModelConfig:
 
 @dataclass
 class SubnetConfig:
-    """How a subnetwork is drawn from the full model (see DESIGN.md, "The subnetwork plan").
+    """How a subnetwork is drawn from the full model (the sampled plan itself is subnet.plan.StepPlan).
 
     Strata make sampling balanced: equal counts inside every one of `mlp_strata` equal blocks of MLP columns,
     `layer_strata` equal blocks of layers and `head_strata` equal blocks of key/value groups (whole-group mode),
