@@ -321,6 +321,11 @@ class Trainer:
                                               "overridden)"))
         if hasattr(self.method, "describe"):
             log.line(self.method.describe())
+        if self.sparse_optimizer is not None:
+            log.line(f"optimizer: sparse AdamW (what a step's plan does not train keeps its values and moments; "
+                     f"bias correction by {self.sparse_optimizer.bias_correction} step counts)")
+        else:
+            log.line(f"optimizer: {type(self.engine.basic_optimizer).__name__} over every parameter")
         if getattr(args, "init_from", None) and not step:
             log.line(f"initialised from {args.init_from}")
         if step:
