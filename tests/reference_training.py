@@ -85,7 +85,8 @@ def reference_losses(cfg, seed, dataset, plan_of, steps, global_batch, micro_bat
             p.grad = torch.zeros_like(p)
         total = 0.0
         for start in range(step * global_batch, (step + 1) * global_batch, micro_batch):
-            batch = torch.stack([torch.as_tensor(dataset[i], dtype=torch.int64) for i in range(start, start + micro_batch)])
+            batch = torch.stack([torch.as_tensor(dataset[i], dtype=torch.int64)
+                                 for i in range(start, start + micro_batch)])
             loss = model(batch[:, :-1], plan=plan, labels=batch[:, 1:])
             (loss / (global_batch // micro_batch)).backward()
             total += loss.item()

@@ -25,8 +25,8 @@ CASES = [  # (method, --est-optimizer, ZeRO stage, processes): every stage, mode
 def plain_loop(argv, method, est_optimizer):
     args = parse_args(argv)
     cfg = build_model_config(args, spec_from_args(args).load().vocab_size)
-    train, _, _ = build_datasets(args.data_path, args.split, args.seq_length, args.seed,
-                                 (args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size, 0),
+    samples = (args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size, 0)
+    train, _, _ = build_datasets(args.data_path, args.split, args.seq_length, args.seed, samples,
                                  cache_dir=args.data_cache_dir)
     sampler = PlanSampler(cfg, SubnetConfig().resolved(cfg),
                           parse_schedule(args.est_schedule).resolve(args.train_steps), args.seed)
@@ -40,7 +40,8 @@ def plain_loop(argv, method, est_optimizer):
 @pytest.mark.parametrize("method,est_optimizer,zero,nproc", CASES)
 def test_deepspeed_loop_equals_plain_loop(method, est_optimizer, zero, nproc, tiny_shards, tmp_path):  # noqa: F811
     argv = train_flags(tiny_shards, tmp_path, zero=zero, steps=STEPS,
-                       **{"--method": method, "--est-optimizer": est_optimizer, "--est-schedule": "0.5,1:0.5,0.5,0.5/1,1,1"})
+                       **{"--method": method, "--est-optimizer": est_optimizer,
+                          "--est-schedule": "0.5,1:0.5,0.5,0.5/1,1,1"})
     result = launch(argv, nproc=nproc)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     records = read_metrics(tmp_path / "logs")

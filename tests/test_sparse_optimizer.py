@@ -156,7 +156,7 @@ def test_flat_partitions_cut_mid_row_equal_the_parameters():
 
 @pytest.mark.parametrize("shape,axis", [((7, 5), 0), ((7, 5), 1), ((9,), 0)])
 def test_rectangles_tile_any_range(shape, axis):
-    unit = Unit("w", shape, 0, axis)
+    unit = Unit("w", shape, axis)
     numel = 1
     for n in shape:
         numel *= n

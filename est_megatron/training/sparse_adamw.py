@@ -2,18 +2,19 @@
 
 A zero gradient is not "not trained": plain AdamW moves a parameter whose gradient is zero by its stale momentum
 and by weight decay. Under EST a row is in the plan a quarter of the time in stage 1, so it would drift about three
-blind steps per real one; measured on the demo corpus that left EST 11-19% above dense validation loss, against
-about 1% with the rest left alone. So for every step's plan (paper eq. 4 trains the subnetwork phi of Phi):
+blind steps per real one; measured on the demo corpus (README) that left EST 16.6% above dense validation loss,
+against 1.3% with the rest left alone. So for every step's plan (paper eq. 4 trains the subnetwork phi of Phi):
 - a skipped layer's parameters, the unsampled rows of the fused QKV and [gate; up] weights and the unsampled
   columns of the output and down projections keep their values and both Adam moments, and get no weight decay;
 - everything the plan trains gets AdamW's update.
 
-Bias correction (`bias_correction="unit"`, the default): every *unit* (a QKV or up-projection row, an output or down-projection column, a layer's norms and
-output biases, a parameter outside the layers) counts the steps that trained it, and its moments are corrected with
-its own count, 1 - beta^count. A unit trained n times has then had exactly AdamW over its n gradients, as if the rest
-of the model did not exist. (Corrected with the global step instead, a unit first trained at step t >> 1 would move
-by (1 - beta1) / sqrt(1 - beta2) = 0.45 of a normal first step.) The counts are per row or column, not per element,
-so they cost nothing next to the moments; they travel in the optimizer's state dict. `bias_correction="step"` uses
+Bias correction (`bias_correction="unit"`, the default): every *unit* (a QKV or up-projection row, an output or
+down-projection column, a layer's norms and output biases, a parameter outside the layers) counts the steps that
+trained it, and its moments are corrected with its own count, 1 - beta^count. A unit trained n times has then had
+exactly AdamW over its n gradients, as if the rest of the model did not exist. (Corrected with the global step
+instead, a unit first trained at step t >> 1 would move by (1 - beta1) / sqrt(1 - beta2) = 0.45 of a normal first
+step.) The counts are per row or column, not per element, so they cost nothing next to the moments; they travel in
+the optimizer's state dict. `bias_correction="step"` uses
 the optimizer's step count for every unit instead (TensorFlow's LazyAdam), kept for ablations.
 
 The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partitions of ZeRO-1/2/3, or the
@@ -39,7 +40,6 @@ class Unit:
 
     name: str  # global parameter name: the key of its step counts in checkpoints
     shape: Tuple[int, ...]  # this rank's (tensor-parallel) shape
-    layer: Optional[int]  # global layer number; None: outside the layers, trained at every step
     axis: Optional[int]
 
     @property
@@ -91,15 +91,14 @@ class SparseAdamW(torch.optim.Optimizer):
         """`named_parameters`: (global name, parameter) of this rank's model; `layers`: its transformer layers
         (each with `.index` and `trained_slices(layer_plan)`); `segments`: where each parameter lives in the
         optimizer's tensors (optimizer_layout.segments_of); `localize`: global plan -> this tensor-parallel rank's."""
-        axes = {}
+        axes = {}  # a parameter outside the layers trains whole at every step
         for layer in layers:
             self.layers[layer.index] = layer
             for param, axis, _ in layer.trained_slices(None):
-                axes[id(param)] = (layer.index, axis)
+                axes[id(param)] = axis
         for name, param in named_parameters:
-            layer, axis = axes.get(id(param), (None, None))
             shape = tuple(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the full shape aside
-            self.units[id(param)] = unit = Unit(name, shape, layer, axis)
+            self.units[id(param)] = unit = Unit(name, shape, axes.get(id(param)))
             self.counts.setdefault(id(param), torch.zeros(unit.size, dtype=torch.int64))
         self.segments = segments
         self.localize = localize or self.localize
