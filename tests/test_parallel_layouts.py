@@ -48,6 +48,7 @@ def worker(args):
     from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
+    from est_megatron.training.distributed import teardown
 
     torch.set_num_threads(1)
     state = initialize_model_parallel(args.tp, args.pp, backend="gloo")
@@ -90,11 +91,13 @@ def worker(args):
                 losses.append(float(loss))
                 norms.append(float(engine.get_global_grad_norm()))
             results[f"{model_name}/{schedule}"] = {"losses": losses, "norms": norms, "plans": checksums}
+            engine.destroy()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
         with open(args.out, "w") as f:
             json.dump(gathered, f)
+    teardown()  # exiting with live gloo groups can abort ("terminate called without an active exception")
 
 
 def run_layout(tmp_path, procs, tp=1, pp=1, models="tiny", schedules="dense,half"):
