@@ -50,7 +50,7 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
               {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
     if args.method != "dense" and args.est_optimizer == "sparse":
-        return SparseAdamW(groups, bias_correction=getattr(args, "est_bias_correction", "unit"), **kwargs)
+        return SparseAdamW(groups, bias_correction=args.est_bias_correction, **kwargs)
     if torch.cuda.is_available():
         from deepspeed.ops.adam import FusedAdam
         return FusedAdam(groups, adam_w_mode=True, **kwargs)

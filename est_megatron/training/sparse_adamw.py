@@ -14,8 +14,8 @@ trained it, and its moments are corrected with its own count, 1 - beta^count. A 
 exactly AdamW over its n gradients, as if the rest of the model did not exist. (Corrected with the global step
 instead, a unit first trained at step t >> 1 would move by (1 - beta1) / sqrt(1 - beta2) = 0.45 of a normal first
 step.) The counts are per row or column, not per element, so they cost nothing next to the moments; they travel in
-the optimizer's state dict. `bias_correction="step"` uses
-the optimizer's step count for every unit instead (TensorFlow's LazyAdam), kept for ablations.
+the optimizer's state dict. `bias_correction="step"` uses the optimizer's step count for every unit instead
+(TensorFlow's LazyAdam), kept for ablations.
 
 The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partitions of ZeRO-1/2/3, or the
 parameters themselves): `bind` learns, through est_megatron.training.optimizer_layout, which element range of which
@@ -179,15 +179,14 @@ class SparseAdamW(torch.optim.Optimizer):
         if trained is SKIP:
             return
         unit, count = self.units[segment.param], self.counts[segment.param]
+        parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
+        if unit.axis is None:  # trains whole or not at all (SKIP, above)
+            adamw_(*parts, None, *bias_corrections(count, hyper, None, parts[0]), hyper)
+            return
         mask = None
         if trained is not ALL:
             mask = torch.zeros(unit.size, dtype=torch.bool)
             mask[trained] = True
-        parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
-        if unit.axis is None:
-            if mask is None or mask.all():
-                adamw_(*parts, None, *bias_corrections(count, hyper, 0, parts[0]), hyper)
-            return
         shape = (-1, 1) if unit.axis == 0 else (1, -1)
         for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
             piece_mask = None if mask is None else mask[axis_slice]

@@ -51,8 +51,8 @@ def main(argv=None) -> dict:
     sampler = PlanSampler(cfg, SubnetConfig(), schedule, args.seed)
     batch = args.micro_batch_size
 
-    est = step_speed.Stepper(cfg, device, dtype, batch, seq, args.seed)
-    dense = step_speed.Stepper(cfg, device, dtype, batch, seq, args.seed)
+    est = step_speed.Stepper(cfg, device, dtype, batch, seq, args.seed)  # training's sparse step
+    dense = step_speed.Stepper(cfg, device, dtype, batch, seq, args.seed, sparse=False)  # the dense method's AdamW
     for _ in range(args.warmup):
         for rates in schedule.rates:
             est.step(step_speed.make_sampler(cfg, rates, args.seed))

@@ -115,14 +115,14 @@ class Stepper:
         self.last_plan = None
 
     def step(self, sampler: Optional[PlanSampler], inputs=None, labels=None) -> float:
-        """One whole training step (`run`, then `finish`); returns the loss."""
+        """One whole training step (`run`, then zero_grad); returns the loss."""
         loss = self.run(sampler, inputs, labels)
-        self.finish()
+        self.zero_grad()
         return loss
 
     def run(self, sampler: Optional[PlanSampler], inputs=None, labels=None) -> float:
-        """A training step up to and including the optimizer step, gradients left for `finish`; `sampler` None
-        runs the model with plan=None (no EST machinery at all)."""
+        """A training step up to and including the optimizer step, gradients kept for `compare_adamw`; `sampler`
+        None runs the model with plan=None (no EST machinery at all)."""
         plan = None
         if sampler is not None:
             plan = sampler.plan(self.count)
@@ -146,15 +146,19 @@ class Stepper:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
 
-    def finish(self) -> float:
-        """After a step (untimed): AdamW over all parameters on the same gradients, timed; then zero_grad."""
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.dense_optimizer.zero_grad(set_to_none=True)
+
+    def compare_adamw(self) -> float:
+        """After `run`, outside the timed step: seconds of AdamW over all parameters on the same gradients (the
+        step's own optimizer time when that is AdamW); then zero_grad."""
         if self.optimizer is self.dense_optimizer:
             dense_time = self.optimizer_time
         else:
             self.zero_fill()
             dense_time = timed(self.device, self.dense_optimizer.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.dense_optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         return dense_time
 
 
@@ -212,7 +216,7 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
     for rep in range(warmup + reps):
         for name, sampler in variants.items():
             wall, cpu = timed2(device, lambda: stepper.run(sampler))
-            dense_optimizer = stepper.finish()
+            dense_optimizer = stepper.compare_adamw()
             if rep >= warmup:
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
@@ -429,7 +433,8 @@ def main(argv=None) -> dict:
     if module_batches:
         summary["modules"] = measure_modules(cfg, device, dtype, seq, module_batches, args.warmup, args.reps,
                                              args.seed)
-    summary.update(optimizer=args.est_optimizer, model=args.model, seq_length=seq, micro_batch_size=args.micro_batch_size, device=str(device),
+    summary.update(optimizer=args.est_optimizer, model=args.model, seq_length=seq,
+                   micro_batch_size=args.micro_batch_size, device=str(device),
                    dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), warmup=args.warmup,
                    reps=args.reps, compile=args.compile, peak_tflops=peak,
                    memory_method="cuda max_memory_allocated" if device.type == "cuda" else
