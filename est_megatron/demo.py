@@ -5,8 +5,9 @@
    records `{"text", "meta": {"redpajama_set_name"}}`, plus a few RedPajamaGithub records that preprocessing
    drops as TinyLlama did; code from standard-library `.py` sources written as Starcoder parquet (column
    `content`, under `python/`).
-2. Tokenizer: tools/train_tokenizer.py (Llama-style BPE, byte fallback) on a sample of both.
-3. Shards: tools/preprocess_data.py for each corpus.
+2. Tokenizer: `data.tokenizer_training.train_tokenizer` (Llama-style BPE, byte fallback; what
+   tools/train_tokenizer.py runs) on a sample of both.
+3. Shards: `data.preprocess.preprocess` (what tools/preprocess_data.py runs) for each corpus.
 4. Pretraining of a small Llama on `0.7 slimpajama 0.3 starcoder` with the tinyllama EST schedule compressed
    to a few hundred steps, on 2 CPU processes under DeepSpeed ZeRO-2 (torchrun, gloo), then a summary.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +24,11 @@ import sys
 import sysconfig
 import time
 
-from est_megatron.errors import UsageError
+from est_megatron.data.preprocess import preprocess, summary_line
+from est_megatron.data.sources import SourceOptions
+from est_megatron.data.tokenizer import TokenizerSpec
+from est_megatron.data.tokenizer_training import train_tokenizer
+from est_megatron.training.distributed import free_port
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
@@ -120,16 +124,6 @@ def build_corpus(raw_dir):
                 prose_chars=sum(len(r["text"]) for r in texts), code_chars=code_chars)
 
 
-def load_tool(name):
-    path = os.path.join(REPO_ROOT, "tools", name)
-    if not os.path.isfile(path):
-        raise UsageError(f"{path} is missing; run --demo from a checkout of est_megatron (pip install -e .)")
-    spec = importlib.util.spec_from_file_location(name[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def prepare_data(demo_dir):
     """Corpus, tokenizer and shards under demo_dir (each reused when already there)."""
     raw = os.path.join(demo_dir, "raw")
@@ -144,16 +138,15 @@ def prepare_data(demo_dir):
               f"parquet [{time.time() - t:.1f}s]", flush=True)
     if not os.path.isfile(tokenizer):
         os.makedirs(os.path.dirname(tokenizer), exist_ok=True)
-        load_tool("train_tokenizer.py").main(
-            ["--input", os.path.join(raw, "tokenizer.jsonl"), "--format", "jsonl",
-             "--model-prefix", tokenizer[:-len(".model")], "--vocab-size", str(VOCAB), "--max-chars", "4000000"])
-    preprocess = None
-    for name, fmt in (("slimpajama", "slimpajama"), ("starcoder", "starcoder")):
+        _, summary = train_tokenizer([os.path.join(raw, "tokenizer.jsonl")], SourceOptions("jsonl"),
+                                     tokenizer[:-len(".model")], VOCAB, max_chars=4_000_000, progress=True)
+        print(summary)
+    for name in ("slimpajama", "starcoder"):
         prefix = os.path.join(shards, name)
         if not glob.glob(prefix + "*.idx"):
-            preprocess = preprocess or load_tool("preprocess_data.py")
-            preprocess.main(["--input", os.path.join(raw, name), "--format", fmt, "--tokenizer-model", tokenizer,
-                             "--output-prefix", prefix, "--workers", "2", "--no-progress"])
+            manifest = preprocess([os.path.join(raw, name)], SourceOptions(name), TokenizerSpec(model=tokenizer),
+                                  prefix, workers=2, progress=False)
+            print(summary_line(manifest))
     return tokenizer, os.path.join(shards, "slimpajama"), os.path.join(shards, "starcoder")
 
 
@@ -185,11 +178,6 @@ def summarize(demo_dir, seconds):
     lines.append(f"  metrics: {os.path.join(demo_dir, 'logs', 'metrics.jsonl')} "
                  f"(TensorBoard: {os.path.join(demo_dir, 'logs', 'tensorboard')})")
     return "\n".join(lines)
-
-
-def free_port():
-    from est_megatron.training.distributed import free_port as port
-    return port()
 
 
 def run_demo(args, argv=None) -> int:

@@ -365,8 +365,8 @@ def _pipeline_shards(tag_dir: str, m: ModelConfig, files: dict) -> list:
 
 def _training_weights(tag_dir: str, m: ModelConfig) -> StateDict:
     """The single-process weights of a training checkpoint of any layout: DeepSpeed's per-rank files are merged
-    with the sharding rules of est_megatron.parallel.layers (TP) and the layer order of the pipeline (PP)."""
-    from est_megatron.parallel.layers import merge_tensor_parallel
+    with the sharding rules of est_megatron.tensor_parallel.sharding (TP) and the layer order of the pipeline (PP)."""
+    from est_megatron.tensor_parallel.sharding import merge_tensor_parallel
     names = os.listdir(tag_dir)
     pipe = {(int(g.group(1)), int(g.group(2))): os.path.join(tag_dir, n) for n in names if (g := _PIPE_FILE.match(n))}
     if pipe:

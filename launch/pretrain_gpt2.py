@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from est_megatron.training import main  # noqa: E402
+from est_megatron.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(family="gpt2"))

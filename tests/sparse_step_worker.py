@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from est_megatron.config import SubnetConfig, model_preset  # noqa: E402
 from est_megatron.model.transformer import Transformer  # noqa: E402
 from est_megatron.parallel.build import build_model  # noqa: E402
-from est_megatron.parallel.layers import shard  # noqa: E402
 from est_megatron.parallel.pipeline import global_named_parameters  # noqa: E402
 from est_megatron.parallel.state import ParallelState  # noqa: E402
 from est_megatron.subnet.plan import PlanSampler  # noqa: E402
 from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
+from est_megatron.tensor_parallel.sharding import shard  # noqa: E402
 from reference_training import decay_groups, trained_masks  # noqa: E402
 from est_megatron.training.distributed import init_distributed, teardown  # noqa: E402
 from est_megatron.training.loop import _clear_stale_zero3_grads  # noqa: E402

@@ -15,7 +15,7 @@ from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_los
 from est_megatron.config import model_preset
 from est_megatron.hf import load_est_weights
 from est_megatron.model.transformer import Transformer
-from est_megatron.parallel.layers import merge_tensor_parallel, shard
+from est_megatron.tensor_parallel.sharding import merge_tensor_parallel, shard
 
 to_hf = load_tool("tools/convert_to_hf.py")
 

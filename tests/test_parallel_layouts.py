@@ -44,10 +44,10 @@ def worker(args):
     from est_megatron.model.transformer import Transformer
     from est_megatron.parallel.pipeline import build_pipeline_model
     from est_megatron.parallel.state import initialize_model_parallel
-    from est_megatron.parallel.subnet import PlanHolder
     from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
+    from est_megatron.tensor_parallel.plan_localization import PlanHolder
     from est_megatron.training.distributed import teardown
 
     torch.set_num_threads(1)

@@ -5,12 +5,13 @@ import torch
 from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.errors import UsageError
 from est_megatron.model.transformer import Transformer
-from est_megatron.parallel.layers import (_VocabParallelCrossEntropy, full_part, initialize_from_seed,
-                                          is_tensor_parallel, shard)
-from est_megatron.parallel.layout import validate_layout
-from est_megatron.parallel.subnet import localize_plan
+from est_megatron.model.init import full_part, initialize_from_seed
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.tensor_parallel.layout import validate_layout
+from est_megatron.tensor_parallel.plan_localization import localize_plan
+from est_megatron.tensor_parallel.sharding import is_tensor_parallel, shard
+from est_megatron.tensor_parallel.vocab_parallel import _VocabParallelCrossEntropy
 
 
 @pytest.mark.parametrize("kwargs, flag", [

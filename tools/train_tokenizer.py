@@ -9,13 +9,11 @@ import argparse
 import os
 import sys
 
-from tqdm import tqdm
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from est_megatron.data import sources  # noqa: E402
-from est_megatron.data.tokenizer import SentencePieceTokenizer, train_llama_style  # noqa: E402
-from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
+from est_megatron.data.tokenizer_training import train_tokenizer  # noqa: E402
+from est_megatron.errors import exit_on_usage_error  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 
@@ -36,41 +34,13 @@ def build_parser():
     return p
 
 
-def capped_lines(texts, max_chars, progress=False):
-    """Non-empty lines of the documents (SentencePiece's unit is a sentence) until max_chars are read; the bar
-    counts characters read, then a line says that training (silent and often the longer part) has begun."""
-    bar = tqdm(total=max_chars, unit="char", unit_scale=True, desc="reading", disable=not progress,
-               dynamic_ncols=True)
-    total = 0
-    try:
-        for line in (line for text in texts for line in text.splitlines() if line.strip()):
-            yield line
-            total += len(line)
-            bar.update(len(line))
-            if total >= max_chars:
-                break
-    except BaseException:
-        bar.leave = False  # wipe the bar so that an error is the one line left
-        raise
-    finally:
-        bar.close()
-    if progress:
-        print(f"read {total:,} characters; training the tokenizer...", file=sys.stderr, flush=True)
-
-
 @exit_on_usage_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.max_chars < 1:
-        raise UsageError(f"--max-chars {args.max_chars} must be positive")
-    options = sources.options_from_args(args)
-    bad = sources.BadInputs(options.skip_bad_records)
-    texts = sources.iter_texts(sources.discover(args.input, args.format), options, bad)
-    model = train_llama_style(capped_lines(texts, args.max_chars, args.progress), args.model_prefix,
-                              args.vocab_size, max_sentences=args.max_sentences,
-                              character_coverage=args.character_coverage)
-    tok = SentencePieceTokenizer(model)
-    print(f"wrote {model}: {tok.vocab_size} pieces, sha256 {tok.sha256[:16]}...; skipped {dict(bad.counts) or 0}")
+    model, summary = train_tokenizer(args.input, sources.options_from_args(args), args.model_prefix, args.vocab_size,
+                                     max_sentences=args.max_sentences, max_chars=args.max_chars,
+                                     character_coverage=args.character_coverage, progress=args.progress)
+    print(summary)
     return model
 
 

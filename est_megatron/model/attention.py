@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from est_megatron.model.activation_checkpoint import recomputed
 from est_megatron.model.gather import gather
-from est_megatron.model.recompute import recomputed
 from est_megatron.model.rope import RotaryTables, apply_rope
-from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
+from est_megatron.tensor_parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 
 try:  # optional: flash-attn kernels on CUDA
     from flash_attn import flash_attn_func

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.model.gather import gather
-from est_megatron.parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 from est_megatron.subnet.plan import LayerPlan
+from est_megatron.tensor_parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
 
 
 class MLP(nn.Module):

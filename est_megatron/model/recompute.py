@@ -1,5 +1,6 @@
-"""Activation recompute: keep a block's input instead of its intermediate activations and run the block again
-when its gradient is needed (one extra forward of that block for the memory).
+"""Which activations to recompute (the policy; the mechanism is `model.activation_checkpoint.recomputed`): keep a
+block's input instead of its intermediate activations and run the block again when its gradient is needed (one
+extra forward of that block for the memory).
 
 Megatron's two granularities: `selective` recomputes the attention core (RoPE, the attention kernel and the
 head reshapes: everything between the QKV projection and the output projection), `full` recomputes whole
@@ -13,19 +14,12 @@ stage recomputes only its own layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from est_megatron.errors import UsageError
-
-
-def recomputed(enabled: bool, function: Callable, *args):
-    """`function(*args)`, recomputed in the backward pass when `enabled` and autograd records the forward."""
-    if enabled and torch.is_grad_enabled():
-        return checkpoint(function, *args, use_reentrant=False)
-    return function(*args)
+from est_megatron.model.layer import TransformerLayer
 
 
 @dataclass(frozen=True)
@@ -53,8 +47,6 @@ class Recompute:
 
     def apply(self, model: torch.nn.Module) -> None:
         """Mark the transformer layers of `model` (this rank's pipeline stage) for recompute."""
-        from est_megatron.model.transformer import TransformerLayer
-
         layers = [m for m in model.modules() if isinstance(m, TransformerLayer)]
         if self.num_layers is not None and self.num_layers > len(layers):
             raise UsageError(f"--recompute-num-layers {self.num_layers} exceeds the {len(layers)} transformer "

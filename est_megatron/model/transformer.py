@@ -10,7 +10,6 @@ global indices and each rank takes its own part. Parameter names are the same in
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -18,58 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.config import ModelConfig
-from est_megatron.model.attention import Attention
-from est_megatron.model.mlp import MLP
+from est_megatron.model.init import initialize_from_seed
+from est_megatron.model.layer import TransformerLayer
 from est_megatron.model.norms import build_norm
-from est_megatron.model.recompute import recomputed
-from est_megatron.model.rope import RotaryTables, rotary_tables
-from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
-                                          mark_tensor_parallel, parallel_logits, vocab_parallel_cross_entropy,
-                                          vocab_range)
-from est_megatron.parallel.layout import validate_layout
-from est_megatron.parallel.subnet import PlanHolder
-from est_megatron.subnet.plan import LayerPlan, StepPlan
-
-
-class TransformerLayer(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
-
-    def __init__(self, config: ModelConfig, rotary: Optional[RotaryTables], tp_group=None, index: int = 0):
-        super().__init__()
-        self.index = index  # global layer number: the plan's entry for this layer
-        tp_size, _ = group_size_rank(tp_group)
-        self.attn_norm = build_norm(config)
-        self.attn = Attention(config, rotary, config.num_query_groups // tp_size, tp_group)
-        self.mlp_norm = build_norm(config)
-        self.mlp = MLP(config, config.ffn_hidden_size // tp_size, tp_group)
-        self.recompute = False  # full recompute of this layer (est_megatron.model.recompute)
-
-    def reset_parameters(self, std: float, num_layers: int) -> None:
-        """Input projections N(0, std); the residual output projections N(0, std / sqrt(2 * layers)), as GPT-2 and
-        Megatron start them; biases zero (norms start at one)."""
-        out_std = std / math.sqrt(2.0 * num_layers)
-        for linear, linear_std in ((self.attn.qkv, std), (self.attn.out, out_std), (self.mlp.up, std),
-                                   (self.mlp.down, out_std)):
-            nn.init.normal_(linear.weight, std=linear_std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
-
-    def trained_slices(self, plan: Optional[LayerPlan]) -> list:
-        """(parameter, axis, sorted indices; None = all) of everything an active layer's `plan` trains; the norms
-        train whenever the layer runs."""
-        norms = [(param, None, None) for norm in (self.attn_norm, self.mlp_norm) for param in norm.parameters()]
-        return self.attn.trained_slices(plan) + self.mlp.trained_slices(plan) + norms
-
-    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
-        return recomputed(self.recompute, self.block, x, plan)
-
-    def block(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
-        scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale
-        if scale != 1.0:
-            x = x + scale * self.attn(self.attn_norm(x), plan)
-            return x + scale * self.mlp(self.mlp_norm(x), plan)
-        x = x + self.attn(self.attn_norm(x), plan)
-        return x + self.mlp(self.mlp_norm(x), plan)
+from est_megatron.model.rope import rotary_tables
+from est_megatron.subnet.plan import StepPlan
+from est_megatron.tensor_parallel.layout import validate_layout
+from est_megatron.tensor_parallel.mappings import group_size_rank
+from est_megatron.tensor_parallel.plan_localization import PlanHolder
+from est_megatron.tensor_parallel.sharding import mark_tensor_parallel
+from est_megatron.tensor_parallel.vocab_parallel import (VocabParallelEmbedding, parallel_logits,
+                                                         vocab_parallel_cross_entropy, vocab_range)
 
 
 class Transformer(nn.Module):
@@ -93,7 +51,7 @@ class Transformer(nn.Module):
         self.final_norm = build_norm(config)
         start, end = vocab_range(config.vocab_size, tp_rank, tp_size)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, end - start, bias=False)
-        self.plans = PlanHolder(config, tp_rank, tp_size)  # the step's plan, localised to this rank
+        self.step_plan = PlanHolder(config, tp_rank, tp_size)  # the step's plan, localised to this rank
         mark_tensor_parallel(self.named_parameters(), tp_size)
         if seed is not None:
             initialize_from_seed(self.named_parameters(), config, seed, tp_rank, tp_size)
@@ -125,12 +83,12 @@ class Transformer(nn.Module):
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
-        self.plans.set(plan)
+        self.step_plan.set(plan)
         x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed.weight[:seq]
         for index, layer in enumerate(self.layers):
-            layer_plan = self.plans.layer(index)
+            layer_plan = self.step_plan.layer(index)
             if layer_plan is not None and not layer_plan.active:
                 continue  # eq. 7: a skipped layer is the identity
             x = layer(x, layer_plan)

@@ -16,27 +16,26 @@ import torch
 import torch.distributed as dist
 
 from est_megatron.config import ModelConfig
+from est_megatron.model.init import load_full_state
 from est_megatron.model.recompute import Recompute
-from est_megatron.parallel.layers import load_full_state
-from est_megatron.parallel.layout import validate_layout
-from est_megatron.parallel.subnet import PlanHolder
+from est_megatron.model.transformer import Transformer
+from est_megatron.parallel.pipeline import build_pipeline_model, global_named_parameters
+from est_megatron.tensor_parallel.layout import validate_layout
+from est_megatron.tensor_parallel.plan_localization import PlanHolder
 
 
 def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage: int = 0,
                 full_state: Optional[Dict[str, torch.Tensor]] = None, recompute: Optional[Recompute] = None,
                 ds_config: Optional[dict] = None) -> Tuple[torch.nn.Module, PlanHolder]:
-    """(model, plans): `plans` is the holder a pipeline model reads the step's plan from (set it before
+    """(model, step_plan): `step_plan` is the holder a pipeline model reads the step's plan from (set it before
     `train_batch`); `full_state`, a single-process state dict, replaces the seeded weights (e.g. --init-from);
     `recompute` marks layers for activation recompute; with ZeRO-3 and `ds_config` (the engine's config: dtype,
     parameter offload) the model is built partitioned, inside `deepspeed.zero.Init`."""
-    from est_megatron.model.transformer import Transformer
-    from est_megatron.parallel.pipeline import build_pipeline_model, global_named_parameters
-
     tp, pp = state.tp_size, state.get_pipe_parallel_world_size()
     validate_layout(cfg, tp, pp, dist.get_world_size(), subnet_cfg, zero_stage)
-    plans = PlanHolder(cfg, state.tp_rank, tp)
+    step_plan = PlanHolder(cfg, state.tp_rank, tp)
     if pp > 1:
-        model = build_pipeline_model(cfg, state, plans, seed, subnet_cfg)
+        model = build_pipeline_model(cfg, state, step_plan, seed, subnet_cfg)
         named = global_named_parameters(model)
     elif zero_stage == 3 and ds_config is not None:
         import deepspeed
@@ -49,4 +48,4 @@ def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage:
     if full_state is not None:
         load_full_state(named, full_state, cfg, state.tp_rank, tp)
     (recompute or Recompute()).apply(model)
-    return model, plans
+    return model, step_plan

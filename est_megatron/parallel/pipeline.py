@@ -6,9 +6,9 @@ transformer layers), final norm, output projection and the vocab-parallel loss o
 embeddings (GPT-2) are one `TiedLayerSpec` used by the first and the last stage; DeepSpeed sums its gradient
 over the two. Every layer can also be tensor-parallel: a pipe layer is built with the TP group.
 
-Layers find the step's plan in a shared `PlanHolder` (est_megatron.parallel.subnet); a skipped layer returns its
-input unchanged. Every pipe module records `weight_prefix`, the global name of its parameters, so the seeded
-initialisation gives each stage exactly the weights of the single-process model.
+Layers find the step's plan in a shared `PlanHolder` (est_megatron.tensor_parallel.plan_localization); a
+skipped layer returns its input unchanged. Every pipe module records `weight_prefix`, the global name of its
+parameters, so the seeded initialisation gives each stage exactly the weights of the single-process model.
 """
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ from torch import nn
 
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
+from est_megatron.model.init import initialize_from_seed
+from est_megatron.model.layer import TransformerLayer
 from est_megatron.model.norms import build_norm
 from est_megatron.model.rope import rotary_tables
-from est_megatron.model.transformer import TransformerLayer
-from est_megatron.parallel.layers import (VocabParallelEmbedding, group_size_rank, initialize_from_seed,
-                                          mark_tensor_parallel, parallel_logits, vocab_parallel_cross_entropy,
-                                          vocab_range)
-from est_megatron.parallel.layout import validate_layout
-from est_megatron.parallel.subnet import PlanHolder
+from est_megatron.tensor_parallel.layout import validate_layout
+from est_megatron.tensor_parallel.mappings import group_size_rank
+from est_megatron.tensor_parallel.plan_localization import PlanHolder
+from est_megatron.tensor_parallel.sharding import mark_tensor_parallel
+from est_megatron.tensor_parallel.vocab_parallel import (VocabParallelEmbedding, parallel_logits,
+                                                         vocab_parallel_cross_entropy, vocab_range)
 
 
 class EmbeddingPipe(VocabParallelEmbedding):
@@ -61,13 +63,13 @@ class PositionEmbeddingPipe(nn.Embedding):
 
 
 class TransformerLayerPipe(TransformerLayer):
-    def __init__(self, cfg: ModelConfig, index: int, plans: PlanHolder, tp_group=None):
+    def __init__(self, cfg: ModelConfig, index: int, step_plan: PlanHolder, tp_group=None):
         super().__init__(cfg, rotary_tables(cfg), tp_group, index)
-        self.plans = plans
+        self.step_plan = step_plan
         self.weight_prefix = f"layers.{index}."
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer_plan = self.plans.layer(self.index)
+        layer_plan = self.step_plan.layer(self.index)
         if layer_plan is not None and not layer_plan.active:
             return x  # eq. 7: a skipped layer passes the activations through
         return super().forward(x, layer_plan)
@@ -98,10 +100,10 @@ class LMHeadPipe(nn.Module):
         return parallel_logits(x, self.lm_head.weight, self.group)
 
 
-def build_pipeline_model(cfg: ModelConfig, state, plans: PlanHolder, seed: Optional[int] = None,
+def build_pipeline_model(cfg: ModelConfig, state, step_plan: PlanHolder, seed: Optional[int] = None,
                          subnet_cfg=None):
     """A DeepSpeed PipelineModule of the model on `state`'s topology (a ParallelState); pass it to
-    `deepspeed.initialize(model=..., mpu=None)`. `plans` is set by the loop before each `train_batch()`."""
+    `deepspeed.initialize(model=..., mpu=None)`. `step_plan` is set by the loop before each `train_batch()`."""
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
     pp = state.get_pipe_parallel_world_size()
@@ -111,7 +113,7 @@ def build_pipeline_model(cfg: ModelConfig, state, plans: PlanHolder, seed: Optio
              else LayerSpec(EmbeddingPipe, cfg, group)]
     if not cfg.is_llama:
         specs.append(LayerSpec(PositionEmbeddingPipe, cfg))
-    specs += [LayerSpec(TransformerLayerPipe, cfg, i, plans, group) for i in range(cfg.num_layers)]
+    specs += [LayerSpec(TransformerLayerPipe, cfg, i, step_plan, group) for i in range(cfg.num_layers)]
     specs.append(LayerSpec(FinalNormPipe, cfg))
     specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, group, forward_fn=tied_head_forward)
                  if cfg.tie_embeddings else LayerSpec(LMHeadPipe, cfg, group))

@@ -166,7 +166,7 @@ def pretraining_hooks() -> DataHooks:
     return DataHooks(build_data, collate, split_tokens)
 
 
-def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks, pipe_plans=None) -> Optional[float]:
+def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks, pipe_step_plan=None) -> Optional[float]:
     """Mean validation loss of the dense model over the first --eval-iters global batches (same each time)."""
     if dataset is None or args.eval_iters == 0:
         return None
@@ -180,8 +180,8 @@ def evaluate(engine, dataset, args, dp_rank, dp_size, device, hooks: DataHooks, 
             if i >= args.eval_iters * accumulation:
                 break
             inputs, labels = hooks.split(hooks.collate([dataset[j] for j in indices]).to(device))
-            if pipe_plans is not None:  # pipeline stages read the plan from the holder: the dense model
-                pipe_plans.set(None)
+            if pipe_step_plan is not None:  # pipeline stages read the plan from the holder: the dense model
+                pipe_step_plan.set(None)
                 total += float(engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1))
             else:
                 total += float(engine(inputs, plan=None, labels=labels))
@@ -268,9 +268,9 @@ class Trainer:
         check_directories([("--save", args.save, checkpoint_bytes(self.model_cfg.num_parameters())),
                            ("--log-dir", args.log_dir if self.rank == 0 else None, 0)])
         torch.manual_seed(args.seed)
-        model, pipe_plans = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
+        model, pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
                                         full_state, Recompute.from_args(args), ds_config)
-        self.pipe_plans = pipe_plans if pp > 1 else None
+        self.pipe_step_plan = pipe_step_plan if pp > 1 else None
         optimizer = build_optimizer(model, args)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=build_lr_scheduler(optimizer, args),
@@ -422,8 +422,8 @@ class Trainer:
         micro_batches = (self.hooks.split(first if micro == 0 else next(batches).to(device, non_blocking=True))
                          for micro in range(self.accumulation))
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        if self.pipe_plans is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
-            self.pipe_plans.set(device_plan)
+        if self.pipe_step_plan is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
+            self.pipe_step_plan.set(device_plan)
             step_loss += engine.train_batch(micro_batches).detach().double() * self.accumulation
         else:
             for inputs, labels in micro_batches:
@@ -495,7 +495,7 @@ class Trainer:
 
         def run(dataset):
             return evaluate(self.engine, dataset, self.args, self.dp_rank, self.dp_size, self.device, self.hooks,
-                            self.pipe_plans)
+                            self.pipe_step_plan)
 
         by_corpus = {}
         if isinstance(data, CorpusSets):

@@ -63,9 +63,9 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
 def bind_sparse_optimizer(optimizer: SparseAdamW, engine, model: torch.nn.Module, model_cfg, layout) -> None:
     """Tell the sparse optimizer, after `deepspeed.initialize`, which parameters it steps (global names, this
     rank's transformer layers) and where DeepSpeed keeps their fp32 copies; plans are localised to this TP rank."""
-    from est_megatron.model.transformer import TransformerLayer
+    from est_megatron.model.layer import TransformerLayer
     from est_megatron.parallel.pipeline import global_named_parameters
-    from est_megatron.parallel.subnet import localize_plan
+    from est_megatron.tensor_parallel.plan_localization import localize_plan
 
     named = global_named_parameters(model) if layout.get_pipe_parallel_world_size() > 1 else \
         list(model.named_parameters())

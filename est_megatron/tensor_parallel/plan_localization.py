@@ -1,4 +1,4 @@
-"""EST plans under tensor and pipeline parallelism.
+"""A step plan localised to this tensor-parallel rank, and the holder layers read it from.
 
 A plan holds global indices. A TP rank holds a contiguous block of key/value groups (with their query heads)
 and of MLP columns, so its part of a layer plan is the indices inside its block minus the block's offset;

@@ -3,15 +3,21 @@
 `copy_to_tensor_parallel_region` is the identity forward and an all-reduce of the gradient backward (the input of
 a column-parallel block); `reduce_from_tensor_parallel_region` is an all-reduce forward and the identity backward
 (the output of a row-parallel block). With `group=None` both are the identity, so single-process models pay
-nothing. Only torch is imported here: the model package uses these hooks.
+nothing (`group_size_rank` gives such a group size 1, rank 0). Only torch is imported here: the model package
+uses these hooks.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+
+def group_size_rank(group: Optional[dist.ProcessGroup]) -> Tuple[int, int]:
+    """(size, rank) in a tensor-parallel group; (1, 0) without one."""
+    return (1, 0) if group is None else (dist.get_world_size(group), dist.get_rank(group))
 
 
 class _CopyToTensorParallelRegion(torch.autograd.Function):
