@@ -81,37 +81,78 @@ def encode_example(record: dict, tokenizer) -> Tuple[List[int], List[int]]:
 
 
 class SFTDataset(torch.utils.data.Dataset):
-    """`num_samples` windows (2, seq_length + 1) drawn epoch after epoch from the encoded examples."""
+    """`num_samples` windows (2, seq_length + 1) drawn epoch after epoch from the encoded examples.
 
-    def __init__(self, examples: List[Tuple[List[int], List[int]]], seq_length: int, num_samples: int, seed: int,
-                 packing: str, pad_id: int):
+    The examples are kept as two flat int32 arrays (tokens, labels) with their offsets, and the windows as a compact
+    index built once with numpy: each epoch is a seeded permutation of the examples; a padded window is one
+    example, a packed window the `seq_length + 1` tokens at a multiple of that width in its epoch's concatenation
+    (the tail shorter than a window is dropped, as is every epoch's). `__getitem__` cuts the window out.
+    """
+
+    def __init__(self, examples: Sequence[Tuple[Sequence[int], Sequence[int]]], seq_length: int, num_samples: int,
+                 seed: int, packing: str, pad_id: int):
         if packing not in ("pack", "pad"):
             raise UsageError(f"--sft-packing {packing!r} is unknown; use pack or pad")
-        width = seq_length + 1
+        if not examples:
+            raise UsageError("the SFT dataset has no examples; add records or lower --sft-valid-fraction")
+        self.width, self.packing, self.pad_id = seq_length + 1, packing, pad_id
+        self.num_samples = int(num_samples)
+        lengths = np.array([len(tokens) for tokens, _ in examples], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.tokens = np.fromiter((t for tokens, _ in examples for t in tokens), dtype=np.int32,
+                                  count=int(self.offsets[-1]))
+        self.labels = np.fromiter((t for _, labels in examples for t in labels), dtype=np.int32,
+                                  count=int(self.offsets[-1]))
+        total = int(self.offsets[-1])
+        per_epoch = len(examples) if packing == "pad" else total // self.width
+        if packing == "pack" and per_epoch == 0 and self.num_samples > 0:
+            raise UsageError(f"the SFT data holds {total} tokens, less than one packed window of {self.width}; "
+                             f"use --sft-packing pad or a shorter --seq-length")
+        epochs = -(-self.num_samples // per_epoch) if self.num_samples else 0
         rng = np.random.default_rng(seed)
-        windows: List[np.ndarray] = []
-        while len(windows) < num_samples:
-            order = rng.permutation(len(examples))
-            if packing == "pad":
-                for i in order:
-                    tokens, labels = (x[:width] for x in examples[i])
-                    pad = width - len(tokens)
-                    windows.append(np.array([tokens + [pad_id] * pad, labels + [IGNORE] * pad], dtype=np.int64))
-            else:
-                tokens = np.concatenate([examples[i][0] for i in order]).astype(np.int64)
-                labels = np.concatenate([examples[i][1] for i in order]).astype(np.int64)
-                for start in range(0, len(tokens) - width + 1, width):
-                    windows.append(np.stack([tokens[start:start + width], labels[start:start + width]]))
-                if len(tokens) < width:
-                    raise UsageError(f"the SFT data holds {len(tokens)} tokens, less than one packed window of "
-                                     f"{width}; use --sft-packing pad or a shorter --seq-length")
-        self.windows = windows[:num_samples]
+        order = np.concatenate([rng.permutation(len(examples)) for _ in range(epochs)] or [np.zeros(0, np.int64)])
+        window = np.arange(self.num_samples, dtype=np.int64)
+        if packing == "pad":
+            self.example_index = order[:self.num_samples]  # window i is example example_index[i]
+        else:
+            # Epoch streams laid end to end; window i starts at (i % per_epoch) * width in epoch i // per_epoch.
+            self.example_order = order
+            self.ends = np.cumsum(lengths[order])
+            self.starts = (window // per_epoch) * total + (window % per_epoch) * self.width
 
-    def __len__(self):
-        return len(self.windows)
+    def __len__(self) -> int:
+        return self.num_samples
 
-    def __getitem__(self, index):
-        return self.windows[index]
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index < 0:
+            index += self.num_samples
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"SFT window {index} out of range [0, {self.num_samples})")
+        if self.packing == "pad":
+            example = int(self.example_index[index])
+            begin = int(self.offsets[example])
+            end = min(int(self.offsets[example + 1]), begin + self.width)
+            window = np.empty((2, self.width), dtype=np.int64)
+            window[0, :end - begin], window[1, :end - begin] = self.tokens[begin:end], self.labels[begin:end]
+            window[0, end - begin:], window[1, end - begin:] = self.pad_id, IGNORE
+            return window
+        start = int(self.starts[index])
+        position = int(np.searchsorted(self.ends, start, side="right"))
+        offset = start - (int(self.ends[position]) - self._length(position))
+        parts: List[np.ndarray] = []
+        need = self.width
+        while need > 0:
+            example = int(self.example_order[position])
+            begin = int(self.offsets[example]) + offset
+            end = min(int(self.offsets[example + 1]), begin + need)
+            parts.append(np.stack([self.tokens[begin:end], self.labels[begin:end]]))
+            need -= end - begin
+            position, offset = position + 1, 0
+        return np.concatenate(parts, axis=1).astype(np.int64)
+
+    def _length(self, position: int) -> int:
+        example = int(self.example_order[position])
+        return int(self.offsets[example + 1] - self.offsets[example])
 
 
 def collate(samples) -> torch.Tensor:
