@@ -25,10 +25,9 @@ from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset  # noq
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.subnet.flops import dense_step_flops, schedule_savings  # noqa: E402
 from est_megatron.subnet.raptr import parse_raptr_schedule  # noqa: E402
-from est_megatron.subnet.sat import (decay_start_step, importance_flops, lors_ladder, lors_schedule,  # noqa: E402
-                                     sat_config_from_args)
+from est_megatron.subnet.sat import decay_start_step, importance_flops, lors_ladder, lors_schedule  # noqa: E402
 from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
-from est_megatron.training.arguments import add_method_args  # noqa: E402
+from est_megatron.training.methods import add_method_args, sat_config_from_args  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 METHODS = ("est", "raptr", "sat")

@@ -26,6 +26,7 @@ import numpy as np
 
 from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.errors import UsageError
+from est_megatron.subnet.method import SubnetMethod
 from est_megatron.subnet.plan import DENSE_LAYER, LayerPlan, StepPlan
 from est_megatron.subnet.schedule import ResolvedSchedule, Schedule, boundaries_of, parse_boundaries
 
@@ -120,7 +121,7 @@ def fixed_layers(num_layers: int, keep_first_last: bool) -> Tuple[int, ...]:
     return tuple(sorted({0, num_layers - 1})) if keep_first_last else ()
 
 
-class RaptrPlanner:
+class RaptrPlanner(SubnetMethod):
     """Draws the RAPTR plan of any step as a pure function of (seed, step): `plan(step) -> StepPlan`."""
 
     def __init__(self, model: ModelConfig, subnet: SubnetConfig, schedule: ResolvedRaptr, seed: int,
@@ -131,9 +132,6 @@ class RaptrPlanner:
         self.seed = seed
         self.fixed = fixed_layers(model.num_layers, keep_first_last)
         self.scale_residual = scale_residual
-
-    def __call__(self, step: int) -> StepPlan:
-        return self.plan(step)
 
     def describe(self) -> str:
         return (self.schedule.describe() + f", keep first/last {bool(self.fixed)}, "
@@ -159,23 +157,3 @@ class RaptrPlanner:
         layers = tuple(LayerPlan(residual_scale=scales[i]) if i in scales else LayerPlan(active=False)
                        for i in range(num_layers))
         return StepPlan(step, stage, layers, (1.0, 1.0, depth / num_layers))
-
-
-def add_raptr_args(parser) -> None:
-    group = parser.add_argument_group("RAPTR (--method raptr)")
-    group.add_argument("--raptr-schedule", default=DEFAULT_RAPTR_SCHEDULE,
-                       help=f"preset ({', '.join(RAPTR_PRESETS)}; depths as fractions of the model) or "
-                            "DEPTHS:BOUNDARIES, e.g. 6,8,10,12:0.25,0.5,0.75,1")
-    group.add_argument("--raptr-no-keep-first-last", dest="raptr_keep_first_last", action="store_false",
-                       help="draw the first and last layers too (default: always keep them)")
-    group.add_argument("--raptr-scale-residual", action="store_true",
-                       help="scale kept layers' residual branches by 1 / P(kept) (L / depth without fixed layers)")
-
-
-def build_raptr(ctx) -> "RaptrPlanner":
-    """Registry builder (est_megatron.training.methods): the run's MethodContext -> step -> StepPlan."""
-    args = ctx.args
-    resolved = parse_raptr_schedule(args.raptr_schedule).resolve(ctx.model, ctx.subnet, ctx.train_steps,
-                                                                 args.raptr_keep_first_last)
-    return RaptrPlanner(ctx.model, ctx.subnet, resolved, ctx.seed, args.raptr_keep_first_last,
-                        args.raptr_scale_residual)

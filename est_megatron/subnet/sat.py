@@ -42,7 +42,6 @@ loop) and the plan is broadcast packed, like EST's; the Gumbel noise is a pure f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -53,6 +52,7 @@ import torch
 from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.errors import UsageError
 from est_megatron.subnet.flops import dense_step_flops
+from est_megatron.subnet.method import SubnetMethod
 from est_megatron.subnet.plan import DENSE_LAYER, LayerPlan, PlanSampler, StepPlan
 from est_megatron.subnet.schedule import ResolvedSchedule
 
@@ -328,12 +328,14 @@ class SatPlanner:
         return self.select_plan(step, self.scores(step, module, input_ids))
 
 
-class SatMethod:
-    """The training loop's SAT method: `prepare` scores on the step's first micro-batch, `__call__` selects.
+class SatMethod(SubnetMethod):
+    """The training loop's SAT method: `prepare` scores on the step's first micro-batch, `plan` selects.
 
     `prepare` runs where the loop calls it (rank 0; every rank under ZeRO-3, whose forward is collective);
-    `__call__(step)` runs on rank 0, whose plan is broadcast. `overhead_flops` is the importance computation.
+    `plan(step)` runs on rank 0, whose plan is broadcast. `overhead_flops` is the importance computation.
     """
+
+    needs_whole_model = True  # the scores read every weight of the model
 
     def __init__(self, planner: SatPlanner, seq_length: int):
         self.planner = planner
@@ -345,7 +347,7 @@ class SatMethod:
         self._whole_forward = partitioned(module)
         self._scores = (step, self.planner.scores(step, module, input_ids))
 
-    def __call__(self, step: int) -> StepPlan:
+    def plan(self, step: int) -> StepPlan:
         if self._scores[0] != step and not self.planner.is_dense(step):
             raise RuntimeError(f"SAT plan for step {step} requested before its importance scores were prepared")
         return self.planner.select_plan(step, self._scores[1])
@@ -362,30 +364,3 @@ class SatMethod:
         return (f"sat: metric {c.metric}, selection {c.selection} (T={c.temperature:g}), LORS r_max {c.r_max:g}, "
                 f"t_d {p.t_d}, {c.ladders} ladders over {p.train_steps} steps, rescale {c.rescale}, "
                 f"pre-pass {c.prepass_seqs} sequence(s)")
-
-
-def build_sat(ctx) -> SatMethod:
-    """Registry builder (est_megatron.training.methods): the run's MethodContext -> SatMethod."""
-    planner = SatPlanner(ctx.model, ctx.subnet, sat_config_from_args(ctx.args), ctx.train_steps, ctx.seed)
-    return SatMethod(planner, ctx.args.seq_length)
-
-
-def add_sat_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("SAT (--method sat)")
-    group.add_argument("--sat-metric", choices=METRICS, default="maxip", help="neuron importance metric")
-    group.add_argument("--sat-selection", choices=SELECTIONS, default="sampling",
-                       help="keep the top-k, or sample without replacement from softmax(score / T)")
-    group.add_argument("--sat-temperature", type=float, default=1.0, help="T of the sampling softmax")
-    group.add_argument("--sat-r-max", type=float, default=0.5, help="maximum omission rate r_max")
-    group.add_argument("--sat-decay-start", type=float, default=0.5,
-                       help="LORS t_d: fraction of the run (<= 1) or absolute step where r starts to fall")
-    group.add_argument("--sat-ladders", type=int, default=4, help="LORS ladder count N; 0 keeps r_max (no LORS)")
-    group.add_argument("--sat-rescale", action="store_true",
-                       help="scale kept heads/columns by 1/p like EST (off: the paper's plain omission)")
-    group.add_argument("--sat-prepass-seqs", type=int, default=1,
-                       help="sequences of the step's first micro-batch in the importance pre-pass")
-
-
-def sat_config_from_args(args) -> SatConfig:
-    return SatConfig(args.sat_metric, args.sat_selection, args.sat_temperature, args.sat_r_max,
-                     args.sat_decay_start, args.sat_ladders, args.sat_rescale, args.sat_prepass_seqs).validate()

@@ -14,9 +14,7 @@ from est_megatron.config import MODEL_PRESETS
 from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args
 from est_megatron.errors import UsageError
 from est_megatron.help_format import HelpFormatter
-from est_megatron.subnet.raptr import add_raptr_args
-from est_megatron.subnet.sat import add_sat_args
-from est_megatron.subnet.schedule import SCHEDULE_PRESETS
+from est_megatron.training.methods import add_method_args
 from est_megatron.training.resume import OVERRIDABLE, normalise_override
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -166,34 +164,6 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--demo-dir", default="demo_run", help="work directory of --demo")
     g.add_argument("--demo-nproc", type=int, default=2, help="processes of --demo")
     return p
-
-
-def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[str] = None,
-                    methods: Optional[Sequence[str]] = None) -> argparse._ArgumentGroup:
-    """The subnetwork-method flags (--method; EST's schedule, whole groups and strata; RAPTR's and SAT's groups),
-    shared by the training entry points and tools/est_plan.py. Returns the "subnetwork training" group."""
-    g = p.add_argument_group("subnetwork training")
-    g.add_argument("--method", default="est", choices=methods,
-                   help="est (Evolving Subnetwork Training), raptr, sat or dense; see "
-                        "est_megatron.training.methods.METHODS")
-    g.add_argument("--est-schedule", default=est_schedule_default,
-                   help=f"preset ({', '.join(SCHEDULE_PRESETS)}) or BOUNDARIES:RATES, e.g. "
-                        "20k,70k,150k:0.5,0.5,0.5/0.5,0.5,1/1,1,1 (fractions of the run when all <= 1)")
-    g.add_argument("--est-optimizer", default="sparse", choices=("sparse", "dense"),
-                   help="AdamW step of a subnetwork method: sparse leaves everything the step's plan did not train "
-                        "untouched (values, both Adam moments, no weight decay); dense applies AdamW to every "
-                        "parameter, with zero gradients outside the plan (an ablation)")
-    g.add_argument("--est-bias-correction", default="unit", choices=("unit", "step"),
-                   help="Adam bias correction of the sparse step: unit corrects each row/column by the steps that "
-                        "trained it; step by the optimizer's step count for all (an ablation)")
-    g.add_argument("--est-whole-groups", action="store_true",
-                   help="sample whole key/value groups instead of query heads inside every group")
-    g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
-    g.add_argument("--est-mlp-strata", type=int, help="strata of MLP columns (balanced sampling)")
-    g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
-    add_raptr_args(p)
-    add_sat_args(p)
-    return g
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, family: str = "tinyllama") -> argparse.Namespace:

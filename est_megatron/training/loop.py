@@ -259,7 +259,7 @@ class Trainer:
                                   layer_strata=args.est_layer_strata).resolved(self.model_cfg)
         self.method = build_method(args.method, MethodContext(self.model_cfg, subnet_cfg, args.train_steps,
                                                               args.seed, args))
-        if (tp > 1 or pp > 1) and hasattr(self.method, "prepare"):
+        if (tp > 1 or pp > 1) and self.method.needs_whole_model:
             raise UsageError(f"--method {args.method} needs the whole model on one rank; use "
                              "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
         self.layout_record = {"world_size": self.world, "tp": tp, "pp": pp, "dp": self.dp_size,
@@ -312,15 +312,14 @@ class Trainer:
         args, log, step = self.args, self.log, self.progress.step
         tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
         log.line(f"est_megatron: {args.model} {self.model_cfg.num_parameters():,} parameters (vocab "
-                 f"{self.model_cfg.vocab_size}), method {args.method}, schedule {args.est_schedule}, {self.world} "
-                 f"ranks (tp {tp} x pp {pp} x dp {self.dp_size}), ZeRO-{self.zero_stage}, batch "
+                 f"{self.model_cfg.vocab_size}), method {args.method}, {self.world} ranks (tp {tp} x pp {pp} x dp "
+                 f"{self.dp_size}), ZeRO-{self.zero_stage}, batch "
                  f"{args.global_batch_size} = micro {args.micro_batch_size} x dp {self.dp_size} x accumulation "
                  f"{self.accumulation}, seq {args.seq_length}")
         log.line(f"precision: {precision}" + ("" if args.precision else " (--bf16/--fp16/--fp32 not given: bf16 on "
                                               "a GPU that has it, else fp32; the DeepSpeed config's sections are "
                                               "overridden)"))
-        if hasattr(self.method, "describe"):
-            log.line(self.method.describe())
+        log.line(self.method.describe())
         if self.sparse_optimizer is not None:
             log.line(f"optimizer: sparse AdamW (what a step's plan does not train keeps its values and moments; "
                      f"bias correction by {self.sparse_optimizer.bias_correction} step counts)")
@@ -405,10 +404,9 @@ class Trainer:
         """Plan (drawn on rank 0, broadcast), all micro-batches with it, the optimizer step; (plan, summed loss)."""
         args, progress, engine, device = self.args, self.progress, self.engine, self.device
         first = next(batches).to(device, non_blocking=True)
-        prepare = getattr(self.method, "prepare", None)
-        if prepare is not None and (self.rank == 0 or self.zero_stage == 3):  # ZeRO-3's forward is collective
-            prepare(progress.step, engine.module, self.hooks.split(first)[0])
-        plan = broadcast_plan(self.method(progress.step) if self.rank == 0 else None, self.model_cfg)
+        if self.rank == 0 or self.zero_stage == 3:  # ZeRO-3's forward is collective
+            self.method.prepare(progress.step, engine.module, self.hooks.split(first)[0])
+        plan = broadcast_plan(self.method.plan(progress.step) if self.rank == 0 else None, self.model_cfg)
         if args.check_plan_consistency:
             check_plan_consistency(plan, self.model_cfg)
         self._note_stage(plan)
@@ -435,8 +433,8 @@ class Trainer:
         self.interval["grad_norm"] = None if norm is None else float(norm)
 
         flops = step_flops(self.model_cfg, plan, args.global_batch_size, args.seq_length)
-        if hasattr(self.method, "overhead_flops"):  # e.g. SAT's importance pre-pass, on each rank that ran it
-            flops += self.method.overhead_flops(progress.step) * (self.world if self.zero_stage == 3 else 1)
+        # SAT's importance pre-pass, on each rank that ran it
+        flops += self.method.overhead_flops(progress.step) * (self.world if self.zero_stage == 3 else 1)
         progress.step += 1
         progress.consumed += args.global_batch_size
         progress.flops_done += flops
