@@ -6,7 +6,7 @@ evaluation that report each corpus on its own.
 """
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -16,9 +16,10 @@ from est_megatron.data.gpt_dataset import GPTDataset
 from est_megatron.errors import UsageError
 
 SPLIT_NAMES = ("train", "valid", "test")
+Dataset = Union[GPTDataset, BlendedDataset]
 
 
-def parse_split(split):
+def parse_split(split: Union[str, float]) -> np.ndarray:
     """'969,30,1' -> normalised weights of train/valid/test (missing trailing parts are 0)."""
     try:
         parts = [float(p) for p in str(split).replace("/", ",").split(",")]
@@ -31,14 +32,15 @@ def parse_split(split):
     return normalise(parts)
 
 
-def split_ranges(num_documents, weights):
+def split_ranges(num_documents: int, weights: Sequence[float]) -> List[Tuple[int, int]]:
     """Contiguous document ranges [(begin, end)] * 3 in proportion to the split weights."""
     bounds = np.round(np.cumsum(np.concatenate([[0.0], weights])) * num_documents).astype(np.int64)
     bounds[-1] = num_documents
     return [(int(bounds[i]), int(bounds[i + 1])) for i in range(3)]
 
 
-def build_datasets(data_path, split, seq_length, seed, num_samples, cache_dir=None):
+def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: int, num_samples: Sequence[int],
+                   cache_dir: Optional[str] = None) -> Tuple[Optional[Dataset], ...]:
     """(train, valid, test) datasets of packed samples; a split with weight 0 or 0 samples is None.
 
     data_path: Megatron's --data-path words (prefixes, or weight/prefix pairs; prefixes alone are weighted by
@@ -62,7 +64,7 @@ def build_datasets(data_path, split, seq_length, seed, num_samples, cache_dir=No
             result.append(None)
             continue
 
-        def part(k, n, name=name, s=s):
+        def part(k: int, n: int, name: str = name, s: int = s) -> GPTDataset:
             return GPTDataset(corpora[k], *ranges[k][s], seq_length, n, seed, name, cache_dir)
 
         if len(corpora) == 1:
@@ -84,17 +86,18 @@ class CorpusSets:
     weights: np.ndarray
     datasets: List[GPTDataset]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.datasets)
 
 
-def corpus_names(prefixes):
+def corpus_names(prefixes: Sequence[str]) -> List[str]:
     """Short, distinct labels for logs: each prefix's basename, the whole prefix where basenames collide."""
     bases = [os.path.basename(os.path.normpath(p)) or p for p in prefixes]
     return [b if bases.count(b) == 1 else p for b, p in zip(bases, prefixes)]
 
 
-def build_corpus_sets(data_path, seq_length, seed, num_samples: Optional[int], split_name, cache_dir=None):
+def build_corpus_sets(data_path: Sequence[str], seq_length: int, seed: int, num_samples: Optional[int], split_name: str,
+                      cache_dir: Optional[str] = None) -> CorpusSets:
     """Every document of each corpus of `data_path` as its own packed dataset (the training datasets' code).
 
     num_samples: samples per corpus; None takes one epoch, so every token but a final partial window is predicted

@@ -6,17 +6,18 @@ Everything is written under a temporary name in the target directory and renamed
 import contextlib
 import json
 import os
+from typing import IO, Any, Iterator
 
 import numpy as np
 
 
-def temp_path(path):
+def temp_path(path: str) -> str:
     """The temporary name under which `path` is written before it is renamed into place."""
     return f"{path}.tmp.{os.getpid()}"
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb"):
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Open `path` for writing under a temporary name; rename into place on success, delete on error."""
     tmp = temp_path(path)
     try:
@@ -29,13 +30,13 @@ def atomic_open(path, mode="wb"):
         raise
 
 
-def save_npy(path, array):
+def save_npy(path: str, array: np.ndarray) -> None:
     """np.save, atomically (index caches may be built by several ranks at once)."""
     with atomic_open(path) as f:
         np.save(f, array, allow_pickle=False)
 
 
-def save_json(path, obj):
+def save_json(path: str, obj: Any) -> None:
     """Pretty JSON, atomically."""
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)

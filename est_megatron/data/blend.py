@@ -5,7 +5,7 @@ The blend is Megatron's greedy schedule: sample i goes to the corpus whose share
 exact, and the schedule is the same on every run (no randomness: resumption needs none).
 """
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -13,8 +13,11 @@ from est_megatron.data.atomic import save_npy
 from est_megatron.data.gpt_dataset import cache_key, load_index
 from est_megatron.errors import UsageError
 
+if TYPE_CHECKING:
+    from est_megatron.data.gpt_dataset import GPTDataset
 
-def parse_data_path(data_path):
+
+def parse_data_path(data_path: Sequence[str]) -> List[Tuple[Optional[float], str]]:
     """['0.7', 'A', '0.3', 'B'] -> [(0.7, 'A'), (0.3, 'B')]; ['A', 'B'] -> [(None, 'A'), (None, 'B')].
 
     Items may also hold several whitespace-separated words (one quoted string on a command line or in a config).
@@ -23,7 +26,7 @@ def parse_data_path(data_path):
     if not words:
         raise UsageError("--data-path is empty; pass PREFIX or weighted pairs like '0.7 PREFIX_A 0.3 PREFIX_B'")
 
-    def number(word):
+    def number(word: str) -> Optional[float]:
         try:
             return float(word)
         except ValueError:
@@ -45,7 +48,7 @@ def parse_data_path(data_path):
     return pairs
 
 
-def normalise(weights):
+def normalise(weights: Sequence[float]) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     return w / w.sum()
 
@@ -150,7 +153,7 @@ def _lanes(w: np.ndarray, size: int, chunk: int, overlap: int) -> Tuple[np.ndarr
     return dataset_index.reshape(-1)[:size], sample_index.reshape(-1)[:size]
 
 
-def cached_blending_indices(weights, size, cache_dir):
+def cached_blending_indices(weights: Sequence[float], size: int, cache_dir: str) -> Tuple[np.ndarray, np.ndarray]:
     """`blending_indices`, loaded from or saved to `cache_dir` (they depend only on the weights and size)."""
     key = cache_key(version=1, weights=[float(w) for w in normalise(weights)], size=size)
     paths = [os.path.join(cache_dir, f"blend_{key}_{part}.npy") for part in ("dataset", "sample")]
@@ -166,12 +169,13 @@ def cached_blending_indices(weights, size, cache_dir):
 class BlendedDataset:
     """Sample i is sample `dataset_sample_index[i]` of dataset `dataset_index[i]`."""
 
-    def __init__(self, datasets, dataset_index, dataset_sample_index):
+    def __init__(self, datasets: Sequence[Optional["GPTDataset"]], dataset_index: np.ndarray,
+                 dataset_sample_index: np.ndarray) -> None:
         self.datasets = datasets
         self.dataset_index, self.dataset_sample_index = dataset_index, dataset_sample_index
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.dataset_index.size
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> np.ndarray:
         return self.datasets[int(self.dataset_index[i])][int(self.dataset_sample_index[i])]

@@ -7,6 +7,7 @@ Each sequence of a shard is a document, as in Megatron's GPTDataset.
 import hashlib
 import json
 import os
+from typing import List, Optional
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from est_megatron.data.preprocess import manifest_path
 from est_megatron.errors import UsageError
 
 
-def shard_prefixes(prefix):
+def shard_prefixes(prefix: str) -> List[str]:
     """The shard prefixes of a data-path PREFIX (manifest first, then a single shard)."""
     mpath = manifest_path(prefix)
     if os.path.isfile(mpath):
@@ -35,7 +36,7 @@ def shard_prefixes(prefix):
 class Corpus:
     """Documents of several shards back to back: `sizes[d]` tokens, `tokens(d, offset, length)`."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.shards = [IndexedDataset(p) for p in shard_prefixes(prefix)]
         counts = np.array([len(s) for s in self.shards], dtype=np.int64)
@@ -45,18 +46,18 @@ class Corpus:
         if self.sizes.size == 0:
             raise UsageError(f"data path {prefix!r} holds no documents; preprocess some text into it")
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.sizes.size
 
     @property
-    def num_tokens(self):
+    def num_tokens(self) -> int:
         return int(self.sizes.sum())
 
-    def tokens(self, doc, offset=0, length=None):
+    def tokens(self, doc: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
         shard = int(np.searchsorted(self.first_doc, doc, side="right")) - 1
         return self.shards[shard].get(doc - int(self.first_doc[shard]), offset, length)
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """Identifies the content layout (shard names and document sizes) for index caching."""
         h = hashlib.sha256()
         for s in self.shards:

@@ -9,20 +9,25 @@ or per-sample Python loop) and cached as .npy files named by a hash of everythin
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 import numpy as np
 
 from est_megatron.data.atomic import save_npy
 from est_megatron.errors import UsageError
 
+if TYPE_CHECKING:
+    from est_megatron.data.corpus import Corpus
+
 INDEX_VERSION = 1
 
 
-def cache_key(**params):
+def cache_key(**params: Any) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def build_indices(sizes, num_samples, seq_length, rng):
+def build_indices(sizes: np.ndarray, num_samples: int, seq_length: int,
+                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(document_index, sample_index, shuffle_index) for `num_samples` samples of documents with `sizes`.
 
     document_index: document ids of the epochs in order; sample_index[j] = (position in document_index, token
@@ -42,7 +47,7 @@ def build_indices(sizes, num_samples, seq_length, rng):
     return document_index, sample_index, shuffle_index
 
 
-def load_index(path):
+def load_index(path: str) -> np.ndarray:
     """A cached index array (memory-mapped); a damaged cache file is one line naming it."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -54,7 +59,8 @@ def load_index(path):
 class GPTDataset:
     """`ds[i]` -> int64 array of seq_length+1 tokens; documents [doc_begin, doc_end) of `corpus`."""
 
-    def __init__(self, corpus, doc_begin, doc_end, seq_length, num_samples, seed, split_name, cache_dir=None):
+    def __init__(self, corpus: "Corpus", doc_begin: int, doc_end: int, seq_length: int, num_samples: int, seed: int,
+                 split_name: str, cache_dir: Optional[str] = None) -> None:
         if doc_end <= doc_begin:
             raise UsageError(f"{corpus.prefix}: the {split_name} split holds no documents (only {len(corpus)} in "
                              f"all); give that split a larger weight in --split or add data")
@@ -85,15 +91,15 @@ class GPTDataset:
         self.document_index, self.sample_index, self.shuffle_index = arrays
         self.cache_files = paths
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range [0, {self.num_samples})")
         return self.unshuffled(int(self.shuffle_index[i]))
 
-    def unshuffled(self, j):
+    def unshuffled(self, j: int) -> np.ndarray:
         """Sample j of the concatenated epoch stream (before the sample shuffle)."""
         position, offset = (int(v) for v in self.sample_index[j])
         need, parts = self.seq_length + 1, []

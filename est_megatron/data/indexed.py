@@ -13,6 +13,7 @@ header's document count field is that length, as Megatron writes it). We write o
 """
 import os
 import struct
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,16 +30,16 @@ DTYPE_CODES = {
 CODE_OF_DTYPE = {dtype: code for code, dtype in DTYPE_CODES.items()}
 
 
-def token_dtype(vocab_size):
+def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits (ids < 65536), else int32: halves the disk and page cache for Llama's 32k."""
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.int32)
 
 
-def bin_path(prefix):
+def bin_path(prefix: str) -> str:
     return f"{prefix}.bin"
 
 
-def idx_path(prefix):
+def idx_path(prefix: str) -> str:
     return f"{prefix}.idx"
 
 
@@ -48,7 +49,7 @@ class IndexedDatasetWriter:
     Until `finalize`, only temporary files exist, so an interrupted run never leaves a shard that looks complete.
     """
 
-    def __init__(self, prefix, dtype):
+    def __init__(self, prefix: str, dtype: np.dtype) -> None:
         self.prefix = prefix
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF_DTYPE:
@@ -60,15 +61,15 @@ class IndexedDatasetWriter:
         self.num_tokens = 0
 
     @property
-    def num_documents(self):
+    def num_documents(self) -> int:
         return sum(len(s) for s in self._sizes)
 
-    def add_document(self, tokens):
+    def add_document(self, tokens: Sequence[int]) -> None:
         """Append one document (a sequence of token ids)."""
         tokens = np.asarray(tokens, dtype=self.dtype)
         self.add_documents(tokens, np.array([tokens.size], dtype=np.int64))
 
-    def add_documents(self, tokens, lengths):
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append several documents at once: `tokens` back to back, `lengths` their sizes (fast path)."""
         tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -78,7 +79,7 @@ class IndexedDatasetWriter:
         self._sizes.append(lengths)
         self.num_tokens += tokens.size
 
-    def finalize(self):
+    def finalize(self) -> None:
         """Write the index and move both files into place (.bin first, .idx last: the .idx marks completion)."""
         self._bin.close()
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int64)
@@ -100,7 +101,7 @@ class IndexedDatasetWriter:
         os.replace(self._bin_tmp, bin_path(self.prefix))
         os.replace(idx_tmp, idx_path(self.prefix))
 
-    def abort(self):
+    def abort(self) -> None:
         """Drop the partial shard (its temporary file)."""
         self._bin.close()
         if os.path.exists(self._bin_tmp):
@@ -110,7 +111,7 @@ class IndexedDatasetWriter:
 class IndexedDataset:
     """Memory-mapped reader of one shard: `ds[i]` is sequence i as a read-only numpy array view."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         ipath, bpath = idx_path(prefix), bin_path(prefix)
         for path in (ipath, bpath):
@@ -145,14 +146,14 @@ class IndexedDataset:
                              f"(the .bin and .idx do not belong together or one is truncated); {fix}")
         self._bin = np.memmap(bpath, dtype=self.dtype, mode="r") if bin_size else np.zeros(0, self.dtype)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.sizes.size
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> np.ndarray:
         start = int(self.pointers[i]) // self.dtype.itemsize
         return self._bin[start:start + int(self.sizes[i])]
 
-    def get(self, i, offset=0, length=None):
+    def get(self, i: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
         """Tokens [offset, offset+length) of sequence i, without touching the rest."""
         size = int(self.sizes[i])
         length = size - offset if length is None else min(length, size - offset)
@@ -160,5 +161,5 @@ class IndexedDataset:
         return self._bin[start:start + length]
 
     @property
-    def num_tokens(self):
+    def num_tokens(self) -> int:
         return int(self.sizes.sum(dtype=np.int64))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from est_megatron.data.blend import parse_data_path
 from est_megatron.data.corpus import Corpus
 from est_megatron.data.indexed import bin_path
 from est_megatron.data.preprocess import manifest_path
+from est_megatron.data.tokenizer import Tokenizer
 from est_megatron.errors import UsageError
 
 DEFAULT_TYPE = "SentencePieceTokenizer"
@@ -33,7 +35,7 @@ def largest_token_id(corpus: Corpus) -> int:
     return largest
 
 
-def check_tokenizer(corpora, tokenizer, name: str) -> None:
+def check_tokenizer(corpora: Iterable[Corpus], tokenizer: Tokenizer, name: str) -> None:
     """UsageError if any corpus was made with another tokenizer or holds ids beyond its vocabulary."""
     kind = getattr(tokenizer, "type", DEFAULT_TYPE)
     for corpus in corpora:
@@ -63,7 +65,7 @@ def check_tokenizer(corpora, tokenizer, name: str) -> None:
                              "the shards were made with, or re-run tools/preprocess_data.py with this one")
 
 
-def check_shards_tokenizer(data_paths, tokenizer, name: str) -> None:
+def check_shards_tokenizer(data_paths: Iterable[Optional[Sequence[str]]], tokenizer: Tokenizer, name: str) -> None:
     """`check_tokenizer` for every corpus named by the given --*data-path values (None entries are skipped)."""
     prefixes = {prefix for words in data_paths if words for _, prefix in parse_data_path(words)}
     check_tokenizer([Corpus(prefix) for prefix in sorted(prefixes)], tokenizer, name)

@@ -15,6 +15,7 @@ import itertools
 import multiprocessing
 import os
 import time
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -26,25 +27,28 @@ from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.errors import UsageError
 
 MANIFEST_VERSION = 1
+# An encoded chunk: path, first record, records, bytes, document lengths, tokens, filtered counts, faults.
+Encoded = Tuple[str, int, int, int, np.ndarray, np.ndarray, collections.Counter, List[Tuple[str, str, str]]]
 
 
-def manifest_path(prefix):
+def manifest_path(prefix: str) -> str:
     return f"{prefix}.manifest.json"
 
 
-def shard_prefix(prefix, index):
+def shard_prefix(prefix: str, index: int) -> str:
     return f"{prefix}_{index:05d}"
 
 
 class ChunkEncoder:
     """Turns a chunk into (lengths, tokens) with EOS/BOS added; one per process."""
 
-    def __init__(self, tokenizer_spec, options, append_eod, add_bos):
+    def __init__(self, tokenizer_spec: TokenizerSpec, options: sources.SourceOptions, append_eod: bool,
+                 add_bos: bool) -> None:
         self.tokenizer = tokenizer_spec.load()
         self.options, self.append_eod, self.add_bos = options, append_eod, add_bos
         self.dtype = token_dtype(self.tokenizer.vocab_size)
 
-    def __call__(self, chunk):
+    def __call__(self, chunk: sources.Chunk) -> Encoded:
         texts, filtered, faults = sources.chunk_texts(chunk, self.options)
         ids = self.tokenizer.encode_batch(texts, num_threads=1) if texts else []
         docs = [d for d in ids if d]
@@ -62,16 +66,17 @@ class ChunkEncoder:
 _encoder = None
 
 
-def _init_worker(*args):
+def _init_worker(*args: Any) -> None:
     global _encoder
     _encoder = ChunkEncoder(*args)
 
 
-def _encode_in_worker(chunk):
+def _encode_in_worker(chunk: sources.Chunk) -> Encoded:
     return _encoder(chunk)
 
 
-def _ordered_results(encoder_args, chunks, workers):
+def _ordered_results(encoder_args: Tuple[Any, ...], chunks: Iterable[sources.Chunk],
+                     workers: int) -> Iterator[Encoded]:
     """Encoded chunks in input order; N workers through a bounded in-order window of async results."""
     if workers == 1:
         encoder = ChunkEncoder(*encoder_args)
@@ -90,13 +95,13 @@ def _ordered_results(encoder_args, chunks, workers):
 class ShardedWriter:
     """Writes documents into PREFIX_00000, PREFIX_00001, ... closing a shard once it has shard_size tokens."""
 
-    def __init__(self, prefix, dtype, shard_size):
+    def __init__(self, prefix: str, dtype: np.dtype, shard_size: int) -> None:
         self.prefix, self.dtype, self.shard_size = prefix, dtype, shard_size
         self.shards = []
         self.max_token_id = -1
         self._writer = None
 
-    def add(self, lengths, tokens):
+    def add(self, lengths: np.ndarray, tokens: np.ndarray) -> None:
         if tokens.size:
             self.max_token_id = max(self.max_token_id, int(tokens.max()))
         start_doc, start_tok = 0, 0
@@ -112,18 +117,18 @@ class ShardedWriter:
             if self._writer.num_tokens >= self.shard_size:
                 self._close()
 
-    def _close(self):
+    def _close(self) -> None:
         w = self._writer
         w.finalize()
         self.shards.append({"prefix": os.path.basename(w.prefix), "documents": w.num_documents,
                             "tokens": w.num_tokens})
         self._writer = None
 
-    def finish(self):
+    def finish(self) -> None:
         if self._writer is not None:
             self._close()
 
-    def abort(self):
+    def abort(self) -> None:
         """Remove what this run wrote: the open shard's temporary files and every finished shard."""
         if self._writer is not None:
             self._writer.abort()
@@ -134,8 +139,9 @@ class ShardedWriter:
         self.shards = []
 
 
-def preprocess(inputs, options, tokenizer, output_prefix, workers=1, shard_size=1 << 30,
-               append_eod=True, add_bos=False, progress=True):
+def preprocess(inputs: Sequence[str], options: sources.SourceOptions, tokenizer: Union[TokenizerSpec, str],
+               output_prefix: str, workers: int = 1, shard_size: int = 1 << 30, append_eod: bool = True,
+               add_bos: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Run the whole pipeline; returns the manifest (also written to PREFIX.manifest.json).
 
     `tokenizer` is a TokenizerSpec, or the path of a SentencePiece model."""
@@ -215,7 +221,7 @@ def preprocess(inputs, options, tokenizer, output_prefix, workers=1, shard_size=
     return manifest
 
 
-def summary_line(manifest):
+def summary_line(manifest: Dict[str, Any]) -> str:
     skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items()) or "none"
     return (f"wrote {len(manifest['shards'])} shard(s): {manifest['documents']:,} documents, "
             f"{manifest['tokens']:,} {manifest['dtype']} tokens in {manifest['run']['elapsed_s']:.1f}s "

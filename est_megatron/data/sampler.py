@@ -4,6 +4,8 @@ Global step s covers samples [consumed + s*G, consumed + (s+1)*G) with G = micro
 rank r takes the r-th micro-batch-sized slice. Samples are a fixed, pre-shuffled stream (the dataset's shuffle
 index), so restarting with the consumed count from a checkpoint continues exactly where training stopped.
 """
+from typing import Iterator, List, Sequence
+
 import numpy as np
 import torch
 
@@ -13,7 +15,8 @@ from est_megatron.errors import UsageError
 class PretrainingSampler:
     """Batch sampler for torch DataLoader(batch_sampler=...); yields lists of sample indices for this rank."""
 
-    def __init__(self, total_samples, consumed_samples, micro_batch_size, data_parallel_rank, data_parallel_size):
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, data_parallel_rank: int,
+                 data_parallel_size: int) -> None:
         if micro_batch_size < 1 or data_parallel_size < 1:
             raise UsageError(f"micro batch size ({micro_batch_size}) and data-parallel size ({data_parallel_size}) "
                              f"must be positive")
@@ -28,11 +31,11 @@ class PretrainingSampler:
         self.total_samples, self.consumed_samples = total_samples, consumed_samples
         self.micro_batch_size, self.rank, self.world = micro_batch_size, data_parallel_rank, data_parallel_size
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Micro-batches this rank will yield (incomplete final global batches are dropped)."""
         return (self.total_samples - self.consumed_samples) // (self.micro_batch_size * self.world)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[List[int]]:
         global_batch = self.micro_batch_size * self.world
         first = self.consumed_samples + self.rank * self.micro_batch_size
         for step in range(len(self)):
@@ -40,6 +43,6 @@ class PretrainingSampler:
             yield list(range(start, start + self.micro_batch_size))
 
 
-def collate(samples):
+def collate(samples: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack samples (int64 arrays of seq_length+1 tokens) into a LongTensor [batch, seq_length+1]."""
     return torch.from_numpy(np.stack(samples).astype(np.int64, copy=False))

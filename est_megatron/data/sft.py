@@ -15,14 +15,18 @@ Epochs repeat with a new seeded shuffle until the run's sample count is reached.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from est_megatron.errors import UsageError
+
+if TYPE_CHECKING:
+    from est_megatron.data.tokenizer import Tokenizer
 
 IGNORE = -100
 ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -51,11 +55,11 @@ def read_records(paths: Sequence[str]) -> List[dict]:
     return records
 
 
-def encode_example(record: dict, tokenizer) -> Tuple[List[int], List[int]]:
+def encode_example(record: dict, tokenizer: Tokenizer) -> Tuple[List[int], List[int]]:
     """(tokens, labels) of one record: labels are -100 on the prompt side."""
     tokens, labels = [tokenizer.bos_id], [IGNORE]
 
-    def add(text, trained):
+    def add(text: str, trained: bool) -> None:
         ids = tokenizer.encode(text)
         tokens.extend(ids)
         labels.extend(ids if trained else [IGNORE] * len(ids))
@@ -90,7 +94,7 @@ class SFTDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, examples: Sequence[Tuple[Sequence[int], Sequence[int]]], seq_length: int, num_samples: int,
-                 seed: int, packing: str, pad_id: int):
+                 seed: int, packing: str, pad_id: int) -> None:
         if packing not in ("pack", "pad"):
             raise UsageError(f"--sft-packing {packing!r} is unknown; use pack or pad")
         if not examples:
@@ -155,7 +159,7 @@ class SFTDataset(torch.utils.data.Dataset):
         return int(self.offsets[example + 1] - self.offsets[example])
 
 
-def collate(samples) -> torch.Tensor:
+def collate(samples: Sequence[np.ndarray]) -> torch.Tensor:
     """(batch, 2, seq_length + 1) LongTensor."""
     return torch.from_numpy(np.stack(samples))
 
@@ -165,7 +169,8 @@ def split_batch(batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return batch[:, 0, :-1], batch[:, 1, 1:]
 
 
-def build_sft_data(args, dist_info=None):
+def build_sft_data(args: argparse.Namespace, dist_info: Optional[object] = None) \
+        -> Tuple[Tokenizer, Tuple[SFTDataset, Optional[SFTDataset], None]]:
     """(tokenizer, (train, valid, None)) for the training loop: the last --sft-valid-fraction of records validate."""
     from est_megatron.data.tokenizer import spec_from_args
     tokenizer = spec_from_args(args).load()

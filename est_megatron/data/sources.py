@@ -7,11 +7,13 @@ order. JSON lines are parsed in the workers (`chunk_texts`), so the main process
 lines; file-level faults (missing file, truncated zstd, missing column) are found here, record-level faults
 (bad JSON, no text field) in `chunk_texts`. Both go to a `BadInputs`, which raises or counts them.
 """
+import argparse
 import collections
 import dataclasses
 import glob
 import json
 import os
+from typing import BinaryIO, Iterable, Iterator, List, Sequence, Tuple
 
 import zstandard
 
@@ -42,20 +44,20 @@ class SourceOptions:
     exclude_sets: tuple = DEFAULT_EXCLUDED_SETS
     skip_bad_records: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise UsageError(f"unknown --format {self.format!r}; use one of {', '.join(FORMATS)}")
 
     @property
-    def text_key(self):
+    def text_key(self) -> str:
         return "text" if self.format == "slimpajama" else self.json_key
 
     @property
-    def text_column(self):
+    def text_column(self) -> str:
         return {"starcoder": "content", "hf": self.hf_column}.get(self.format, self.column)
 
 
-def add_source_args(parser) -> None:
+def add_source_args(parser: argparse.ArgumentParser) -> None:
     """The input flags shared by tools/preprocess_data.py and tools/train_tokenizer.py."""
     parser.add_argument("--input", action="append", required=True,
                         help="file, folder (searched recursively) or glob; repeatable. For --format hf: a dataset "
@@ -75,7 +77,7 @@ def add_source_args(parser) -> None:
                         help="skip, count and report bad records/files instead of stopping at the first one")
 
 
-def options_from_args(args) -> "SourceOptions":
+def options_from_args(args: argparse.Namespace) -> "SourceOptions":
     """SourceOptions from the flags of `add_source_args`."""
     return SourceOptions(format=args.format, json_key=args.json_key, column=args.column, hf_split=args.hf_split,
                          hf_column=args.hf_column, keep_sets=tuple(args.keep_sets),
@@ -98,12 +100,12 @@ class BadInputs:
 
     MAX_EXAMPLES = 100
 
-    def __init__(self, skip):
+    def __init__(self, skip: bool) -> None:
         self.skip = skip
         self.counts = collections.Counter()
         self.examples = []
 
-    def report(self, path, where, reason, problem):
+    def report(self, path: str, where: str, reason: str, problem: str) -> None:
         message = f"{path}{', ' + where if where else ''}: {problem}"
         if not self.skip:
             raise UsageError(f"{message}; fix or remove it, or pass --skip-bad-records to skip and count it")
@@ -112,7 +114,7 @@ class BadInputs:
             self.examples.append(message)
 
 
-def discover(inputs, fmt):
+def discover(inputs: Sequence[str], fmt: str) -> List[str]:
     """The files named by --input (files, folders searched recursively, globs), sorted and de-duplicated.
 
     Named files are kept even when missing, so that the reader reports them (or skips them with the others).
@@ -123,7 +125,7 @@ def discover(inputs, fmt):
         return list(inputs)
     extensions = EXTENSIONS[fmt]
 
-    def walk(folder):
+    def walk(folder: str) -> List[str]:
         return [os.path.join(root, name) for root, _, names in os.walk(folder)
                 for name in names if name.endswith(extensions)]
 
@@ -147,7 +149,7 @@ def discover(inputs, fmt):
     return sorted(files)
 
 
-def iter_chunks(files, options, bad):
+def iter_chunks(files: Iterable[str], options: SourceOptions, bad: BadInputs) -> Iterator[Chunk]:
     """Chunks of records of all files, in order."""
     for path in files:
         if options.format == "hf":
@@ -160,7 +162,7 @@ def iter_chunks(files, options, bad):
             yield from _line_chunks(path, bad)
 
 
-def _line_chunks(path, bad):
+def _line_chunks(path: str, bad: BadInputs) -> Iterator[Chunk]:
     first, lines, nbytes = 1, [], 0
     line_no = 0
     for line in _read_lines(path, bad):
@@ -174,7 +176,7 @@ def _line_chunks(path, bad):
         yield Chunk(path, first, "lines", lines, nbytes)
 
 
-def _read_lines(path, bad):
+def _read_lines(path: str, bad: BadInputs) -> Iterator[bytes]:
     """Lines (bytes) of a .jsonl or .jsonl.zst file; a truncated or corrupt zstd stream is reported."""
     try:
         with open(path, "rb") as f:
@@ -186,7 +188,7 @@ def _read_lines(path, bad):
         bad.report(path, "", "unreadable_file", f"cannot be read ({err.strerror or err})")
 
 
-def _zstd_lines(path, f, bad):
+def _zstd_lines(path: str, f: BinaryIO, bad: BadInputs) -> Iterator[bytes]:
     decompressor = zstandard.ZstdDecompressor()
     dobj, pending, line_no, in_frame = decompressor.decompressobj(), b"", 0, False
     while True:
@@ -215,7 +217,7 @@ def _zstd_lines(path, f, bad):
         yield pending
 
 
-def _parquet_chunks(path, column, bad):
+def _parquet_chunks(path: str, column: str, bad: BadInputs) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
     try:
@@ -235,7 +237,7 @@ def _parquet_chunks(path, column, bad):
         row += len(texts)
 
 
-def _hf_chunks(name, options):
+def _hf_chunks(name: str, options: SourceOptions) -> Iterator[Chunk]:
     import datasets
 
     try:
@@ -260,7 +262,8 @@ def _hf_chunks(name, options):
         yield Chunk(name, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)))
 
 
-def chunk_texts(chunk, options):
+def chunk_texts(chunk: Chunk, options: SourceOptions) \
+        -> Tuple[List[str], collections.Counter, List[Tuple[str, str, str]]]:
     """The texts of a chunk's records that pass the filters, with counts of filtered records and faults.
 
     Returns (texts, filtered: Counter of reasons, faults: list of (where, reason, problem)).
@@ -301,7 +304,7 @@ def chunk_texts(chunk, options):
     return texts, filtered, faults
 
 
-def iter_texts(files, options, bad):
+def iter_texts(files: Iterable[str], options: SourceOptions, bad: BadInputs) -> Iterator[str]:
     """All texts in order, in this process (for tokenizer training)."""
     for chunk in iter_chunks(files, options, bad):
         texts, _, faults = chunk_texts(chunk, options)

@@ -10,12 +10,13 @@
 Each encodes text without special tokens (the pipeline adds BOS/EOS itself) and records a `spec` (type and files)
 and a sha256 of its files, which shard manifests and checkpoints keep.
 """
+import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from typing import Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import sentencepiece as spm
 
@@ -30,7 +31,7 @@ EOS_NAMES = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>")
 GPT2_EOD = "<|endoftext|>"
 
 
-def file_sha256(*paths):
+def file_sha256(*paths: str) -> str:
     """One digest over the files' bytes in order (a tokenizer can span several files)."""
     h = hashlib.sha256()
     for path in paths:
@@ -49,7 +50,7 @@ class TokenizerSpec:
     vocab_file: Optional[str] = None
     merge_file: Optional[str] = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.type not in TOKENIZER_TYPES:
             raise UsageError(f"unknown --tokenizer-type {self.type!r}; use one of {', '.join(TOKENIZER_TYPES)}")
         if self.type == "GPT2BPETokenizer":
@@ -61,19 +62,20 @@ class TokenizerSpec:
                              + ("a SentencePiece .model (e.g. Llama's tokenizer.model)"
                                 if self.type == "SentencePieceTokenizer" else "a tokenizer.json or a folder with one"))
 
-    def load(self):
+    def load(self) -> "Tokenizer":
         if self.type == "SentencePieceTokenizer":
             return SentencePieceTokenizer(self.model)
         if self.type == "HuggingFaceTokenizer":
             return HuggingFaceTokenizer(self.model)
         return GPT2BPETokenizer(self.vocab_file, self.merge_file)
 
-    def to_json(self):
+    def to_json(self) -> Dict[str, Optional[str]]:
         return {k: (os.path.abspath(v) if v and k != "type" else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def add_tokenizer_args(parser, model_help="SentencePiece .model, or for HuggingFaceTokenizer a tokenizer.json "
-                                          "or a folder with one") -> None:
+def add_tokenizer_args(parser: argparse.ArgumentParser,
+                       model_help: str = "SentencePiece .model, or for HuggingFaceTokenizer a tokenizer.json "
+                                         "or a folder with one") -> None:
     """Megatron's tokenizer flags, shared by the tools and the training entry points."""
     parser.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default="SentencePieceTokenizer",
                         help="tokenizer library and format")
@@ -82,19 +84,19 @@ def add_tokenizer_args(parser, model_help="SentencePiece .model, or for HuggingF
     parser.add_argument("--merge-file", help="GPT2BPETokenizer: GPT-2's merges.txt")
 
 
-def spec_from_args(args) -> TokenizerSpec:
+def spec_from_args(args: argparse.Namespace) -> TokenizerSpec:
     return TokenizerSpec(getattr(args, "tokenizer_type", None) or "SentencePieceTokenizer",
                          getattr(args, "tokenizer_model", None), getattr(args, "vocab_file", None),
                          getattr(args, "merge_file", None))
 
 
-def spec_from_json(obj) -> TokenizerSpec:
+def spec_from_json(obj: Dict[str, Optional[str]]) -> TokenizerSpec:
     """The spec a manifest recorded (manifests before tokenizer types held a SentencePiece `model` only)."""
     return TokenizerSpec(obj.get("type", "SentencePieceTokenizer"), obj.get("model"), obj.get("vocab_file"),
                          obj.get("merge_file"))
 
 
-def _existing(path, flag):
+def _existing(path: str, flag: str) -> str:
     if not os.path.exists(path):
         raise UsageError(f"{flag} {path} does not exist; check the path")
     return path
@@ -105,7 +107,7 @@ class SentencePieceTokenizer:
 
     type = "SentencePieceTokenizer"
 
-    def __init__(self, model_path):
+    def __init__(self, model_path: str) -> None:
         if not os.path.isfile(model_path):
             raise UsageError(f"tokenizer model {model_path} does not exist; pass Llama's tokenizer.model or train "
                              f"one with tools/train_tokenizer.py")
@@ -120,29 +122,29 @@ class SentencePieceTokenizer:
         self.sha256 = file_sha256(model_path)
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return self.sp.GetPieceSize()
 
     @property
-    def eos_id(self):
+    def eos_id(self) -> int:
         return self.sp.eos_id()
 
     @property
-    def bos_id(self):
+    def bos_id(self) -> int:
         return self.sp.bos_id()
 
     @property
-    def pad_id(self):
+    def pad_id(self) -> int:
         return self.sp.pad_id()
 
-    def encode(self, text):
+    def encode(self, text: str) -> List[int]:
         return self.sp.EncodeAsIds(text)
 
-    def encode_batch(self, texts, num_threads=1):
+    def encode_batch(self, texts: List[str], num_threads: int = 1) -> List[List[int]]:
         """Encode many texts in one call (far less per-call overhead than a Python loop)."""
         return self.sp.Encode(texts, num_threads=num_threads)
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([int(i) for i in ids])
 
 
@@ -150,42 +152,42 @@ class _TokenizersLibrary:
     """Shared by the tokenizers-backed types: `backend` is a `tokenizers.Tokenizer`, `bos`/`eos`/`pad` token
     strings (or None). Encoding never adds special tokens: the data pipeline places BOS/EOS itself."""
 
-    def _set_specials(self, bos, eos, pad):
+    def _set_specials(self, bos: Optional[str], eos: Optional[str], pad: Optional[str]) -> None:
         self.bos_token, self.eos_token, self.pad_token = bos, eos, pad
         if eos is None or self.backend.token_to_id(eos) is None:
             raise UsageError(f"{self.spec.model or self.spec.vocab_file}: no end-of-text token found (looked for "
                              f"{eos or ', '.join(EOS_NAMES)}); put a tokenizer_config.json with eos_token beside "
                              "tokenizer.json")
 
-    def _id(self, token):
+    def _id(self, token: Optional[str]) -> int:
         return -1 if token is None else self.backend.token_to_id(token)
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     @property
-    def eos_id(self):
+    def eos_id(self) -> int:
         return self._id(self.eos_token)
 
     @property
-    def bos_id(self):
+    def bos_id(self) -> int:
         return self._id(self.bos_token)
 
     @property
-    def pad_id(self):
+    def pad_id(self) -> int:
         return self._id(self.pad_token)
 
-    def encode(self, text):
+    def encode(self, text: str) -> List[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts, num_threads=1):
+    def encode_batch(self, texts: List[str], num_threads: int = 1) -> List[List[int]]:
         """Many texts: on one thread (a preprocessing worker's share of the cores), else the library's pool."""
         if num_threads == 1:
             return [self.backend.encode(text, add_special_tokens=False).ids for text in texts]
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
@@ -194,7 +196,7 @@ class HuggingFaceTokenizer(_TokenizersLibrary):
 
     type = "HuggingFaceTokenizer"
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         from tokenizers import Tokenizer
         if not os.path.exists(path):
             raise UsageError(f"--tokenizer-model {path} does not exist; HuggingFaceTokenizer reads a local "
@@ -220,7 +222,7 @@ class HuggingFaceTokenizer(_TokenizersLibrary):
         self.sha256 = file_sha256(*files)
         vocab = self.backend.get_vocab(with_added_tokens=True)
 
-        def special(key, names):
+        def special(key: str, names: Sequence[str]) -> Optional[str]:
             token = config.get(key)
             token = token.get("content") if isinstance(token, dict) else token
             return token if token else next((n for n in names if n in vocab), None)
@@ -234,7 +236,7 @@ class GPT2BPETokenizer(_TokenizersLibrary):
 
     type = "GPT2BPETokenizer"
 
-    def __init__(self, vocab_file, merge_file):
+    def __init__(self, vocab_file: str, merge_file: str) -> None:
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
         self.spec = TokenizerSpec(self.type, None, vocab_file, merge_file)
         _existing(vocab_file, "--vocab-file")
@@ -250,8 +252,11 @@ class GPT2BPETokenizer(_TokenizersLibrary):
         self._set_specials(GPT2_EOD, GPT2_EOD, None)
 
 
-def train_llama_style(sentences, model_prefix, vocab_size, max_sentences=0, num_threads=None,
-                      character_coverage=0.99995):
+Tokenizer = Union[SentencePieceTokenizer, HuggingFaceTokenizer, GPT2BPETokenizer]
+
+
+def train_llama_style(sentences: Iterable[str], model_prefix: str, vocab_size: int, max_sentences: int = 0,
+                      num_threads: Optional[int] = None, character_coverage: float = 0.99995) -> str:
     """Train a Llama-style BPE model from an iterable of sentences; writes MODEL_PREFIX.model/.vocab.
 
     `max_sentences` > 0 makes SentencePiece sample that many sentences (input_sentence_size). The vocabulary size
@@ -305,10 +310,10 @@ def train_llama_style(sentences, model_prefix, vocab_size, max_sentences=0, num_
 class _Counted:
     """Iterable that counts what it yields (to tell 'no text' apart from other training failures)."""
 
-    def __init__(self, items):
+    def __init__(self, items: Iterable[str]) -> None:
         self.items, self.n = items, 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         for item in self.items:
             self.n += 1
             yield item

@@ -7,7 +7,7 @@ The input is read with the same readers and filters as preprocessing (`data.sour
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Iterator, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -16,7 +16,7 @@ from est_megatron.data.tokenizer import SentencePieceTokenizer, train_llama_styl
 from est_megatron.errors import UsageError
 
 
-def capped_lines(texts: Iterable[str], max_chars: int, progress: bool = False):
+def capped_lines(texts: Iterable[str], max_chars: int, progress: bool = False) -> Iterator[str]:
     """Non-empty lines of the documents until max_chars are read; the bar counts characters read, then a line says
     that training (silent and often the longer part) has begun."""
     bar = tqdm(total=max_chars, unit="char", unit_scale=True, desc="reading", disable=not progress,
