@@ -25,6 +25,7 @@ setup(
         "psutil>=5.9",
         "tensorboard>=2.14",
         "safetensors>=0.4",
+        "huggingface_hub>=0.24",  # save_torch_state_dict: sharded safetensors with an index (est_megatron.hf)
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7",

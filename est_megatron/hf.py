@@ -23,7 +23,7 @@ import os
 import pickle
 import re
 import shutil
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -34,6 +34,10 @@ from est_megatron.errors import UsageError
 StateDict = Dict[str, torch.Tensor]
 EST_CONFIG = "est_config.json"
 EST_WEIGHTS = "model.safetensors"
+# Above this many bytes the weights are written as numbered shards with an index (Hugging Face's layout and default).
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+               "GIB": 2**30, "TIB": 2**40}
 # Tokenizer files carried between checkpoints as they are (the SentencePiece model first of all).
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
@@ -227,9 +231,68 @@ def est_to_hf_state(m: ModelConfig, ours: StateDict) -> StateDict:
 
 # ---- files ----
 
+def parse_shard_size(text: str) -> int:
+    """'5GB' -> 5_000_000_000 bytes ('500MB', '2GiB', '1000000' too), as --max-shard-size takes it."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if unit not in _SIZE_UNITS or float(match.group(1)) * _SIZE_UNITS[unit] < 1:
+        raise UsageError(f"--max-shard-size {text!r} is not a size; give bytes or a number with a unit, e.g. 5GB, "
+                         f"500MB or 2GiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def save_safetensors(directory: str, state: StateDict, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
+                     metadata: Optional[Dict[str, str]] = None) -> List[str]:
+    """Writes `state` as model.safetensors, or, past `max_shard_size`, as model-0000i-of-0000n.safetensors with
+    model.safetensors.index.json (huggingface_hub's layout, which transformers reads); any earlier weight files of
+    either layout in `directory` are removed first. Returns the weight files written."""
+    from huggingface_hub import save_torch_state_dict
+    os.makedirs(directory, exist_ok=True)
+    # A slice of a larger tensor (a split fused weight) gets its own storage, else the whole storage would be saved.
+    state = {k: v if v.untyped_storage().nbytes() == v.numel() * v.element_size() else v.clone()
+             for k, v in state.items()}
+    save_torch_state_dict(state, directory, max_shard_size=parse_shard_size(max_shard_size), metadata=metadata)
+    index = os.path.join(directory, EST_WEIGHTS + ".index.json")
+    if not os.path.isfile(index):
+        return [EST_WEIGHTS]
+    with open(index) as f:
+        return sorted(set(json.load(f)["weight_map"].values()))
+
+
+def read_safetensors(directory: str) -> Optional[StateDict]:
+    """The tensors of model.safetensors, or of the shards model.safetensors.index.json names; None if neither."""
+    from safetensors.torch import load_file
+    single = os.path.join(directory, EST_WEIGHTS)
+    if os.path.isfile(single):
+        return load_file(single)
+    index = single + ".index.json"
+    if not os.path.isfile(index):
+        return None
+    try:
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{index} is not a safetensors index ({type(err).__name__}: {err}); write the weights "
+                         "again") from None
+    state: StateDict = {}
+    for name in sorted(set(weight_map.values())):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise UsageError(f"{index} names {name}, which is missing; copy every shard or write the weights again")
+        state.update(load_file(path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise UsageError(f"{index} maps {missing[0]} (and {len(missing) - 1} more) to shards that lack it; write "
+                         "the weights again")
+    return state
+
+
 def _read_weights(directory: str) -> StateDict:
     """All tensors of a HF directory: model.safetensors, sharded safetensors, or pytorch_model*.bin."""
     from safetensors.torch import load_file
+    indexed = read_safetensors(directory)
+    if indexed is not None:
+        return indexed
     files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
     loader = load_file
     if not files:
@@ -253,12 +316,12 @@ def read_hf_checkpoint(directory: str) -> Tuple[ModelConfig, StateDict]:
 
 
 def save_est_checkpoint(directory: str, model: ModelConfig, state: StateDict, source: str = "",
-                        tokenizer: Optional[Dict[str, str]] = None) -> None:
-    """Our standalone checkpoint: model.safetensors + est_config.json (+ tokenizer files)."""
-    from safetensors.torch import save_file
-    os.makedirs(directory, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(directory, EST_WEIGHTS),
-              metadata={"format": "est_megatron"})
+                        tokenizer: Optional[Dict[str, str]] = None,
+                        max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> None:
+    """Our standalone checkpoint: model.safetensors (or shards past `max_shard_size`, with their index) +
+    est_config.json (+ tokenizer files)."""
+    save_safetensors(directory, {k: v.detach().cpu().contiguous() for k, v in state.items()}, max_shard_size,
+                     metadata={"format": "est_megatron"})
     with open(os.path.join(directory, EST_CONFIG), "w") as f:
         json.dump({"model": dataclasses.asdict(model), "source": source}, f, indent=2)
     for name, path in (tokenizer or {}).items():
@@ -401,15 +464,15 @@ def _check_shapes(state: StateDict, m: ModelConfig, where: str) -> None:
 
 
 def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
-    """(ModelConfig, our state dict) from our converted checkpoint or a training checkpoint directory."""
-    if os.path.isfile(os.path.join(directory, EST_WEIGHTS)):
-        from safetensors.torch import load_file
+    """(ModelConfig, our state dict) from our converted checkpoint (one file or shards) or a training checkpoint
+    directory."""
+    if any(os.path.isfile(os.path.join(directory, EST_WEIGHTS + end)) for end in ("", ".index.json")):
         config_path = os.path.join(directory, EST_CONFIG)
         if not os.path.isfile(config_path):
             raise UsageError(f"{directory} has {EST_WEIGHTS} but no {EST_CONFIG}; convert it again")
         with open(config_path) as f:
             model = ModelConfig(**json.load(f)["model"]).validate()
-        return model, load_file(os.path.join(directory, EST_WEIGHTS))
+        return model, read_safetensors(directory)
     tag_dir = _training_tag_dir(directory)
     if tag_dir is None:
         raise UsageError(f"{directory} holds neither {EST_WEIGHTS} (tools/convert_hf_to_est.py) nor a training "
@@ -501,16 +564,16 @@ def _adds_bos(tokenizer) -> bool:
 
 
 def write_hf_checkpoint(directory: str, model: ModelConfig, state: StateDict, dtype: torch.dtype = torch.float32,
-                        tokenizer: Optional[TokenizerSpec] = None, add_bos: Optional[bool] = None) -> None:
+                        tokenizer: Optional[TokenizerSpec] = None, add_bos: Optional[bool] = None,
+                        max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> List[str]:
     """A directory `transformers.AutoModelForCausalLM.from_pretrained` loads and, given the tokenizer,
     `AutoTokenizer.from_pretrained` too: a fast tokenizer.json (est_megatron.hf_tokenizer) that prepends BOS when
     `add_bos` (None: as the tokenizer's own files say), config.json with its bos/eos/pad ids, and the source
-    files (tokenizer.model, vocab.json + merges.txt) for slow tokenizers."""
-    from safetensors.torch import save_file
-    os.makedirs(directory, exist_ok=True)
+    files (tokenizer.model, vocab.json + merges.txt) for slow tokenizers. The weights are model.safetensors, or
+    past `max_shard_size` numbered shards with model.safetensors.index.json; returns the weight files."""
     hf = est_to_hf_state(model, state)
-    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in hf.items()},
-              os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    written = save_safetensors(directory, {k: v.detach().to("cpu", dtype).contiguous() for k, v in hf.items()},
+                               max_shard_size, metadata={"format": "pt"})
     config = hf_config_from_model(model, dtype)
     if tokenizer is not None:
         from est_megatron.hf_tokenizer import special_ids, write_tokenizer_files
@@ -529,3 +592,4 @@ def write_hf_checkpoint(directory: str, model: ModelConfig, state: StateDict, dt
                               model.max_position_embeddings, _source_tokenizer_config(tok))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
+    return written
