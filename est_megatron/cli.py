@@ -14,5 +14,5 @@ def main(argv=None, family: str = "tinyllama") -> int:
     if args.demo:
         from est_megatron.demo import run_demo
         return run_demo(args, argv)
-    from est_megatron.training.loop import pretrain
+    from est_megatron.training.trainer import pretrain
     return pretrain(args)

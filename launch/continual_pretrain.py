@@ -47,7 +47,7 @@ def parse_args(argv=None, description=__doc__, defaults=None):
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    from est_megatron.training.loop import pretrain
+    from est_megatron.training.trainer import pretrain
     return pretrain(args)
 
 

@@ -52,7 +52,8 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     from est_megatron.data.sft import build_sft_data, collate, split_batch
-    from est_megatron.training.loop import DataHooks, pretrain
+    from est_megatron.training.data_hooks import DataHooks
+    from est_megatron.training.trainer import pretrain
     return pretrain(args, DataHooks(build_sft_data, collate, split_batch))
 
 

@@ -29,7 +29,7 @@ from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
 from est_megatron.tensor_parallel.sharding import shard  # noqa: E402
 from reference_training import decay_groups, trained_masks  # noqa: E402
 from est_megatron.training.distributed import init_distributed, teardown  # noqa: E402
-from est_megatron.training.loop import _clear_stale_zero3_grads  # noqa: E402
+from est_megatron.training.zero3_grads import clear_stale_zero3_grads  # noqa: E402
 from est_megatron.training.optim import bind_sparse_optimizer, build_optimizer, load_ds_config  # noqa: E402
 
 SEED, SEQ, MICRO, GLOBAL = 11, 16, 2, 4
@@ -113,7 +113,7 @@ def main():
         if args.mode == "sparse":
             optimizer.set_plan(step_plan)
         if args.zero == 3:
-            _clear_stale_zero3_grads(engine)  # as the training loop does: a skipped layer's gradient is zero
+            clear_stale_zero3_grads(engine)  # as the training loop does: a skipped layer's gradient is zero
         if args.pp > 1:
             plans.set(step_plan)
             engine.train_batch(iter(mine))

@@ -81,7 +81,7 @@ def test_directory_problems_are_one_line(tmp_path):
 
 
 def test_zero3_without_the_private_buffer_is_refused():
-    from est_megatron.training.loop import check_zero3_internals
+    from est_megatron.training.zero3_grads import check_zero3_internals
 
     class Engine:
         optimizer = object()

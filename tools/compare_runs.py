@@ -230,7 +230,7 @@ def check_training_flags(argv: List[str], family: str, where: str):
     from est_megatron.data.tokenizer import SentencePieceTokenizer
     from est_megatron.subnet.flops import dense_step_flops
     from est_megatron.training.arguments import build_parser as training_parser, check_args
-    from est_megatron.training.loop import build_model_config
+    from est_megatron.training.trainer import build_model_config
     from est_megatron.training.methods import MethodContext, build_method
 
     parser = training_parser(family)

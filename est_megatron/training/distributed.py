@@ -60,6 +60,13 @@ def agree(problem: Optional[str]) -> Optional[str]:
     return next((p for p in found if p is not None), None)
 
 
+def all_reduce_mean(values: list, device) -> list:
+    """The mean of each value over every rank of the world (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
 def teardown(engine=None, barrier: bool = True) -> None:
     """Barrier, destroy the engine and the process group, flush: every run and ZeRO stage exits 0.
 

@@ -4,7 +4,8 @@ A step is *skipped* when DeepSpeed's overflow check dropped its update (its `ski
 loss was not finite on some rank. Skipped steps still consume their data and advance the step counter (Megatron's
 and DeepSpeed's convention: a resumed run stays aligned with the data and the plans), but each is logged, the
 total goes into every metrics record as `skipped_steps`, and `--max-skipped-steps` consecutive ones stop the run
-with an error instead of spending the rest of it on NaNs.
+with an error instead of spending the rest of it on NaNs. With --check-plan-consistency every log interval also
+checks that the data-parallel replicas hold the same parameters (`check_replicas`).
 """
 from __future__ import annotations
 
@@ -50,3 +51,17 @@ def parameters_finite(engine) -> bool:
             break
     dist.all_reduce(bad)
     return int(bad.item()) == 0
+
+
+def check_replicas(engine, device, group=None) -> None:
+    """Raise unless every rank of `group` (the data-parallel replicas) holds the same parameters (float64 sum and
+    sum of squares, MIN == MAX). Under ZeRO-3 only the parameters every rank holds whole (the persistent small
+    ones) are replicas; gathering the others here would break ZeRO-3's parameter-persistence bookkeeping."""
+    params = [p for p in engine.module.parameters() if p.numel() == getattr(p, "ds_numel", p.numel())]
+    local = torch.stack([sum(p.detach().double().sum() for p in params),
+                         sum(p.detach().double().square().sum() for p in params)]).to(device)
+    low, high = local.clone(), local.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    if not torch.equal(low, high):
+        raise RuntimeError(f"parameters differ across ranks (checksums {low.tolist()} .. {high.tolist()})")

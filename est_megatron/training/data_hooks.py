@@ -1,0 +1,84 @@
+"""Where a run's batches come from: `DataHooks` (build the tokenizer and datasets, collate samples, split a batch
+into inputs and labels) and the pretraining hooks over --data-path shards; launch/finetune.py plugs SFT data in.
+
+Rank 0 builds the datasets' index caches first and the other ranks then read them; an error on rank 0 reaches
+every rank as one UsageError. Validation corpora given apart (--valid-data-path, --test-data-path) come as
+`CorpusSets`, one dataset per corpus, so validation reports each on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from est_megatron.data import build_corpus_sets, build_datasets
+from est_megatron.data.integrity import check_shards_tokenizer
+from est_megatron.data.sampler import collate
+from est_megatron.data.tokenizer import spec_from_args
+from est_megatron.errors import UsageError
+from est_megatron.training.preflight import check_directories
+
+
+def build_data(args, dist_info):
+    """Tokenizer, datasets (rank 0 builds the index caches first, the others then read them). The training set is
+    --data-path's split (or all of --train-data-path); --valid-data-path / --test-data-path corpora come as
+    CorpusSets, one dataset per corpus, so validation reports each on its own."""
+    tokenizer = spec_from_args(args).load()
+    check_directories([("--data-cache-dir", args.data_cache_dir, 0)])
+    train_samples, eval_samples = args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size
+
+    def build():
+        check_shards_tokenizer([args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path],
+                               tokenizer, args.tokenizer_model)
+        if args.train_data_path:
+            train, valid, test = build_datasets(args.train_data_path, "1", args.seq_length, args.seed,
+                                                (train_samples, 0, 0), cache_dir=args.data_cache_dir)
+        else:
+            split_valid = 0 if args.valid_data_path else eval_samples
+            train, valid, test = build_datasets(args.data_path, args.split, args.seq_length, args.seed,
+                                                (train_samples, split_valid, 0), cache_dir=args.data_cache_dir)
+        separate = {}
+        for name, path in (("valid", args.valid_data_path), ("test", args.test_data_path)):
+            if path and eval_samples:
+                separate[name] = build_corpus_sets(path, args.seq_length, args.seed, eval_samples, name,
+                                                   args.data_cache_dir)
+        return train, separate.get("valid", valid), separate.get("test", test)
+
+    error = None
+    datasets = None
+    if dist_info["rank"] == 0:
+        try:
+            datasets = build()
+        except UsageError as err:
+            error = err
+    flag = torch.tensor([error is not None], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag)
+    if error is not None:
+        raise error
+    if int(flag):
+        raise UsageError("rank 0 could not build the datasets (see its error above)")
+    if datasets is None:
+        datasets = build()
+    return tokenizer, datasets
+
+
+def split_tokens(batch: torch.Tensor):
+    """Pretraining batches are (batch, seq+1) tokens: inputs and next-token labels."""
+    return batch[:, :-1], batch[:, 1:]
+
+
+@dataclass(frozen=True)
+class DataHooks:
+    """Where batches come from: pretraining shards by default; launch/finetune.py plugs in SFT data here."""
+
+    build_data: Callable  # (args, dist_info) -> (tokenizer, (train, valid, test)); valid/test may be CorpusSets
+    collate: Callable  # list of samples -> batch
+    split: Callable = split_tokens  # batch -> (input_ids, labels)
+
+
+def pretraining_hooks() -> DataHooks:
+    return DataHooks(build_data, collate, split_tokens)
