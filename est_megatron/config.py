@@ -131,12 +131,17 @@ class SubnetConfig:
     Strata make sampling balanced: equal counts inside every one of `mlp_strata` equal blocks of MLP columns,
     `layer_strata` equal blocks of layers and `head_strata` equal blocks of key/value groups (whole-group mode),
     so that tensor and pipeline parallel ranks do equal work. None picks `default_strata` of the dimension.
+
+    `rescale` multiplies the kept heads' and MLP columns' outputs by 1/p (the paper's eqs. 5-6). It is off by
+    default: measured with the launcher, unscaled subnetworks end at or below dense validation loss where the
+    1/p-scaled ones stall on the unigram plateau through stage 1 (README, "EST against dense, measured").
     """
 
     whole_groups: bool = False  # sample whole key/value groups instead of query heads inside every group
     head_strata: Optional[int] = None
     mlp_strata: Optional[int] = None
     layer_strata: Optional[int] = None
+    rescale: bool = False
 
     def resolved(self, model: ModelConfig) -> "SubnetConfig":
         """Fill defaults from the model's shape and check that every stratum count divides its dimension."""

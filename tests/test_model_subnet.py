@@ -21,19 +21,19 @@ CASES = {
 }
 
 
-def build(case, seed=0, rates=(0.5, 0.5, 0.5)):
+def build(case, seed=0, rates=(0.5, 0.5, 0.5), rescale=True):
     spec = CASES[case]
     cfg = model_preset(spec["preset"], **spec.get("overrides", {}))
     torch.manual_seed(seed)
     model = Transformer(cfg).double()
     schedule = parse_schedule("10:{},{},{}".format(*rates)).resolve(10)
-    sampler = PlanSampler(cfg, SubnetConfig(whole_groups=spec["whole_groups"]), schedule, seed=seed)
+    sampler = PlanSampler(cfg, SubnetConfig(whole_groups=spec["whole_groups"], rescale=rescale), schedule, seed=seed)
     return cfg, model, sampler
 
 
 def reference_forward(model, cfg, input_ids, plan):
-    """The full model with unsampled heads/columns zeroed and module outputs scaled by 1/p, written from scratch
-    from the paper's eqs. 5-7 (no index_select, no shared code with the model's blocks)."""
+    """The full model with unsampled heads/columns zeroed and module outputs scaled as the plan says (1/p or 1),
+    written from scratch from the paper's eqs. 5-7 (no index_select, no shared code with the model's blocks)."""
     b, s = input_ids.shape
     d, hq, hkv, dh, g = cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups, cfg.head_dim, \
         cfg.heads_per_group
@@ -121,8 +121,9 @@ def test_dense_plan_is_bitwise_the_dense_model():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("rates", [(0.5, 0.5, 0.5), (0.5, 0.5, 1.0), (0.75, 0.25, 1.0)])
-def test_sampled_forward_matches_masking_reference(case, rates):
-    cfg, model, sampler = build(case, rates=rates)
+@pytest.mark.parametrize("rescale", [True, False])
+def test_sampled_forward_matches_masking_reference(case, rates, rescale):
+    cfg, model, sampler = build(case, rates=rates, rescale=rescale)
     ids = tokens(cfg)
     for step in (0, 1):
         plan = sampler.plan(step)

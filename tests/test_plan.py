@@ -55,11 +55,18 @@ def test_tinyllama_stage_counts_are_balanced():
         assert cols.numel() == 2816 and torch.equal(cols, cols.sort().values)
         stratum = cfg.ffn_hidden_size // 8
         assert torch.bincount(cols // stratum, minlength=8).tolist() == [stratum // 2] * 8
-        assert lp.head_scale == 2.0 and lp.mlp_scale == 2.0
+        assert lp.head_scale == 1.0 and lp.mlp_scale == 1.0  # unscaled unless SubnetConfig.rescale
     stage2 = sampler.plan(10)
     assert stage2.stage == 1 and len(stage2.active_layers) == 22 and stage2.rates == (0.5, 0.5, 1.0)
     stage3 = sampler.plan(25)
     assert stage3.is_dense and all(lp.query_heads is None and lp.mlp_columns is None for lp in stage3.layers)
+
+
+def test_rescale_scales_kept_outputs_by_the_inverse_rate():
+    cfg, sampler = sampler_for("tinyllama-1.1b", schedule="1:0.25,0.5,1", steps=4, rescale=True)
+    plan = sampler.plan(0)
+    assert plan.rates == (0.25, 0.5, 1.0)
+    assert all(lp.head_scale == 4.0 and lp.mlp_scale == 2.0 for lp in plan.layers)
 
 
 def test_whole_group_sampling_keeps_groups_whole_and_balanced():
@@ -80,7 +87,7 @@ def test_layer_strata_balance_the_skipped_layers():
 
 
 @pytest.mark.parametrize("preset,kw", [("tinyllama-1.1b", {}), ("tinyllama-1.1b", {"whole_groups": True}),
-                                       ("gpt2-124m", {}), ("tiny", {})])
+                                       ("gpt2-124m", {}), ("tiny", {}), ("tiny", {"rescale": True})])
 @pytest.mark.parametrize("step", [0, 20, 50])
 def test_pack_unpack_round_trip(preset, kw, step):
     cfg, sampler = sampler_for(preset, **kw)

@@ -226,12 +226,11 @@ def default_flags(args) -> List[str]:
 def check_training_flags(argv: List[str], family: str, where: str):
     """Parse a run's launcher flags exactly as the launcher will, and build its model and method, so that a typo
     or an impossible combination stops here, before hours of other runs. Returns (settings, info)."""
-    from est_megatron.config import SubnetConfig
     from est_megatron.data.tokenizer import SentencePieceTokenizer
     from est_megatron.subnet.flops import dense_step_flops
     from est_megatron.training.arguments import build_parser as training_parser, check_args
     from est_megatron.training.trainer import build_model_config
-    from est_megatron.training.methods import MethodContext, build_method
+    from est_megatron.training.methods import MethodContext, build_method, subnet_config
 
     parser = training_parser(family)
 
@@ -246,8 +245,7 @@ def check_training_flags(argv: List[str], family: str, where: str):
     try:
         check_args(args)
         model = build_model_config(args, SentencePieceTokenizer(args.tokenizer_model).vocab_size)
-        subnet = SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
-                              mlp_strata=args.est_mlp_strata, layer_strata=args.est_layer_strata).resolved(model)
+        subnet = subnet_config(args, model)
         build_method(args.method, MethodContext(model, subnet, args.train_steps, args.seed, args))
     except UsageError as err:
         raise UsageError(f"{where}: {err}") from None

@@ -21,13 +21,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset  # noqa: E402
+from est_megatron.config import MODEL_PRESETS, model_preset  # noqa: E402
 from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
 from est_megatron.subnet.flops import dense_step_flops, schedule_savings  # noqa: E402
 from est_megatron.subnet.raptr import parse_raptr_schedule  # noqa: E402
 from est_megatron.subnet.sat import decay_start_step, importance_flops, lors_ladder, lors_schedule  # noqa: E402
 from est_megatron.subnet.schedule import parse_schedule  # noqa: E402
-from est_megatron.training.methods import add_method_args, sat_config_from_args  # noqa: E402
+from est_megatron.training.methods import add_method_args, sat_config_from_args, subnet_config  # noqa: E402
 from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 METHODS = ("est", "raptr", "sat")
@@ -137,8 +137,7 @@ def main(argv=None):
     if args.micro_batch_size <= 0 or global_batch <= 0:
         raise UsageError(f"--micro-batch-size and --global-batch-size must be positive, got {args.micro_batch_size} "
                          f"and {global_batch}")
-    subnet = SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
-                          mlp_strata=args.est_mlp_strata, layer_strata=args.est_layer_strata).resolved(model)
+    subnet = subnet_config(args, model)
     out = dict(model=args.model, parameters=model.num_parameters(), method=args.method)
     if args.method == "est":
         if args.est_schedule is None:

@@ -23,5 +23,6 @@ class EstMethod(SubnetMethod):
         s = self.sampler.subnet
         heads = (f"whole key/value groups in {s.head_strata} strata" if s.whole_groups
                  else "query heads inside every key/value group")
+        scaling = "kept outputs scaled by 1/p" if s.rescale else "kept outputs unscaled"
         return (f"est {self.schedule.describe()}; sampling {heads}, MLP columns in {s.mlp_strata} strata, layers "
-                f"in {s.layer_strata} strata")
+                f"in {s.layer_strata} strata; {scaling}")

@@ -17,7 +17,7 @@ import torch
 from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.subnet.schedule import Rates, ResolvedSchedule
 
-PACK_VERSION = 1
+PACK_VERSION = 2
 HEADER_LEN = 8  # version, step, stage, num_layers, n_query, n_kv, n_columns, explicit-scales flag
 
 
@@ -29,8 +29,8 @@ class LayerPlan:
     query_heads: Optional[torch.Tensor] = None  # sorted query-head indices
     kv_heads: Optional[torch.Tensor] = None  # sorted key/value-head indices
     mlp_columns: Optional[torch.Tensor] = None  # sorted MLP intermediate columns
-    head_scale: float = 1.0  # 1 / realised p_heads (EST); SAT keeps 1.0
-    mlp_scale: float = 1.0  # 1 / realised p_mlp (EST); SAT keeps 1.0
+    head_scale: float = 1.0  # 1 / realised p_heads under SubnetConfig.rescale, else 1.0
+    mlp_scale: float = 1.0  # 1 / realised p_mlp under SubnetConfig.rescale, else 1.0
     residual_scale: float = 1.0  # multiplies both residual branches of an active layer (RAPTR's option)
 
     def to(self, device) -> "LayerPlan":
@@ -68,9 +68,7 @@ class StepPlan:
         count = lambda t: 0 if t is None else t.numel()  # noqa: E731
         n_q, n_kv, n_col = count(first.query_heads), count(first.kv_heads), count(first.mlp_columns)
         scales = [(layer.head_scale, layer.mlp_scale, layer.residual_scale) for layer in self.layers]
-        derived = (model.num_attention_heads / n_q if n_q else 1.0,
-                   model.ffn_hidden_size / n_col if n_col else 1.0, 1.0)
-        explicit = any(triple != derived for triple in scales)  # unpack derives EST's 1/p scales otherwise
+        explicit = any(triple != (1.0, 1.0, 1.0) for triple in scales)  # unpack assumes unit scales otherwise
         parts = [torch.tensor([PACK_VERSION, self.step, self.stage, len(self.layers), n_q, n_kv, n_col,
                                int(explicit)]),
                  torch.tensor([int(layer.active) for layer in self.layers])]
@@ -113,19 +111,18 @@ def unpack(packed: torch.Tensor, model: ModelConfig) -> StepPlan:
             pos += n * num_layers
         else:
             columns[attr] = None
-    head_scale = model.num_attention_heads / n_q if n_q else 1.0
-    mlp_scale = model.ffn_hidden_size / n_col if n_col else 1.0
     if explicit:
         scales = packed[pos: pos + 3 * num_layers].clone().view(torch.float64).view(num_layers, 3).tolist()
     else:
-        scales = [(head_scale, mlp_scale, 1.0)] * num_layers
+        scales = [(1.0, 1.0, 1.0)] * num_layers
     layers = tuple(
         LayerPlan(bool(active[i]),
                   *(None if columns[a] is None else columns[a][i].clone()
                     for a in ("query_heads", "kv_heads", "mlp_columns")),
                   *scales[i])
         for i in range(num_layers))
-    rates = (1.0 / head_scale, 1.0 / mlp_scale, sum(active) / num_layers)
+    rates = (n_q / model.num_attention_heads if n_q else 1.0, n_col / model.ffn_hidden_size if n_col else 1.0,
+             sum(active) / num_layers)
     return StepPlan(step, stage, layers, rates)
 
 
@@ -194,8 +191,8 @@ class PlanSampler:
             active[:] = False
             active[_draw(rng, 1, s.layer_strata, per, n_layers // s.layer_strata)[0]] = True
 
-        head_scale = m.num_attention_heads / n_q
-        mlp_scale = m.ffn_hidden_size / n_col
+        head_scale = m.num_attention_heads / n_q if s.rescale else 1.0
+        mlp_scale = m.ffn_hidden_size / n_col if s.rescale else 1.0
         layers = tuple(
             LayerPlan(bool(active[i]),
                       None if query is None else as_tensor(query[i]),

@@ -91,6 +91,9 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
     g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
     g.add_argument("--est-mlp-strata", type=int, help="strata of MLP columns (balanced sampling)")
     g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
+    g.add_argument("--est-rescale", action="store_true",
+                   help="scale kept heads' and MLP columns' outputs by 1/p as the paper's eqs. 5-6 do (off by "
+                        "default: measured worse, see README 'EST against dense, measured')")
 
     raptr = p.add_argument_group("RAPTR (--method raptr)")
     raptr.add_argument("--raptr-schedule", default=DEFAULT_RAPTR_SCHEDULE,
@@ -120,3 +123,10 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
 def sat_config_from_args(args) -> SatConfig:
     return SatConfig(args.sat_metric, args.sat_selection, args.sat_temperature, args.sat_r_max,
                      args.sat_decay_start, args.sat_ladders, args.sat_rescale, args.sat_prepass_seqs).validate()
+
+
+def subnet_config(args: argparse.Namespace, model: ModelConfig) -> SubnetConfig:
+    """The sampling config the EST flags describe, resolved for `model`."""
+    return SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
+                        mlp_strata=args.est_mlp_strata, layer_strata=args.est_layer_strata,
+                        rescale=args.est_rescale).resolved(model)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from est_megatron.config import ModelConfig, SubnetConfig, model_preset, MODEL_PRESETS
+from est_megatron.config import ModelConfig, model_preset, MODEL_PRESETS
 from est_megatron.data.sampler import PretrainingSampler
 from est_megatron.errors import UsageError
 from est_megatron.hf import load_est_weights
@@ -37,7 +37,7 @@ from est_megatron.training.arguments import resolve_precision
 from est_megatron.training.data_hooks import DataHooks, pretraining_hooks
 from est_megatron.training.distributed import all_reduce_mean, init_distributed, teardown
 from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check_replicas, parameters_finite
-from est_megatron.training.methods import MethodContext, build_method
+from est_megatron.training.methods import MethodContext, build_method, subnet_config
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
 from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer, load_ds_config,
@@ -129,9 +129,7 @@ class Trainer:
                                  "checkpoint's tokenizer")
         else:
             self.model_cfg = build_model_config(args, self.tokenizer.vocab_size)
-        subnet_cfg = SubnetConfig(whole_groups=args.est_whole_groups, head_strata=args.est_head_strata,
-                                  mlp_strata=args.est_mlp_strata,
-                                  layer_strata=args.est_layer_strata).resolved(self.model_cfg)
+        subnet_cfg = subnet_config(args, self.model_cfg)
         self.method = build_method(args.method, MethodContext(self.model_cfg, subnet_cfg, args.train_steps,
                                                               args.seed, args))
         if (tp > 1 or pp > 1) and self.method.needs_whole_model:
