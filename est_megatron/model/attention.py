@@ -101,7 +101,7 @@ class Attention(nn.Module):
             index = self.subnet_index(plan)
             qkv_w = gather(self.qkv.weight, 0, index.qkv_rows)
             qkv_b = None if self.qkv.bias is None else gather(self.qkv.bias, 0, index.qkv_rows)
-            # eq. 5: the head sum is scaled by 1/p_H; folding it into the gathered weight is cheaper
+            # eq. 5's 1/p_H on the head sum (plan.head_scale, 1 unless --est-rescale), folded into the gathered weight
             out_w = gather(self.out.weight, 1, index.out_columns, plan.head_scale)
             groups, per_group = index.num_groups, index.heads_per_group
         qkv = F.linear(x, qkv_w, qkv_b).view(batch, seq, groups, per_group + 2, self.head_dim)

@@ -1,8 +1,8 @@
 """Feed-forward block (SwiGLU for Llama, GELU for GPT-2) that can run any sampled subset of its columns.
 
 Llama's gate and up projections share one weight, [gate; up], so a sampled column set is one row gather and one
-matmul; the down projection gathers the same columns. The sampled output is scaled by 1/p_M (paper eq. 6),
-folded into the gathered down weight.
+matmul; the down projection gathers the same columns. The sampled output is scaled by the plan's mlp_scale (1/p_M
+as in paper eq. 6 under --est-rescale, else 1), folded into the gathered down weight.
 """
 from __future__ import annotations
 
