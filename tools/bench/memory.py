@@ -12,7 +12,10 @@ micro-batches of random tokens. Every rank reads its high-water RSS (getrusage r
 that glibc has since returned, so it is the true peak) after imports and process-group start (the runtime
 baseline), after the model is built (start-up), after `deepspeed.initialize` and after each stage; a stage's
 peak is the high-water mark at its end, so stages run smallest first. The table prints the largest rank's
-figures.
+figures, and beside each the peak est_megatron.training.memory_plan predicts for it (the planner behind
+tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured.
+A stage's prediction is the largest phase so far: the first stage's step is the run's first, before which the
+Adam moments and ZeRO's fp32 gradient partitions do not exist.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from types import SimpleNamespace
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+
+from est_megatron.help_format import HelpFormatter  # noqa: E402
 
 STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
 GIB = 2 ** 30
@@ -114,6 +119,27 @@ def worker(args) -> None:
     dist.barrier()
 
 
+def predicted_peaks(args, cfg, zero: int, nproc: int, baseline: int) -> dict:
+    """The planner's high-water mark at the end of each measured phase (bytes), for fp32 on `nproc` ranks."""
+    from est_megatron.config import SubnetConfig
+    from est_megatron.subnet.flops import SubnetCounts
+    from est_megatron.subnet.plan import PlanSampler
+    from est_megatron.subnet.schedule import parse_schedule
+    from est_megatron.training.memory_plan import Layout, plan_memory
+    sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:1,1,1").resolve(1), 1234)
+    stages = [(name, SubnetCounts.from_sampler(sampler, rates)) for name, rates in STAGES]
+    layout = Layout(dp=nproc, zero=zero, bf16=False, micro_batch_size=args.micro_batch_size,
+                    seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute)
+    plan = plan_memory(cfg, layout, stages, overhead_bytes=baseline, device="cpu")
+    first = plan.phases(STAGES[0][0], first_step=True)
+    peaks = {"start-up": first["start-up"], "initialize": max(first["start-up"], first["initialize"])}
+    high = max(first.values())
+    for name, _ in STAGES:
+        high = max([high] + list(plan.phases(name).values())) if name != STAGES[0][0] else high
+        peaks[name] = high
+    return peaks
+
+
 def run(args, zero: int, nproc: int) -> list:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "marks.json")
@@ -135,7 +161,7 @@ WORKER_FLAGS = ("model", "num_layers", "hidden_size", "ffn_hidden_size", "num_at
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_shape_args(p)
     p.add_argument("--zero", default="1,2,3", help="ZeRO stages to measure, comma-separated")
     p.add_argument("--nproc", default="1,2", help="process counts to measure, comma-separated")
@@ -155,18 +181,20 @@ def main(argv=None) -> int:
     print(f"model: {cfg.num_parameters():,} parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab "
           f"{cfg.vocab_size}), micro-batch {args.micro_batch_size} x seq {args.seq_length}, fp32 on CPU, "
           f"recompute {args.recompute or 'none'}")
-    print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak RSS GiB':>13} {'above baseline GiB':>19}")
+    print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak RSS GiB':>13} {'above baseline GiB':>19} "
+          f"{'planned GiB':>12} {'planned/measured':>17}")
     results = []
     for zero in (int(z) for z in args.zero.split(",")):
         for nproc in (int(n) for n in args.nproc.split(",")):
             marks = run(args, zero, nproc)
             baseline = max(rank["baseline"] for rank in marks)
+            planned = predicted_peaks(args, cfg, zero, nproc, baseline)
             for phase in ("start-up", "initialize") + tuple(name for name, _ in STAGES):
                 measured = max(rank[phase] for rank in marks)
                 results.append(dict(zero=zero, nproc=nproc, phase=phase, peak_bytes=measured,
-                                    baseline_bytes=baseline))
-                print(f"{zero:>4} {nproc:>5} {phase:>12} {measured / GIB:>13.3f} {(measured - baseline) / GIB:>19.3f}",
-                      flush=True)
+                                    baseline_bytes=baseline, planned_bytes=planned[phase]))
+                print(f"{zero:>4} {nproc:>5} {phase:>12} {measured / GIB:>13.3f} {(measured - baseline) / GIB:>19.3f} "
+                      f"{planned[phase] / GIB:>12.3f} {planned[phase] / measured:>17.3f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},

@@ -1,0 +1,389 @@
+"""Per-rank memory of a training layout, from the model's shape: what `tools/memory_plan.py` prints.
+
+Model states (Megatron's and the ZeRO paper's accounting, per rank, P = this rank's parameters after tensor and
+pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4):
+
+- weights: w P, or w P / N under ZeRO-3 plus the gathered weights: with N > 1 DeepSpeed keeps every gathered
+  weight that is used again within stage3_max_reuse_distance, up to stage3_max_live_parameters (both 1e9 by
+  default), so the whole model below 1e9 parameters; with N = 1 a layer or two in flight;
+- gradients: w P (ZeRO-0/1), w P / N (ZeRO-2/3, ZeRO-3's preallocated flat partition buffer); ZeRO-1/2 allocate
+  a contiguous reduce buffer of reduce_bucket_size elements in the first backward pass, ZeRO-3 (for any N) its
+  reduce bucket plus as many full-size gradients waiting for it;
+- optimizer: an fp32 master partition 4 P / N (ZeRO keeps one even for fp32 weights; ZeRO-0 with fp32 has none),
+  Adam's two moments 8 P / N, and from the first step on the fp32 gradient of the master partition, 4 P / N
+  (ZeRO-3 keeps a second fp32 partition beside it; measured, see tools/bench/memory.py); SparseAdamW adds one
+  int64 step count per trained row or column (on the host);
+- deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
+  moment (w P / N under ZeRO-3, which flattens only its partition);
+- offload (ZeRO-Offload / -Infinity): the optimizer terms move to host memory, and under ZeRO-3 the weight
+  partition too.
+
+Activations per micro-batch are counted tensor by tensor from what this implementation saves for the backward
+pass (est_megatron.model: pre-norm layers, fused QKV, torch's fused attention, SwiGLU or GELU MLP), with the
+sizes a plan realises (`PlanSampler.counts`, the same counts `subnet.flops` prices): an EST stage keeps fewer
+heads and MLP columns, skips layers, and saves its gathered weight slices (they are new tensors). Selective
+recompute keeps the QKV projection and the attention output instead of the attention core's tensors; full
+recompute keeps each recomputed layer's input only and re-materialises one layer at a time in the backward
+pass. Under pipeline parallelism the first stage holds `min(PP, micro-batches)` micro-batches in flight (1F1B).
+
+The peak is the largest of four phases: start-up (weights plus the seeded initialisation's full-size draw of
+the largest part and the slice kept from it), during `deepspeed.initialize`, forward/backward (states +
+activations + the loss's logits and their gradient), and the optimizer step, each plus the fixed runtime
+overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed on the CPU).
+`tools/bench/memory.py` prints these predictions beside the peaks it measures.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from est_megatron.config import ModelConfig, SubnetConfig
+from est_megatron.errors import UsageError
+from est_megatron.subnet.flops import SubnetCounts
+from est_megatron.subnet.plan import PlanSampler
+from est_megatron.subnet.schedule import parse_schedule
+
+GIB = 2 ** 30
+FP32, INT64 = 4, 8
+ZERO3_GATHER_LAYERS = 2  # ZeRO-3 on one rank: the layer it runs and the one it prefetches
+ZERO3_MAX_LIVE = 1_000_000_000  # elements: DeepSpeed's stage3_max_live_parameters and max_reuse_distance defaults
+DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set reduce_bucket_size
+# The fixed runtime overhead per rank when not given: a CUDA context, NCCL buffers and allocator slack (an
+# assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
+# start on a 2-core box (torch + DeepSpeed + gloo).
+DEFAULT_OVERHEAD_GIB = {"cuda": 2.5, "cpu": 0.25}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one training run is laid out and batched; the flags of tools/memory_plan.py."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    zero: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    bf16: bool = True
+    recompute: Optional[str] = None  # None, "selective" or "full"
+    recompute_num_layers: Optional[int] = None  # full: the first N layers of each pipeline stage (None = all)
+    micro_batch_size: int = 1
+    seq_length: int = 2048
+    micro_batches: int = 1  # per optimizer step on each data-parallel rank (gradient accumulation)
+    sparse_optimizer: bool = False  # SparseAdamW (EST): per-row/column step counts
+    reduce_bucket: int = DEFAULT_REDUCE_BUCKET
+
+    def check(self, model: ModelConfig) -> "Layout":
+        for name in ("tp", "pp", "dp", "micro_batch_size", "seq_length", "micro_batches"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.zero not in (0, 1, 2, 3):
+            raise UsageError(f"--zero {self.zero} is not a ZeRO stage; use 0, 1, 2 or 3")
+        if self.pp > 1 and self.zero > 1:
+            raise UsageError(f"ZeRO-{self.zero} does not run with pipeline parallelism; use --zero 1 with --pp "
+                             f"{self.pp}, or --pp 1")
+        if self.offload_params and self.zero != 3:
+            raise UsageError("--offload-params needs --zero 3 (ZeRO-Infinity); add it or drop the flag")
+        if self.offload_optimizer and self.zero == 0:
+            raise UsageError("--offload-optimizer needs ZeRO (--zero 1, 2 or 3)")
+        if self.recompute not in (None, "selective", "full"):
+            raise UsageError(f"--recompute {self.recompute!r} is unknown; use selective or full")
+        if self.recompute_num_layers is not None and self.recompute != "full":
+            raise UsageError("--recompute-num-layers needs --recompute full")
+        for name, size in (("num_query_groups", model.num_query_groups), ("ffn_hidden_size", model.ffn_hidden_size)):
+            if size % self.tp:
+                raise UsageError(f"--tp {self.tp} does not divide {name} {size}; pick a divisor of it")
+        if model.num_layers % self.pp:
+            raise UsageError(f"--pp {self.pp} does not divide the {model.num_layers} layers; pick a divisor")
+        if self.seq_length > model.max_position_embeddings:
+            raise UsageError(f"--seq-length {self.seq_length} exceeds the model's {model.max_position_embeddings} "
+                             "positions; shorten it or raise --max-position-embeddings")
+        return self
+
+    @property
+    def weight_bytes(self) -> int:
+        return 2 if self.bf16 else FP32
+
+
+# ---- parameters per rank ----
+
+def layer_parameters(model: ModelConfig, tp: int = 1) -> int:
+    """Parameters of one transformer layer on one tensor-parallel rank (norms and row-parallel biases whole)."""
+    d, f, hd = model.hidden_size, model.ffn_hidden_size, model.head_dim
+    qkv_rows = model.num_query_groups * (model.heads_per_group + 2) * hd
+    up_rows = (2 if model.is_llama else 1) * f
+    split = (qkv_rows * d + d * model.num_attention_heads * hd + up_rows * d + d * f) // tp
+    whole = 2 * (d if model.is_llama else 2 * d)  # two norms
+    if model.bias:
+        split += (qkv_rows + up_rows) // tp
+        whole += 2 * d  # output and down biases
+    return split + whole
+
+
+def stage_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> List[int]:
+    """Parameters one rank holds on each pipeline stage (a tied embedding is on the first and the last)."""
+    d = model.hidden_size
+    vocab = math.ceil(model.vocab_size / tp) * d  # vocab-parallel rows (padded)
+    norm = d if model.is_llama else 2 * d
+    layers = model.num_layers // pp * layer_parameters(model, tp)
+    first = vocab + (0 if model.is_llama else model.max_position_embeddings * d)
+    last = norm + (vocab if model.tie_embeddings and pp > 1 else 0 if model.tie_embeddings else vocab)
+    stages = [layers] * pp
+    stages[0] += first
+    stages[-1] += last
+    return stages
+
+
+def trained_units(model: ModelConfig, tp: int = 1, pp: int = 1) -> int:
+    """SparseAdamW's units on the largest stage: a row or column per weight, one per bias or norm."""
+    hd = model.head_dim
+    per_layer = (model.num_query_groups * (model.heads_per_group + 2) * hd + model.num_attention_heads * hd
+                 + (3 if model.is_llama else 2) * model.ffn_hidden_size) // tp + 2 + (4 if model.bias else 0)
+    return model.num_layers // pp * per_layer + 4
+
+
+# ---- activations ----
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One layer's realised sizes on one TP rank: query heads, key/value heads, MLP columns, and whether the heads
+    and columns are gathered (an EST plan) rather than the whole weights."""
+
+    query_heads: int
+    kv_heads: int
+    columns: int
+    heads_gathered: bool
+    columns_gathered: bool
+
+
+def layer_shape(model: ModelConfig, counts: SubnetCounts, tp: int) -> LayerShape:
+    return LayerShape(counts.query_heads // tp, counts.kv_heads // tp, counts.mlp_columns // tp,
+                      counts.query_heads < model.num_attention_heads, counts.mlp_columns < model.ffn_hidden_size)
+
+
+def _norm_bytes(model: ModelConfig, act: int) -> int:
+    """Per token, what a norm saves besides its input: RMSNorm runs in fp32 (an fp32 copy of a bf16 input, the
+    1/rms, the normalised fp32 input, the cast output); LayerNorm saves mean, 1/std and its output."""
+    d = model.hidden_size
+    if model.is_llama:
+        return FP32 + FP32 * d + act * d + (FP32 * d if act != FP32 else 0)
+    return 2 * FP32 + act * d
+
+
+def layer_activation_bytes(model: ModelConfig, shape: LayerShape, act: int, recompute: Optional[str]) -> int:
+    """Bytes per token one layer keeps for its backward pass (without full recompute)."""
+    d, hd = model.hidden_size, model.head_dim
+    q, kv, f = shape.query_heads, shape.kv_heads, shape.columns
+    # The residual stream entering each block is saved by its norm (RMSNorm in fp32 keeps its fp32 copy instead).
+    residuals = 2 * act * d if (not model.is_llama or act == FP32) else 0
+    norms = 2 * _norm_bytes(model, act)
+    qkv = act * (q + 2 * kv) * hd  # the QKV projection (its value slots stay referenced by the attention)
+    if recompute == "selective":
+        attention = qkv + act * q * hd  # the core's input and its output
+    else:
+        rotated = act * (q + kv) * hd if model.is_llama else 0  # queries and keys after RoPE
+        queries = act * q * hd if q > kv else 0  # several query heads per group: copied into one tensor
+        attention = qkv + rotated + queries + FP32 * q + act * q * hd  # + log-sum-exp, output (= context)
+    mlp = act * (4 * f if model.is_llama else 2 * f)  # SwiGLU: [gate; up], silu(gate), product; GELU: in, out
+    return residuals + norms + attention + mlp
+
+
+def gathered_weight_bytes(model: ModelConfig, shape: LayerShape, weight: int) -> int:
+    """One active layer's gathered weight slices (saved by its matmuls for the backward pass) and their int64 row
+    and column indices; 0 when dense."""
+    d, hd = model.hidden_size, model.head_dim
+    total = 0
+    if shape.heads_gathered:
+        rows, columns = (shape.query_heads + 2 * shape.kv_heads) * hd, shape.query_heads * hd
+        total += (rows * d + d * columns) * weight + (rows + columns) * INT64
+    if shape.columns_gathered:
+        rows = (2 if model.is_llama else 1) * shape.columns
+        total += (rows * d + d * shape.columns) * weight + (rows + shape.columns) * INT64
+    return total
+
+
+@dataclass
+class ActivationPlan:
+    """Per micro-batch activation bytes of one stage of training on the largest pipeline stage."""
+
+    saved: int  # kept through the forward pass, for the backward pass
+    transient: int  # the largest short-lived addition: the loss's logits and their gradient, or a recomputed layer
+    in_flight: int  # micro-batches whose activations coexist (pipeline 1F1B)
+
+    @property
+    def peak(self) -> int:
+        return self.saved * self.in_flight + self.transient
+
+
+def activation_plan(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> ActivationPlan:
+    tokens = layout.micro_batch_size * layout.seq_length
+    act = layout.weight_bytes
+    shape = layer_shape(model, counts, layout.tp)
+    layers_here = model.num_layers // layout.pp
+    active = max(1, round(counts.layers / layout.pp)) if counts.layers < model.num_layers else layers_here
+    full = (0 if layout.recompute != "full" else
+            active if layout.recompute_num_layers is None else min(layout.recompute_num_layers, active))
+    stored = layer_activation_bytes(model, shape, act, layout.recompute)
+    gathered = gathered_weight_bytes(model, shape, layout.weight_bytes)
+    vocab = math.ceil(model.vocab_size / layout.tp)
+    head = tokens * (vocab * FP32 + _norm_bytes(model, act) + act * model.hidden_size + 2 * INT64)
+    # A fully recomputed layer keeps its input only: its gathered weights are gathered again in the backward pass.
+    # RoPE's cos and sin tables (all positions, fp32) are saved once, unless recompute covers every rotation.
+    rotated = model.is_llama and active > full and layout.recompute != "selective"
+    rope = 2 * model.max_position_embeddings * model.head_dim * FP32 if rotated else 0
+    saved = tokens * ((active - full) * stored + full * act * model.hidden_size) + (active - full) * gathered + head \
+        + rope
+    logits = tokens * vocab * (2 * FP32 + (act if act != FP32 else 0))  # logits (or fp32 copy) and the gradient
+    recomputed = tokens * layer_activation_bytes(model, shape, act, None) + gathered if full else 0
+    in_flight = min(layout.pp, layout.micro_batches)
+    return ActivationPlan(saved, max(logits, recomputed), in_flight)
+
+
+# ---- the plan ----
+
+@dataclass
+class MemoryPlan:
+    """Per-rank bytes of one layout: model states, activations per training stage, and the phase peaks."""
+
+    model: ModelConfig
+    layout: Layout
+    parameters: int  # on the largest pipeline stage, after the tensor-parallel split
+    weights: int  # this rank's own weights (its partition under ZeRO-3)
+    gathered: int  # ZeRO-3: whole weights gathered from the other ranks while training
+    gradients: int
+    master: int
+    moments: int
+    fp32_partitions: int
+    reduce_buffer: int
+    unit_counts: int
+    host: int  # offloaded states (host memory)
+    init_transient: int
+    flatten_transient: int
+    overhead: int
+    activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
+
+    @property
+    def states(self) -> int:
+        return self.weights + self.gathered + self.gradients + self.reduce_buffer + self.master + self.moments \
+            + self.fp32_partitions
+
+    def phases(self, stage: str, first_step: bool = False) -> Dict[str, int]:
+        """Bytes at start-up (the model built), during deepspeed.initialize, in forward/backward of `stage`, and in
+        the optimizer step. Before the first step the moments and fp32 gradient partitions do not exist yet
+        (`first_step`); from then on they stay, and forward/backward is the largest training phase."""
+        on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
+        step_states = on_device(self.moments + self.fp32_partitions)
+        grad_buffer = self.gradients if self.layout.zero == 3 else 0  # preallocated by ZeRO-3's initialize
+        training = self.overhead + self.weights + self.gathered + self.gradients + self.reduce_buffer \
+            + on_device(self.master)
+        return {
+            "start-up": self.overhead + self.weights + self.init_transient,
+            "initialize": self.overhead + self.weights + on_device(self.master) + self.flatten_transient
+            + grad_buffer,
+            "forward/backward": training + (0 if first_step else step_states) + self.activations[stage].peak,
+            "step": training + step_states,
+        }
+
+    def peak(self, stage: str) -> int:
+        return max(self.phases(stage).values())
+
+    def table(self, gpu_memory_gb: float) -> str:
+        """The printed plan: states, activations per stage, peaks, and whether each fits `gpu_memory_gb`."""
+        lay, m = self.layout, self.model
+        gib = lambda n: f"{n / GIB:10.2f}"  # noqa: E731
+        lines = [f"model: {m.num_parameters():,} parameters; this rank holds {self.parameters:,} "
+                 f"(TP {lay.tp}, PP {lay.pp}, DP {lay.dp}); ZeRO-{lay.zero}"
+                 f"{', optimizer offload' if lay.offload_optimizer else ''}"
+                 f"{', parameter offload' if lay.offload_params else ''}; {'bf16' if lay.bf16 else 'fp32'}; "
+                 f"micro-batch {lay.micro_batch_size} x {lay.seq_length}, {lay.micro_batches} per step; recompute "
+                 f"{lay.recompute or 'none'}"
+                 + (f" (first {lay.recompute_num_layers} layers)" if lay.recompute_num_layers else ""),
+                 "", f"{'per rank':<34}{'GiB':>10}",
+                 f"{'weights':<34}{gib(self.weights)}"]
+        if lay.zero == 3:
+            lines.append(f"{'gathered weights (ZeRO-3)':<34}{gib(self.gathered)}")
+        lines += [f"{'gradients':<34}{gib(self.gradients)}",
+                  f"{'fp32 master weights':<34}{gib(self.master)}",
+                  f"{'Adam moments':<34}{gib(self.moments)}",
+                  f"{'fp32 gradient partitions':<34}{gib(self.fp32_partitions)}",
+                  f"{'reduce buffer':<34}{gib(self.reduce_buffer)}"]
+        if self.unit_counts:
+            lines.append(f"{'SparseAdamW step counts (host)':<34}{gib(self.unit_counts)}")
+        if self.host:
+            lines.append(f"{'offloaded to host memory':<34}{gib(self.host)}")
+        lines.append(f"{'fixed runtime overhead':<34}{gib(self.overhead)}")
+        lines += ["", f"{'stage':<16}{'activations':>12}{'x in flight':>12}{'transient':>11}{'peak GiB':>10}"
+                  f"{'phase at peak':>18}  fits {gpu_memory_gb:g} GB"]
+        for stage, acts in self.activations.items():
+            phases = self.phases(stage)
+            at = max(phases, key=phases.get)
+            fits = "yes" if self.peak(stage) <= gpu_memory_gb * 1e9 else "NO"
+            lines.append(f"{stage:<16}{acts.saved / GIB:12.2f}{acts.in_flight:>12}{acts.transient / GIB:11.2f}"
+                         f"{self.peak(stage) / GIB:10.2f}{at:>18}  {fits}")
+        worst = max(self.peak(s) for s in self.activations)
+        lines.append("")
+        lines.append(f"peak {worst / GIB:.2f} GiB per rank: " + (
+            f"fits a {gpu_memory_gb:g} GB GPU" if worst <= gpu_memory_gb * 1e9 else
+            f"does not fit a {gpu_memory_gb:g} GB GPU"))
+        return "\n".join(lines)
+
+
+def stage_counts(model: ModelConfig, schedule: str, subnet: Optional[SubnetConfig] = None) \
+        -> List[Tuple[str, SubnetCounts]]:
+    """(name, realised counts) of each distinct stage of an EST schedule (a preset name or a spec), dense last."""
+    resolved = parse_schedule(schedule).resolve(1000)
+    sampler = PlanSampler(model, subnet or SubnetConfig(), resolved, 0)
+    out: List[Tuple[str, SubnetCounts]] = []
+    seen = set()
+    for index, rates in enumerate(resolved.rates):
+        key = tuple(rates)
+        if key in seen:
+            continue
+        seen.add(key)
+        dense = all(r >= 1.0 for r in rates)
+        counts = SubnetCounts.dense(model) if dense else SubnetCounts.from_sampler(sampler, rates)
+        out.append(("dense" if dense else f"est stage {index + 1}", counts))
+    if not any(name == "dense" for name, _ in out):
+        out.append(("dense", SubnetCounts.dense(model)))
+    return out
+
+
+def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[str, SubnetCounts]]] = None,
+                overhead_bytes: Optional[int] = None, device: str = "cuda") -> MemoryPlan:
+    """The memory plan of `model` under `layout` for each (name, counts) stage (default: dense only)."""
+    layout.check(model)
+    n, w = layout.dp, layout.weight_bytes
+    per_stage = stage_parameters(model, layout.tp, layout.pp)
+    p = max(per_stage)
+    partition = math.ceil(p / n) if layout.zero >= 1 else p
+    bucket = layout.reduce_bucket * w
+    if layout.zero == 3:
+        # Gathered weights stay while they will be used again within max_reuse_distance (the backward pass uses
+        # them all), up to max_live_parameters: the whole model below 1e9 parameters.
+        live = ZERO3_GATHER_LAYERS * layer_parameters(model, layout.tp) if n == 1 else ZERO3_MAX_LIVE
+        weights = 0 if layout.offload_params else math.ceil(p / n) * w
+        gathered = min(p, live) * w
+    else:
+        weights, gathered = p * w, 0
+    gradients = p * w if layout.zero <= 1 else math.ceil(p / n) * w
+    if layout.zero == 3:  # the reduce bucket and the full-size gradients waiting for it (any N: same code path)
+        gradients += 2 * bucket
+    master = partition * FP32 if (layout.zero >= 1 or layout.bf16) else 0
+    moments = 2 * partition * FP32
+    fp32_partitions = (2 if layout.zero == 3 else 1) * partition * FP32 if layout.zero >= 1 else 0
+    reduce_buffer = layout.reduce_bucket * w if layout.zero in (1, 2) else 0
+    flatten_transient = (math.ceil(p / n) if layout.zero == 3 else p) * w if layout.zero >= 1 else 0
+    unit_counts = trained_units(model, layout.tp, layout.pp) * INT64 if layout.sparse_optimizer else 0
+    host = (master + moments + fp32_partitions if layout.offload_optimizer else 0) \
+        + (math.ceil(p / n) * w if layout.offload_params else 0) + unit_counts
+    # Seeded initialisation draws each part (a layer, the embedding) whole in fp32 before keeping its slice.
+    largest_part = max(layer_parameters(model), model.vocab_size * model.hidden_size)
+    init_transient = 2 * largest_part * FP32  # the drawn part and the slice copied from it
+    if overhead_bytes is None:
+        overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
+    plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
+                      reduce_buffer, unit_counts, host, init_transient, flatten_transient, overhead_bytes)
+    for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
+        plan.activations[name] = activation_plan(model, layout, counts)
+    return plan

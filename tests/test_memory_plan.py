@@ -1,0 +1,138 @@
+"""tools/memory_plan.py's accounting: parameters and model states in closed form, and activations against the
+tensors autograd really saves (counted with saved-tensor hooks) for dense and EST plans, with and without
+recompute."""
+import math
+
+import pytest
+import torch
+
+from data_fixtures import load_tool
+from est_megatron.config import SubnetConfig, model_preset
+from est_megatron.errors import UsageError
+from est_megatron.model.recompute import Recompute
+from est_megatron.model.transformer import Transformer
+from est_megatron.subnet.flops import SubnetCounts
+from est_megatron.subnet.plan import PlanSampler
+from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.training.memory_plan import (FP32, GIB, Layout, activation_plan, layer_parameters, plan_memory,
+                                               stage_counts, stage_parameters)
+
+tool = load_tool("tools/memory_plan.py")
+
+
+def small(flavour):
+    if flavour == "llama":
+        return model_preset("tiny", num_layers=4, hidden_size=128, num_attention_heads=8, num_query_groups=2,
+                            ffn_hidden_size=352, vocab_size=1000, max_position_embeddings=256)
+    return model_preset("tiny-gpt2", num_layers=4, hidden_size=128, num_attention_heads=8, num_query_groups=8,
+                        ffn_hidden_size=352, vocab_size=1000, max_position_embeddings=256)
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_parameters_per_rank(flavour):
+    cfg = small(flavour)
+    assert stage_parameters(cfg) == [cfg.num_parameters()] == [sum(p.numel() for p in Transformer(cfg).parameters())]
+    d, f, hd = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
+    qkv = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd * d
+    norms = 2 * d if flavour == "llama" else 4 * d
+    split = qkv + d * d + (3 if flavour == "llama" else 2) * d * f
+    if flavour == "gpt2":  # biases: QKV and up split, output and down whole
+        split += (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd + f
+        norms += 2 * d
+    assert layer_parameters(cfg, tp=2) == split // 2 + norms
+    stages = stage_parameters(cfg, tp=2, pp=2)
+    vocab = math.ceil(cfg.vocab_size / 2) * d
+    assert stages[0] == 2 * layer_parameters(cfg, 2) + vocab + (0 if flavour == "llama" else 256 * d)
+    assert stages[1] == 2 * layer_parameters(cfg, 2) + (d if flavour == "llama" else 2 * d) + vocab  # head / tied
+
+
+def test_model_states_in_closed_form():
+    cfg = small("llama")
+    p = cfg.num_parameters()
+    for zero, bf16, dp in ((1, True, 4), (2, True, 4), (3, True, 4), (1, False, 1), (3, False, 2)):
+        w = 2 if bf16 else 4
+        plan = plan_memory(cfg, Layout(dp=dp, zero=zero, bf16=bf16, micro_batch_size=2, seq_length=64),
+                           overhead_bytes=0, device="cpu")
+        part = math.ceil(p / dp)
+        assert plan.master == 4 * part and plan.moments == 8 * part
+        assert plan.fp32_partitions == (8 if zero == 3 else 4) * part
+        assert plan.weights == (part * w if zero == 3 else p * w)
+        grads = p * w if zero == 1 else part * w + (2 * 50_000_000 * w if zero == 3 else 0)
+        assert plan.reduce_buffer == (50_000_000 * w if zero in (1, 2) else 0)
+        assert plan.gradients == grads
+        assert plan.gathered == (0 if zero < 3 else p * w if dp > 1 else 2 * layer_parameters(cfg) * w)
+    offload = plan_memory(cfg, Layout(dp=4, zero=3, offload_optimizer=True, offload_params=True, seq_length=64),
+                          overhead_bytes=0)
+    assert offload.weights == 0 and offload.host == (4 + 8 + 8) * math.ceil(p / 4) + 2 * math.ceil(p / 4)  # ZeRO-3
+    phases = offload.phases("dense")
+    assert phases["step"] == offload.gathered + offload.gradients  # the optimizer lives on the host
+
+
+def autograd_saved_bytes(model, ids, labels, plan):
+    """Bytes of the distinct storages autograd saves for the backward pass (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, plan=plan, labels=labels)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+@pytest.mark.parametrize("recompute", [None, "selective", "full"])
+@pytest.mark.parametrize("rates", [(1.0, 1.0, 1.0), (0.5, 0.5, 1.0), (0.5, 0.5, 0.5)],
+                         ids=["dense", "half-width", "half-all"])
+def test_activations_equal_what_autograd_saves(flavour, recompute, rates):
+    cfg = small(flavour)
+    batch, seq = 2, 64
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    Recompute(recompute).apply(model)
+    sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:{},{},{}".format(*rates)).resolve(1), 0)
+    dense = rates == (1.0, 1.0, 1.0)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    measured = autograd_saved_bytes(model, ids, torch.randint(0, cfg.vocab_size, (batch, seq)),
+                                    None if dense else sampler.plan(0))
+    counts = SubnetCounts.dense(cfg) if dense else SubnetCounts.from_sampler(sampler, rates)
+    planned = activation_plan(cfg, Layout(bf16=False, micro_batch_size=batch, seq_length=seq, recompute=recompute),
+                              counts).saved
+    # Left out of the plan: the loss scalar and the plan's per-layer flags (a few bytes).
+    assert abs(planned - measured) <= 0.002 * measured, (planned, measured)
+
+
+def test_est_stages_and_recompute_order_the_activations():
+    cfg = model_preset("tinyllama-1.1b")
+    stages = dict(stage_counts(cfg, "tinyllama"))
+    assert list(stages) == ["est stage 1", "est stage 2", "dense"]
+    lay = dict(dp=8, zero=2, micro_batch_size=8, seq_length=2048)
+    acts = {name: plan_memory(cfg, Layout(**lay), list(stages.items())).activations[name].saved for name in stages}
+    assert acts["est stage 1"] < acts["est stage 2"] < acts["dense"]
+    none, selective, full = (plan_memory(cfg, Layout(recompute=r, **lay)).activations["dense"].saved
+                             for r in (None, "selective", "full"))
+    assert full < 0.25 * none and selective < none  # full recompute keeps one hidden state per layer
+    assert FP32 * cfg.vocab_size * 8 * 2048 < full  # the loss's fp32 log-probabilities stay
+
+
+def test_tool_prints_the_plan_and_refuses_bad_layouts(capsys):
+    assert tool.main(["--model", "tinyllama-1.1b", "--dp", "8", "--zero", "2", "--micro-batch-size", "8",
+                      "--seq-length", "2048", "--gpu-memory-gb", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "est stage 1" in out and "dense" in out and "fits a 80 GB GPU" in out
+    assert tool.main(["--model", "llama2-7b", "--seq-length", "4096", "--micro-batch-size", "4",
+                      "--gpu-memory-gb", "24"]) == 0
+    assert "does not fit a 24 GB GPU" in capsys.readouterr().out
+    for bad, message in ((["--tp", "3"], "--tp 3 does not divide"), (["--pp", "2", "--zero", "2"], "ZeRO-2 does not"),
+                         (["--offload-params"], "--offload-params needs --zero 3"),
+                         (["--seq-length", "9999"], "exceeds the model's 2048 positions")):
+        with pytest.raises(SystemExit):
+            tool.main(bad)
+        assert message in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--recompute-num-layers needs --recompute full"):
+        Layout(recompute_num_layers=2).check(small("llama"))
+    assert GIB == 2 ** 30
