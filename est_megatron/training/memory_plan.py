@@ -264,6 +264,11 @@ class MemoryPlan:
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
 
     @property
+    def host_weights(self) -> int:
+        """ZeRO-Infinity's weight partition, kept in host memory."""
+        return math.ceil(self.parameters / self.layout.dp) * self.layout.weight_bytes
+
+    @property
     def states(self) -> int:
         return self.weights + self.gathered + self.gradients + self.reduce_buffer + self.master + self.moments \
             + self.fp32_partitions
@@ -300,13 +305,15 @@ class MemoryPlan:
                  f"{lay.recompute or 'none'}"
                  + (f" (first {lay.recompute_num_layers} layers)" if lay.recompute_num_layers else ""),
                  "", f"{'per rank':<34}{'GiB':>10}",
-                 f"{'weights':<34}{gib(self.weights)}"]
+                 f"{'weights' + (' (partition on the host)' if lay.offload_params else ''):<34}"
+                 f"{gib(self.host_weights if lay.offload_params else self.weights)}"]
         if lay.zero == 3:
             lines.append(f"{'gathered weights (ZeRO-3)':<34}{gib(self.gathered)}")
+        host = " (host)" if lay.offload_optimizer else ""
         lines += [f"{'gradients':<34}{gib(self.gradients)}",
-                  f"{'fp32 master weights':<34}{gib(self.master)}",
-                  f"{'Adam moments':<34}{gib(self.moments)}",
-                  f"{'fp32 gradient partitions':<34}{gib(self.fp32_partitions)}",
+                  f"{'fp32 master weights' + host:<34}{gib(self.master)}",
+                  f"{'Adam moments' + host:<34}{gib(self.moments)}",
+                  f"{'fp32 gradient partitions' + host:<34}{gib(self.fp32_partitions)}",
                   f"{'reduce buffer':<34}{gib(self.reduce_buffer)}"]
         if self.unit_counts:
             lines.append(f"{'SparseAdamW step counts (host)':<34}{gib(self.unit_counts)}")
