@@ -9,9 +9,8 @@ Our standalone checkpoint (what `tools/convert_hf_to_est.py` writes and `--init-
 `model.safetensors` (our parameter names, `lm_head.weight` absent when embeddings are tied), `est_config.json`
 (`{"model": ModelConfig fields, "source": ...}`) and the tokenizer files. `load_est_weights` also reads a
 training checkpoint (DeepSpeed layout: `latest` -> step_N/ with `mp_rank_00_model_states.pt`, key "module", and
-our `est_state.json` holding the model config; ZeRO-3's fp32 partitions are merged here). A
-checkpoint of a tensor- or pipeline-parallel run is merged into the single-process (TP=1) weights: one
-`mp_rank_XX_model_states.pt` per TP rank, or `layer_XX-model_YY-model_states.pt` per pipeline layer and TP rank.
+our `est_state.json` holding the model config), merged into the single-process (TP=1) weights by
+est_megatron.checkpoint.merge whatever the run's TP/PP/ZeRO layout.
 """
 from __future__ import annotations
 
@@ -20,13 +19,13 @@ import dataclasses
 import glob
 import json
 import os
-import pickle
 import re
 import shutil
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from est_megatron.checkpoint.merge import safe_load, training_state, training_tag_dir, training_weights
 from est_megatron.config import ModelConfig
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.errors import UsageError
@@ -297,7 +296,7 @@ def _read_weights(directory: str) -> StateDict:
     loader = load_file
     if not files:
         files = sorted(glob.glob(os.path.join(directory, "pytorch_model*.bin")))
-        loader = _safe_load
+        loader = safe_load
     if not files:
         raise UsageError(f"{directory} has no *.safetensors or pytorch_model*.bin weights")
     state: StateDict = {}
@@ -328,141 +327,6 @@ def save_est_checkpoint(directory: str, model: ModelConfig, state: StateDict, so
         shutil.copyfile(path, os.path.join(directory, name))
 
 
-def _training_tag_dir(directory: str) -> Optional[str]:
-    """The tag directory of a training checkpoint (`latest` -> step_N, or a step_N directory itself)."""
-    latest = os.path.join(directory, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            return os.path.join(directory, f.read().strip())
-    if os.path.isfile(os.path.join(directory, "mp_rank_00_model_states.pt")):
-        return directory
-    return None
-
-
-def _training_state(tag_dir: str) -> dict:
-    path = os.path.join(tag_dir, "est_state.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-_PIPE_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
-_TP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
-
-
-def _safe_load(path: str) -> dict:
-    """torch.load that never runs code from the file (tensors and plain containers only, plus the few DeepSpeed
-    classes of its optimizer files, which are rebuilt from their fields); a damaged file is one line naming it."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    try:
-        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UsageError(f"{path} holds objects other than tensors ({str(err).splitlines()[0][:160]}); it is not "
-                         "loaded, since unpickling could run code: convert the weights to safetensors") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UsageError(f"{path} cannot be read ({str(err).splitlines()[0][:160]}); it is truncated or damaged, "
-                         "copy it again") from None
-
-
-def _load_module_state(path: str) -> StateDict:
-    blob = _safe_load(path)
-    state = blob.get("module", blob)
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def _zero3_state(tag_dir: str, model_states: str) -> StateDict:
-    """The full fp32 parameters of a ZeRO-3 checkpoint (TP=1): every rank's `zero_pp_rank_R_mp_rank_00_optim_states
-    .pt` holds, per parameter group, one flat tensor with, for each parameter in order, its R-th slice of
-    ceil(numel / world) elements; `param_shapes` in the model-states file gives the order and shapes. (DeepSpeed's
-    zero_to_fp32 does the same but unpickles the files.)"""
-    optim = {int(g.group(1)): os.path.join(tag_dir, n) for n in os.listdir(tag_dir)
-             if (g := re.match(r"^zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$", n))}
-    world = _ranks_complete(list(optim), "zero_pp_rank_*_optim_states.pt", tag_dir)
-    meta = _safe_load(model_states)
-    flat = [_safe_load(optim[r])["optimizer_state_dict"]["fp32_flat_groups"] for r in range(world)]
-    state: StateDict = {}
-    for group, shapes in enumerate(meta["param_shapes"]):
-        offset = 0
-        for name, shape in shapes.items():
-            numel = int(torch.Size(shape).numel())
-            part = -(-numel // world)
-            pieces = [flat[r][group][offset:offset + part] for r in range(world)]
-            if any(p.numel() != part for p in pieces):
-                raise UsageError(f"{tag_dir}: the ZeRO-3 partitions are shorter than the model-states file says; "
-                                 "copy the whole checkpoint directory")
-            state[name.removeprefix("module.")] = torch.cat(pieces)[:numel].view(shape).clone()
-            offset += part
-    for name, source in (meta.get("shared_params") or {}).items():
-        state[name.removeprefix("module.")] = state[source.removeprefix("module.")]
-    return state
-
-
-def _ranks_complete(ranks, what: str, tag_dir: str) -> int:
-    """The TP size from the ranks found; a gap means a missing file."""
-    size = max(ranks) + 1
-    if sorted(set(ranks)) != list(range(size)):
-        raise UsageError(f"{tag_dir} lacks the {what} files of some tensor-parallel ranks (found ranks "
-                         f"{sorted(set(ranks))}); copy the whole checkpoint directory")
-    return size
-
-
-def _pipeline_shards(tag_dir: str, m: ModelConfig, files: dict) -> list:
-    """Per TP rank, the state dict of a pipeline run: `layer_XX-model_YY-model_states.pt`, XX the PipelineModule
-    layer, YY the TP rank; keys are the layer's own names, placed under the layer's global prefix."""
-    from est_megatron.parallel.pipeline import pipeline_layer_prefixes
-    prefixes = pipeline_layer_prefixes(m)
-    tp = _ranks_complete([rank for _, rank in files], "layer_*", tag_dir)
-    layers = sorted({layer for layer, _ in files})
-    if layers[-1] >= len(prefixes) or any((layer, rank) not in files for layer in layers for rank in range(tp)):
-        raise UsageError(f"{tag_dir} has pipeline layer files that do not fit this model ({len(prefixes)} pipeline "
-                         "layers); is est_state.json from the same run?")
-    states = [{} for _ in range(tp)]
-    for (layer, rank), path in sorted(files.items()):
-        for key, value in _load_module_state(path).items():
-            states[rank].setdefault(prefixes[layer] + key, value)  # a tied embedding counts once
-    return states
-
-
-def _training_weights(tag_dir: str, m: ModelConfig) -> StateDict:
-    """The single-process weights of a training checkpoint of any layout: DeepSpeed's per-rank files are merged
-    with the sharding rules of est_megatron.tensor_parallel.sharding (TP) and the layer order of the pipeline (PP)."""
-    from est_megatron.tensor_parallel.sharding import merge_tensor_parallel
-    names = os.listdir(tag_dir)
-    pipe = {(int(g.group(1)), int(g.group(2))): os.path.join(tag_dir, n) for n in names if (g := _PIPE_FILE.match(n))}
-    if pipe:
-        states = _pipeline_shards(tag_dir, m, pipe)
-    else:
-        tp_files = {int(g.group(1)): os.path.join(tag_dir, n) for n in names if (g := _TP_FILE.match(n))}
-        if not tp_files and "zero_pp_rank_0_mp_rank_00_model_states.pt" in names:  # ZeRO-3 writes only these
-            tp_files = {0: os.path.join(tag_dir, "zero_pp_rank_0_mp_rank_00_model_states.pt")}
-        if not tp_files:
-            raise UsageError(f"{tag_dir} has no mp_rank_00_model_states.pt; is it a DeepSpeed checkpoint tag?")
-        tp = _ranks_complete(list(tp_files), "mp_rank_*_model_states.pt", tag_dir)
-        states = [_load_module_state(tp_files[rank]) for rank in range(tp)]
-        if any(v.numel() == 0 for v in states[0].values()):  # ZeRO-3 keeps placeholders here: merge the partitions
-            if tp > 1:
-                raise UsageError(f"{tag_dir} is a ZeRO-3 checkpoint of a tensor-parallel run, which cannot be merged; "
-                                 "train with ZeRO-1/2 under tensor parallelism, or with TP=1 under ZeRO-3")
-            states = [_zero3_state(tag_dir, tp_files[0])]
-    state = merge_tensor_parallel(states, m)
-    _check_shapes(state, m, tag_dir)
-    return state
-
-
-def _check_shapes(state: StateDict, m: ModelConfig, where: str) -> None:
-    from est_megatron.model.transformer import Transformer
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in Transformer(m).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got != expected:
-        name = next(k for k in sorted(set(got) | set(expected)) if got.get(k) != expected.get(k))
-        raise UsageError(f"{where} does not hold this model's weights: {name} is {got.get(name)} but the model needs "
-                         f"{expected.get(name)}; is est_state.json from the same run?")
-
-
 def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
     """(ModelConfig, our state dict) from our converted checkpoint (one file or shards) or a training checkpoint
     directory."""
@@ -473,15 +337,15 @@ def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
         with open(config_path) as f:
             model = ModelConfig(**json.load(f)["model"]).validate()
         return model, read_safetensors(directory)
-    tag_dir = _training_tag_dir(directory)
+    tag_dir = training_tag_dir(directory)
     if tag_dir is None:
         raise UsageError(f"{directory} holds neither {EST_WEIGHTS} (tools/convert_hf_to_est.py) nor a training "
                          "checkpoint (latest -> step_N/); give one of those")
-    saved = _training_state(tag_dir).get("model")
+    saved = training_state(tag_dir).get("model")
     if saved is None:
         raise UsageError(f"{tag_dir} has no est_state.json with the model config; is it an est_megatron checkpoint?")
     model = ModelConfig(**saved).validate()
-    return model, _training_weights(tag_dir, model)
+    return model, training_weights(tag_dir, model)
 
 
 def tokenizer_files(directory: str) -> Dict[str, str]:
@@ -526,8 +390,8 @@ def checkpoint_tokenizer(directory: str) -> Tuple[Optional[TokenizerSpec], Optio
     """(tokenizer spec, whether documents start with BOS) of a checkpoint: the files beside it, else the training
     run's recorded tokenizer flags and shards; None where unknown."""
     spec = folder_tokenizer(directory)
-    tag_dir = _training_tag_dir(directory)
-    args = (_training_state(tag_dir).get("args") or {}) if tag_dir else {}
+    tag_dir = training_tag_dir(directory)
+    args = (training_state(tag_dir).get("args") or {}) if tag_dir else {}
     add_bos = _run_adds_bos(args) if args else None
     if spec is None and args:
         from est_megatron.data.tokenizer import spec_from_args
