@@ -8,11 +8,12 @@ pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4):
   default), so the whole model below 1e9 parameters; with N = 1 a layer or two in flight;
 - gradients: w P (ZeRO-0/1), w P / N (ZeRO-2/3, ZeRO-3's preallocated flat partition buffer); ZeRO-1/2 allocate
   a contiguous reduce buffer of reduce_bucket_size elements in the first backward pass, ZeRO-3 (for any N) its
-  reduce bucket plus as many full-size gradients waiting for it;
+  reduce bucket, as many full-size gradients waiting for it and an all-gather prefetch bucket of the same size
+  (ds_configs set reduce_bucket_size = stage3_prefetch_bucket_size);
 - optimizer: an fp32 master partition 4 P / N (ZeRO keeps one even for fp32 weights; ZeRO-0 with fp32 has none),
   Adam's two moments 8 P / N, and from the first step on the fp32 gradient of the master partition, 4 P / N
-  (ZeRO-3 keeps a second fp32 partition beside it; measured, see tools/bench/memory.py); SparseAdamW adds one
-  int64 step count per trained row or column (on the host);
+  (measured, see tools/bench/memory.py); SparseAdamW adds one int64 step count per trained row or column (on
+  the host);
 - deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
   moment (w P / N under ZeRO-3, which flattens only its partition);
 - offload (ZeRO-Offload / -Infinity): the optimizer terms move to host memory, and under ZeRO-3 the weight
@@ -265,7 +266,7 @@ class MemoryPlan:
 
     @property
     def host_weights(self) -> int:
-        """ZeRO-Infinity's weight partition, kept in host memory."""
+        """One weight partition, w P / N: what ZeRO-Infinity keeps in host memory."""
         return math.ceil(self.parameters / self.layout.dp) * self.layout.weight_bytes
 
     @property
@@ -279,7 +280,9 @@ class MemoryPlan:
         (`first_step`); from then on they stay, and forward/backward is the largest training phase."""
         on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
         step_states = on_device(self.moments + self.fp32_partitions)
-        grad_buffer = self.gradients if self.layout.zero == 3 else 0  # preallocated by ZeRO-3's initialize
+        # ZeRO-3's initialize preallocates the flat gradient partition and its reduce buffers (not the prefetch).
+        lay = self.layout
+        grad_buffer = self.host_weights + 2 * lay.reduce_bucket * lay.weight_bytes if lay.zero == 3 else 0
         training = self.overhead + self.weights + self.gathered + self.gradients + self.reduce_buffer \
             + on_device(self.master)
         return {
@@ -374,11 +377,11 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     else:
         weights, gathered = p * w, 0
     gradients = p * w if layout.zero <= 1 else math.ceil(p / n) * w
-    if layout.zero == 3:  # the reduce bucket and the full-size gradients waiting for it (any N: same code path)
-        gradients += 2 * bucket
+    if layout.zero == 3:  # reduce bucket, the full-size gradients waiting for it, the all-gather prefetch bucket
+        gradients += 3 * bucket
     master = partition * FP32 if (layout.zero >= 1 or layout.bf16) else 0
     moments = 2 * partition * FP32
-    fp32_partitions = (2 if layout.zero == 3 else 1) * partition * FP32 if layout.zero >= 1 else 0
+    fp32_partitions = partition * FP32 if layout.zero >= 1 else 0
     reduce_buffer = layout.reduce_bucket * w if layout.zero in (1, 2) else 0
     flatten_transient = (math.ceil(p / n) if layout.zero == 3 else p) * w if layout.zero >= 1 else 0
     unit_counts = trained_units(model, layout.tp, layout.pp) * INT64 if layout.sparse_optimizer else 0
