@@ -1,13 +1,46 @@
 """Installs est_megatron: Evolving Subnetwork Training on DeepSpeed."""
+import os
+import re
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def package_version() -> str:
+    """The one version string, est_megatron.__version__, read without importing the package (and torch)."""
+    with open(os.path.join(HERE, "est_megatron", "__init__.py"), encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
+
+
+# Console scripts: each runs one module of est_megatron.cli, the code of launch/NAME.py or tools/NAME.py.
+CONSOLE_SCRIPTS = {
+    "est-pretrain": "pretrain_tinyllama",
+    "est-pretrain-gpt2": "pretrain_gpt2",
+    "est-continual-pretrain": "continual_pretrain",
+    "est-finetune": "finetune",
+    "est-preprocess": "preprocess_data",
+    "est-train-tokenizer": "train_tokenizer",
+    "est-inspect-data": "inspect_data",
+    "est-convert-to-hf": "convert_to_hf",
+    "est-convert-hf-to-est": "convert_hf_to_est",
+    "est-evaluate": "evaluate",
+    "est-hessian-trace": "hessian_trace",
+    "est-plan": "est_plan",
+    "est-compare-runs": "compare_runs",
+    "est-plot-metrics": "plot_metrics",
+}
 
 setup(
     name="est_megatron",
-    version="0.1.0",
+    version=package_version(),
     description="Evolving Subnetwork Training (EST), RAPTR and SAT for Llama/GPT-2 pretraining on DeepSpeed",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["est_megatron", "est_megatron.*"]),
+    package_data={"est_megatron": ["ds_configs/*.json"]},  # the launchers' --ds_config files
+    entry_points={"console_scripts": [f"{name}=est_megatron.cli.console:{module}"
+                                      for name, module in CONSOLE_SCRIPTS.items()]},
     python_requires=">=3.9",
     # Ranges are the ones CI tests: torch and DeepSpeed at the tested minor versions; .ci/run also runs the
     # Hugging Face tests against the oldest transformers allowed here.
@@ -28,7 +61,7 @@ setup(
         "huggingface_hub>=0.24",  # save_torch_state_dict: sharded safetensors with an index (est_megatron.hf)
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7",
+        "test": ["pytest>=7", "ruff>=0.5", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7",
                  "lm_eval>=0.4.9,<0.5", "accelerate>=0.26"],
         "gpu": ["flash-attn>=2.5"],
         "hf": ["transformers>=5.0,<6"],

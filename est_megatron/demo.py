@@ -28,9 +28,9 @@ from est_megatron.data.preprocess import preprocess, summary_line
 from est_megatron.data.sources import SourceOptions
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.data.tokenizer_training import train_tokenizer
+from est_megatron.training.arguments import DS_CONFIG_DIR
 from est_megatron.training.distributed import free_port
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
              "__pycache__", "tkinter", "config-3.11-x86_64-linux-gnu"}
 CODE_CHARS = 6_000_000  # about 2.5M tokens of code
@@ -153,7 +153,7 @@ def prepare_data(demo_dir):
 def training_argv(demo_dir, tokenizer, slimpajama, starcoder, progress=True):
     argv = DEMO_MODEL + DEMO_RUN + [
         "--data-path", "0.7", slimpajama, "0.3", starcoder, "--tokenizer-model", tokenizer,
-        "--ds_config", os.path.join(REPO_ROOT, "ds_configs", "zero2.json"),
+        "--ds_config", os.path.join(DS_CONFIG_DIR, "zero2.json"),
         "--save", os.path.join(demo_dir, "checkpoints"), "--load", os.path.join(demo_dir, "checkpoints"),
         "--log-dir", os.path.join(demo_dir, "logs")]
     return argv if progress else argv + ["--no-progress"]
@@ -188,10 +188,10 @@ def run_demo(args, argv=None) -> int:
     tokenizer, slimpajama, starcoder = prepare_data(demo_dir)
     print(f"demo: data ready in {time.time() - start:.0f}s; pretraining on {args.demo_nproc} CPU processes "
           "(DeepSpeed ZeRO-2, gloo; the first DeepSpeed run compiles its CPU communication op, ~90 s)", flush=True)
-    script = os.path.join(REPO_ROOT, "launch", "pretrain_tinyllama.py")
+    # the launcher's module (launch/pretrain_tinyllama.py runs it), so the demo works from an installed package
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.demo_nproc),
-           "--master_port", str(free_port()), script] + training_argv(demo_dir, tokenizer, slimpajama, starcoder,
-                                                                       args.progress)
+           "--master_port", str(free_port()), "-m", "est_megatron.cli.pretrain_tinyllama"]
+    cmd += training_argv(demo_dir, tokenizer, slimpajama, starcoder, args.progress)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)

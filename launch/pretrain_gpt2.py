@@ -1,18 +1,8 @@
 #!/usr/bin/env python
-"""Pretrain GPT-2-base (default: the paper's setup, 150k steps of 512 x 1024 tokens, linear decay) with EST.
-
-    deepspeed --num_gpus 8 launch/pretrain_gpt2.py --ds_config ds_configs/zero1.json \\
-        --data-path shards/openwebtext --tokenizer-model gpt2_sp.model --save ckpt/gpt2 --log-dir logs/gpt2
-
-Runs under `deepspeed` (one or many nodes with --hostfile), `torchrun` or plain `python` (one process).
-`--help` lists every flag.
-"""
-import os
+"""Runs est_megatron.cli.pretrain_gpt2 (installed: `est-pretrain-gpt2`); `--help` says what it does."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from est_megatron.cli import main  # noqa: E402
+from est_megatron.cli.pretrain_gpt2 import main
 
 if __name__ == "__main__":
-    sys.exit(main(family="gpt2"))
+    sys.exit(main())

@@ -1,21 +1,8 @@
 #!/usr/bin/env python
-"""Pretrain TinyLlama-1.1B (default: the paper's setup, 60k steps of 1024 x 2048 tokens) with EST on DeepSpeed.
-
-    deepspeed --num_gpus 8 launch/pretrain_tinyllama.py --ds_config ds_configs/zero1.json \\
-        --data-path 0.7 shards/slimpajama 0.3 shards/starcoder --tokenizer-model tokenizer.model \\
-        --save ckpt/tinyllama --log-dir logs/tinyllama
-
-    python launch/pretrain_tinyllama.py --demo    # a few minutes on CPU: corpus, tokenizer, shards, training
-
-Runs under `deepspeed` (one or many nodes with --hostfile), `torchrun` or plain `python` (one process).
-`--help` lists every flag.
-"""
-import os
+"""Runs est_megatron.cli.pretrain_tinyllama (installed: `est-pretrain`); `--help` says what it does."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from est_megatron.cli import main  # noqa: E402
+from est_megatron.cli.pretrain_tinyllama import main
 
 if __name__ == "__main__":
-    sys.exit(main(family="tinyllama"))
+    sys.exit(main())

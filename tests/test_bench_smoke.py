@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
@@ -20,14 +19,10 @@ def keep_threads():
 
 
 def load(name):
-    sys.path.insert(0, BENCH)
-    try:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, name + ".py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(BENCH)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_step_speed_smoke(tmp_path, capsys):

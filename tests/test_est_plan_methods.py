@@ -1,17 +1,15 @@
-"""tools/est_plan.py for RAPTR (per-stage depth) and SAT (per-LORS-ladder omission rate): rows, savings, and the
-costs the training run's own planners give."""
+"""tools/est_plan.py (est_megatron.cli.est_plan) for RAPTR (per-stage depth) and SAT (per-LORS-ladder omission
+rate): rows, savings, and the costs the training run's own planners give."""
 import json
 
 import pytest
 
-from data_fixtures import load_tool
+from est_megatron.cli import est_plan
 from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.subnet.flops import SubnetCounts, dense_step_flops, step_flops
 from est_megatron.subnet.raptr import RaptrPlanner, parse_raptr_schedule
 from est_megatron.subnet.sat import SatConfig, SatMethod, SatPlanner
 from est_megatron.training.arguments import build_parser
-
-est_plan = load_tool("tools/est_plan.py")
 
 
 def rows_of(out):

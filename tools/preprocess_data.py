@@ -1,50 +1,6 @@
 #!/usr/bin/env python
-"""Tokenize raw corpora into Megatron-compatible indexed shards (PREFIX_NNNNN.bin/.idx + PREFIX.manifest.json).
-
-    python tools/preprocess_data.py --input /data/SlimPajama/train --format slimpajama \
-        --tokenizer-model tokenizer.model --output-prefix /data/shards/slimpajama --workers 16
-    python tools/preprocess_data.py --input openwebtext.jsonl --tokenizer-type GPT2BPETokenizer \
-        --vocab-file gpt2/vocab.json --merge-file gpt2/merges.txt --output-prefix /data/shards/owt
-"""
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from est_megatron.data import sources  # noqa: E402
-from est_megatron.data.preprocess import preprocess, summary_line  # noqa: E402
-from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args  # noqa: E402
-from est_megatron.errors import exit_on_usage_error  # noqa: E402
-from est_megatron.help_format import HelpFormatter  # noqa: E402
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    sources.add_source_args(p)
-    add_tokenizer_args(p)
-    p.add_argument("--output-prefix", required=True, help="shards become PREFIX_00000.bin/.idx, ...")
-    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (output identical for any N)")
-    p.add_argument("--shard-size", type=int, default=1 << 30, help="start a new shard after this many tokens")
-    p.add_argument("--no-append-eod", dest="append_eod", action="store_false",
-                   help="do not append the EOS token to each document")
-    p.add_argument("--add-bos", action="store_true", help="prepend the BOS token to each document")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return p
-
-
-@exit_on_usage_error
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    options = sources.options_from_args(args)
-    manifest = preprocess(args.input, options, spec_from_args(args), args.output_prefix, workers=args.workers,
-                          shard_size=args.shard_size, append_eod=args.append_eod, add_bos=args.add_bos,
-                          progress=args.progress)
-    print(summary_line(manifest))
-    for example in manifest["bad_record_examples"][:10]:
-        print(f"  skipped: {example}")
-    return manifest
-
+"""Runs est_megatron.cli.preprocess_data (installed: `est-preprocess`); `--help` says what it does."""
+from est_megatron.cli.preprocess_data import main
 
 if __name__ == "__main__":
     main()

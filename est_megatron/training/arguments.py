@@ -17,8 +17,9 @@ from est_megatron.help_format import HelpFormatter
 from est_megatron.training.methods import add_method_args
 from est_megatron.training.resume import OVERRIDABLE, normalise_override
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DS_CONFIG_DIR = os.path.join(REPO_ROOT, "ds_configs")
+# The DeepSpeed configs are package data (a checkout's top-level ds_configs/ links here), so the default
+# --ds_config exists in an installed package too.
+DS_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ds_configs")
 
 # The paper's setups (Li et al., ICML 2024, section 4): TinyLlama-1.1B and GPT-2-base.
 FAMILY_DEFAULTS = {
@@ -71,7 +72,8 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
 
     g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=d["micro_batch_size"], help="samples per rank per micro-batch")
+    g.add_argument("--micro-batch-size", type=int, default=d["micro_batch_size"],
+                   help="samples per rank per micro-batch")
     g.add_argument("--global-batch-size", type=int, default=d["global_batch_size"],
                    help="samples per optimizer step (= micro batch x data-parallel size x accumulation steps)")
     g.add_argument("--train-steps", "--train-iters", dest="train_steps", type=int, default=d["train_steps"],
@@ -104,7 +106,8 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--save-interval", type=int, default=1000, help="save every N steps (and at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (0: keep all)")
     g.add_argument("--exit-interval", type=int,
-                   help="save and stop at the first step divisible by N (Megatron's meaning; the LR and EST schedules stay those of --train-steps, so chained jobs of N steps each train the same run)")
+                   help="save and stop at the first step divisible by N (Megatron's meaning; the LR and EST "
+                        "schedules stay those of --train-steps, so chained jobs of N steps each train the same run)")
     g.add_argument("--override-resume-args", nargs="+", metavar="NAME", default=[],
                    help="accept these flags differing from the checkpoint on --load (refused otherwise): "
                         f"{', '.join(f.lstrip('-') for f in OVERRIDABLE)}")

@@ -13,18 +13,15 @@ import glob
 import json
 import os
 import resource
-import sys
 import sysconfig
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from est_megatron.data import sources  # noqa: E402
-from est_megatron.data.preprocess import preprocess  # noqa: E402
-from est_megatron.data.tokenizer import SentencePieceTokenizer, train_llama_style  # noqa: E402
-from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
-from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.data import sources
+from est_megatron.data.preprocess import preprocess
+from est_megatron.data.tokenizer import SentencePieceTokenizer, train_llama_style
+from est_megatron.errors import UsageError, exit_on_usage_error
+from est_megatron.help_format import HelpFormatter
 
 
 def stdlib_documents(max_bytes, doc_chars=3000):

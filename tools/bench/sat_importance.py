@@ -13,19 +13,14 @@ gradient accumulation its share of a step is (a) / (a + A * (b)). Prints medians
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import step_speed  # noqa: E402  (also puts the repository on sys.path)
-
-from est_megatron.config import SubnetConfig  # noqa: E402
-from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
-from est_megatron.subnet.flops import step_flops  # noqa: E402
-from est_megatron.subnet.sat import METRICS, SatConfig, SatPlanner, importance_flops  # noqa: E402
-from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.cli import step_speed
+from est_megatron.config import SubnetConfig
+from est_megatron.errors import UsageError, exit_on_usage_error
+from est_megatron.subnet.flops import step_flops
+from est_megatron.subnet.sat import METRICS, SatConfig, SatPlanner, importance_flops
+from est_megatron.help_format import HelpFormatter
 
 
 class _FixedPlan:

@@ -14,21 +14,17 @@ process' CPU time, which a shared machine disturbs far less than wall-clock.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import step_speed  # noqa: E402  (also puts the repository on sys.path)
-import torch  # noqa: E402
-
-from est_megatron.config import SubnetConfig  # noqa: E402
-from est_megatron.errors import UsageError, exit_on_usage_error  # noqa: E402
-from est_megatron.subnet.flops import dense_step_flops, step_flops  # noqa: E402
-from est_megatron.subnet.plan import PlanSampler  # noqa: E402
-from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule  # noqa: E402
-from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.cli import step_speed
+from est_megatron.config import SubnetConfig
+from est_megatron.errors import UsageError, exit_on_usage_error
+from est_megatron.subnet.flops import dense_step_flops, step_flops
+from est_megatron.subnet.plan import PlanSampler
+from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule
+from est_megatron.help_format import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The pretraining command line that launch/pretrain_tinyllama.py and launch/pretrain_gpt2.py run.
+"""The pretraining command line of est_megatron.cli.pretrain_tinyllama and est_megatron.cli.pretrain_gpt2.
 
 `main(argv, family)`: parse Megatron-style flags, then run the demo (`--demo`) or train. It sits above both
 `training` and `demo`, so neither has to import the other. Both are imported only once chosen, so `--help` and a

@@ -1,0 +1,594 @@
+"""Train several methods and schedules on the same data, seeds and model, and compare them against dense.
+
+    python tools/compare_runs.py --output-dir runs/compare --demo-data demo_data --seeds 1 2 \\
+        --run dense --run est --run "est-gpt2:--est-schedule gpt2" --run raptr --run sat \\
+        --run "est-uniform:--est-mlp-strata 1 --est-layer-strata 1" --run "est-adamw:--est-optimizer dense" \\
+        --train-steps 1200 --lr-warmup-steps 60 --eval-interval 100
+
+Runs. `--run NAME[:FLAGS]` (repeatable; default: dense and est) names a run and its own training flags, quoted
+as one word. A run named after a method (dense, est, raptr, sat) trains that method unless its flags say
+--method. Every flag this tool does not define is a training flag of the launcher (launch/pretrain_tinyllama.py
+--help) given to every run; a run's own flags come after those and win. Each run is trained once per --seeds
+seed, which also seeds the data order, so all runs of a seed see the same batches; validation is always the
+dense model on the same held-out batches.
+
+Data. `--demo-data DIR` builds (or reuses) the demo corpus in DIR — the Python installation's documentation and
+standard-library code, a tokenizer and shards made with the project's tools — and defaults the model and run to
+the demo's (a 4-layer, 128-wide Llama, sequence 128, global batch 16); `--data-path`/`--tokenizer-model` train on
+your shards instead. `--smoke` is a tiny model for a handful of steps, for tests.
+
+Each run and seed is a subprocess of the launcher with its own directory OUTPUT_DIR/NAME/seed_S (logs/
+metrics.jsonl, checkpoints/, train.log, run.json), so rerunning the same command skips finished runs and resumes
+interrupted ones from their last checkpoint (Ctrl-C or SIGTERM make the run in flight save first). A run's flags
+must not change between invocations (checked), except --exit-interval (chained jobs of one run).
+
+Outputs: OUTPUT_DIR/summary.json (per run and seed: validation loss per evaluation, training loss per log step,
+cumulative FLOPs and tokens, stage transitions, final losses, FLOPs saved, wall-clock), OUTPUT_DIR/figure2.png
+(the paper's Figure 2: validation and training loss against steps and FLOPs, stage transitions dotted) and
+OUTPUT_DIR/table.md (final validation loss against dense: mean +- standard deviation over seeds, the per-seed
+relative difference, FLOPs saved), also printed.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+from est_megatron.analysis.curves import load_curves, mean_and_spread, read_records
+from est_megatron.errors import UsageError, exit_on_usage_error
+from est_megatron.help_format import HelpFormatter
+from est_megatron.training.methods import METHODS
+
+FAMILIES = ("tinyllama", "gpt2")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# Set by this tool for every run; a user's value would break the one-directory-per-run layout or the seeds.
+MANAGED_FLAGS = ("--seed", "--save", "--load", "--log-dir", "--demo", "--demo-dir", "--demo-nproc", "--local_rank",
+                 "--local-rank", "--data-path", "--tokenizer-model")
+# Settings that may differ between invocations of one run: they change where a job stops, not what it trains.
+VOLATILE_SETTINGS = ("exit_interval", "progress", "local_rank")
+SMOKE_FLAGS = ["--model", "tiny", "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4",
+               "--train-steps", "8", "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-steps", "2",
+               "--log-interval", "1", "--eval-interval", "4", "--eval-iters", "1", "--save-interval", "4",
+               "--keep-checkpoints", "1", "--split", "90,10,0", "--num-workers", "0"]
+# Console echo of a run's output: the training loop's own lines; everything goes to its train.log.
+ECHO = re.compile(r"^(step |est_megatron:|resumed |no checkpoint|the run is complete|error:|Traceback)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                allow_abbrev=False,
+                                usage="%(prog)s [options] [training flags passed to every run]")
+    p.add_argument("--run", action="append", metavar="NAME[:FLAGS]",
+                   help="a run and its own training flags, quoted as one word, e.g. \"est-gpt2:--est-schedule "
+                        "gpt2\"; repeatable (default: dense and est)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1234],
+                   help="train every run once per seed (default: 1234, the launcher's)")
+    p.add_argument("--output-dir", default="compare_runs",
+                   help="one directory per run and seed, and the summary, figure and table (default: compare_runs)")
+    p.add_argument("--family", choices=FAMILIES, default="tinyllama",
+                   help="launcher and its defaults: launch/pretrain_tinyllama.py or launch/pretrain_gpt2.py "
+                        "(default: tinyllama)")
+    p.add_argument("--demo-data", metavar="DIR",
+                   help="build or reuse the demo corpus, tokenizer and shards in DIR and train on them; the demo's "
+                        "model and run flags become the defaults (default: use --data-path)")
+    p.add_argument("--data-path", nargs="+", help="Megatron blend of shard prefixes, as for the launcher")
+    p.add_argument("--tokenizer-model", help="SentencePiece model of the shards, as for the launcher")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes per run: 1 runs plain python, more run torchrun (default: 1)")
+    p.add_argument("--baseline", help="run the others are compared with (default: the first dense run)")
+    p.add_argument("--table-steps", type=int, nargs="+", default=[],
+                   help="also tabulate the validation loss at these steps (default: only the final one)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny model for a few steps (model tiny, sequence 32, 8 steps), to test the harness")
+    p.add_argument("--dry-run", action="store_true",
+                   help="prepare the data, check every run's flags and print the commands; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the summary, figure and table from the logs already there")
+    p.add_argument("--no-plot", dest="plot", action="store_false",
+                   help="skip figure2.png (no matplotlib needed)")
+    p.add_argument("--verbose", action="store_true",
+                   help="echo every line the runs print, not only the training loop's (all go to train.log)")
+    return p
+
+
+@dataclass
+class RunSpec:
+    name: str
+    flags: List[str]
+
+
+def parse_run(text: str) -> RunSpec:
+    """NAME or NAME:FLAGS; a name that is a method and flags without --method train that method."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not NAME_PATTERN.match(name):
+        raise UsageError(f"--run {text!r}: the name {name!r} must be letters, digits, '.', '_', '+' or '-' (it "
+                         "names the run's directory); write --run NAME or --run \"NAME:FLAGS\"")
+    try:
+        flags = shlex.split(rest)
+    except ValueError as err:
+        raise UsageError(f"--run {text!r}: cannot split its flags ({err}); check the quotes") from None
+    if sep and not flags:
+        raise UsageError(f"--run {text!r} has a ':' but no flags; write --run {name} or --run \"{name}:FLAGS\"")
+    if flags and not flags[0].startswith("-"):
+        raise UsageError(f"--run {text!r}: flags must start with an option such as --method, not {flags[0]!r}")
+    has_method = any(f == "--method" or f.startswith("--method=") for f in flags)
+    if not has_method and name in METHODS:
+        flags = ["--method", name] + flags
+    elif not sep and name not in METHODS:
+        raise UsageError(f"--run {name!r} is not a method ({', '.join(sorted(METHODS))}); give its flags: "
+                         f"--run \"{name}:--method est --est-schedule ...\"")
+    return RunSpec(name, flags)
+
+
+def check_not_managed(flags: List[str], where: str) -> None:
+    for flag in flags:
+        key = flag.split("=", 1)[0]
+        if key in MANAGED_FLAGS:
+            fix = {"--seed": "use --seeds", "--data-path": "give --data-path once, for every run",
+                   "--tokenizer-model": "give --tokenizer-model once, for every run",
+                   "--demo": "use --demo-data DIR", "--demo-dir": "use --demo-data DIR"}.get(
+                key, "this tool sets it for every run under --output-dir")
+            raise UsageError(f"{where}: {key} is set by compare_runs ({fix})")
+
+
+@dataclass
+class Job:
+    """One run with one seed: its directory, launcher flags and what the report needs to know about it."""
+
+    spec: RunSpec
+    seed: int
+    directory: str
+    argv: List[str]
+    settings: dict  # the launcher's parsed arguments that define what the run trains
+    info: dict  # method, schedule, train_steps, seq_length, global_batch_size, dense_step_flops
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name} seed {self.seed}"
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.directory, "logs")
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.directory, "checkpoints")
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.directory, "run.json")
+
+
+def run_directory(output_dir: str, name: str, seed: int) -> str:
+    return os.path.join(output_dir, name, f"seed_{seed}")
+
+
+def read_state(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_state(path: str, state: dict) -> None:
+    """Atomic, so an interrupted harness never leaves a torn run.json."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+    os.replace(tmp, path)
+
+
+def data_flags(args) -> List[str]:
+    if args.demo_data and (args.data_path or args.tokenizer_model):
+        raise UsageError("give either --demo-data or --data-path with --tokenizer-model, not both")
+    if args.demo_data:
+        from est_megatron.demo import prepare_data
+        print(f"compare_runs: demo data in {os.path.abspath(args.demo_data)}", flush=True)
+        tokenizer, slimpajama, starcoder = prepare_data(os.path.abspath(args.demo_data))
+        return ["--data-path", "0.7", slimpajama, "0.3", starcoder, "--tokenizer-model", tokenizer]
+    if not args.data_path or not args.tokenizer_model:
+        raise UsageError("no data: give --demo-data DIR (a corpus built from this Python installation) or "
+                         "--data-path with --tokenizer-model")
+    paths = [p if _is_number(p) else os.path.abspath(p) for p in args.data_path]
+    return ["--data-path", *paths, "--tokenizer-model", os.path.abspath(args.tokenizer_model)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def default_flags(args) -> List[str]:
+    """The flags every run starts from (smoke or demo setup); common flags and a run's own come after and win."""
+    if args.smoke:
+        return list(SMOKE_FLAGS)
+    if args.demo_data:
+        from est_megatron.demo import DEMO_MODEL, DEMO_RUN
+        return DEMO_MODEL + DEMO_RUN
+    return []
+
+
+def check_training_flags(argv: List[str], family: str, where: str):
+    """Parse a run's launcher flags exactly as the launcher will, and build its model and method, so that a typo
+    or an impossible combination stops here, before hours of other runs. Returns (settings, info)."""
+    from est_megatron.data.tokenizer import SentencePieceTokenizer
+    from est_megatron.subnet.flops import dense_step_flops
+    from est_megatron.training.arguments import build_parser as training_parser, check_args
+    from est_megatron.training.trainer import build_model_config
+    from est_megatron.training.methods import MethodContext, build_method, subnet_config
+
+    parser = training_parser(family)
+
+    def fail(message):
+        hint = "; quote each run's flags as one word, --run \"NAME:FLAGS\"" if \
+            "unrecognized" in message or "expected" in message else ""
+        raise UsageError(f"{where}: {message}{hint} (see python launch/pretrain_{family}.py --help)")
+
+    parser.error = fail
+    args = parser.parse_args(argv)
+    args.family = family
+    try:
+        check_args(args)
+        model = build_model_config(args, SentencePieceTokenizer(args.tokenizer_model).vocab_size)
+        subnet = subnet_config(args, model)
+        build_method(args.method, MethodContext(model, subnet, args.train_steps, args.seed, args))
+    except UsageError as err:
+        raise UsageError(f"{where}: {err}") from None
+    info = {"method": args.method, "schedule": args.est_schedule if args.method == "est" else None,
+            "train_steps": args.train_steps, "seq_length": args.seq_length,
+            "global_batch_size": args.global_batch_size,
+            "dense_step_flops": dense_step_flops(model, args.global_batch_size, args.seq_length)}
+    settings = {k: v for k, v in sorted(vars(args).items())
+                if k not in VOLATILE_SETTINGS and isinstance(v, (str, int, float, bool, list, type(None)))}
+    return settings, info
+
+
+def plan_jobs(args, specs: List[RunSpec], common: List[str]) -> List[Job]:
+    """Every (seed, run) job in training order: all runs of the first seed, then the next seed's."""
+    data = data_flags(args)
+    defaults = default_flags(args)
+    jobs = []
+    for seed in args.seeds:
+        for spec in specs:
+            directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
+            argv = defaults + common + spec.flags + data + [
+                "--seed", str(seed), "--log-dir", os.path.join(directory, "logs"),
+                "--save", os.path.join(directory, "checkpoints"), "--load", os.path.join(directory, "checkpoints"),
+                "--no-progress"]
+            settings, info = check_training_flags(argv, args.family, f"run {spec.name} (seed {seed})")
+            jobs.append(Job(spec, seed, directory, argv, settings, info))
+    return jobs
+
+
+def checkpoint_step(ckpt_dir: str) -> Optional[int]:
+    latest = os.path.join(ckpt_dir, "latest")
+    if not os.path.isfile(latest):
+        return None
+    with open(latest) as f:
+        match = re.search(r"(\d+)$", f.read().strip())
+    return int(match.group(1)) if match else None
+
+
+def finished(job_dir: str, train_steps: int) -> bool:
+    """A run is finished when its log has the loop's end record at the last step."""
+    path = os.path.join(job_dir, "logs", "metrics.jsonl")
+    if not os.path.isfile(path):
+        return False
+    ends = [r for r in read_records(path) if r.get("event") == "end"]
+    return bool(ends) and ends[-1]["step"] >= train_steps
+
+
+def launcher_command(job: Job, family: str, nproc: int) -> List[str]:
+    module = f"est_megatron.cli.pretrain_{family}"  # launch/pretrain_{family}.py, from an installed package too
+    if nproc == 1:
+        return [sys.executable, "-m", module] + job.argv
+    from est_megatron.training.distributed import free_port
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(free_port()), "-m", module] + job.argv
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM reached the harness while a run was training."""
+
+
+class RunFailed(Exception):
+    """A run's launcher exited with an error."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def train_job(job: Job, args, position: str) -> None:
+    """Start or resume one run as a subprocess, echo its progress, record the attempt in run.json."""
+    os.makedirs(job.directory, exist_ok=True)
+    state = read_state(job.state_path)
+    if state is None:
+        state = {"name": job.spec.name, "seed": job.seed, "argv": job.argv, "settings": job.settings, **job.info,
+                 "attempts": []}
+    start_step = checkpoint_step(job.ckpt_dir) or 0
+    total = job.info["train_steps"]
+    print(f"{position} {job.label}: " + (f"resuming at step {start_step} of {total}" if start_step else
+                                         f"training {total} steps") + f" (log {job.directory}/train.log)",
+          flush=True)
+    cmd = launcher_command(job, args.family, args.nproc)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.nproc > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    began = time.time()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    interrupted = None
+    with open(os.path.join(job.directory, "train.log"), "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        # Its own session: a terminal's Ctrl-C reaches only this harness, which asks the run to save and stop.
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, start_new_session=True)
+        try:
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if args.verbose or ECHO.match(line):
+                        print(f"  {job.spec.name} s{job.seed} | {line.rstrip()}", flush=True)
+            except (KeyboardInterrupt, Interrupted) as err:
+                interrupted = str(err) or "SIGINT"
+                print(f"compare_runs: {interrupted}: asking {job.label} to save and stop (again to kill it)",
+                      flush=True)
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    for line in proc.stdout:
+                        log.write(line)
+                except (KeyboardInterrupt, Interrupted):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    interrupted += " twice (killed; its last steps since a checkpoint are lost)"
+            status = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    seconds = time.time() - began
+    state["attempts"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(began)),
+                              "from_step": start_step, "to_step": checkpoint_step(job.ckpt_dir) or 0,
+                              "seconds": round(seconds, 1), "exit_status": status,
+                              "interrupted": interrupted})
+    write_state(job.state_path, state)
+    if interrupted:
+        raise Interrupted(f"interrupted: {job.label} stopped at step {checkpoint_step(job.ckpt_dir) or 0}; rerun "
+                          "the same command to resume")
+    if status != 0:
+        tail = _tail(os.path.join(job.directory, "train.log"), 25)
+        print(tail, file=sys.stderr)
+        raise RunFailed(f"{job.label} failed with exit status {status}; its output is in "
+                        f"{job.directory}/train.log (last lines above); fix it and rerun the same command")
+
+
+def _tail(path: str, lines: int) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:]).rstrip()
+
+
+# ----------------------------------------------------------------------------------------------- the report
+
+
+def job_report(directory: str, state: Optional[dict]):
+    """One run and seed: its curves and final numbers from metrics.jsonl, and its wall-clock from run.json.
+    Returns (report, curves), curves None for a run not started."""
+    metrics = os.path.join(directory, "logs", "metrics.jsonl")
+    if state is None or not os.path.isfile(metrics):
+        return {"status": "not started", "log_dir": os.path.join(directory, "logs")}, None
+    curves = load_curves(metrics, dense_step_flops=state["dense_step_flops"], seq_length=state["seq_length"])
+    train, val = curves.train, curves.val
+    done = curves.end_step is not None and curves.end_step >= state["train_steps"] and \
+        curves.last_step >= state["train_steps"]
+    report = {
+        "status": "finished" if done else "incomplete",
+        "train_steps": state["train_steps"], "last_step": curves.last_step, "log_dir": os.path.dirname(metrics),
+        "final_val_loss": val.value[-1] if val.value else None, "final_val_step": val.step[-1] if val.step else None,
+        "final_train_loss": train.value[-1], "flops": train.flops[-1],
+        "dense_flops": state["dense_step_flops"] * curves.last_step, "flops_saved_frac": curves.flops_saved_frac,
+        "tokens": train.tokens[-1] if train.tokens else None,
+        "train_time_s": round(curves.train_seconds, 2) if curves.train_seconds is not None else None,
+        "wall_clock_s": round(sum(a["seconds"] for a in state["attempts"]), 1),
+        "attempts": len(state["attempts"]),
+        "val": val.to_json(), "train": train.to_json(), "stage_transitions": curves.transitions,
+    }
+    return report, curves
+
+
+def summarize(specs: List[RunSpec], args):
+    """Every run's per-seed reports and their means over seeds, compared with the baseline run seed by seed.
+    Returns (summary, {run name: its seeds' curves})."""
+    runs, curves = [], {}
+    for spec in specs:
+        seeds, method = [], None
+        for seed in args.seeds:
+            directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
+            state = read_state(os.path.join(directory, "run.json"))
+            method = method or (state or {}).get("method")
+            report, run_curves = job_report(directory, state)
+            seeds.append({"seed": seed, **report})
+            if run_curves is not None:
+                curves.setdefault(spec.name, []).append(run_curves)
+        runs.append({"name": spec.name, "flags": spec.flags, "method": method, "seeds": seeds})
+    baseline = args.baseline or next((r["name"] for r in runs if r["method"] == "dense"), None)
+    base = next((r for r in runs if r["name"] == baseline), None)
+    base_val = {s["seed"]: s.get("final_val_loss") for s in base["seeds"]} if base else {}
+    for run in runs:
+        done = [s for s in run["seeds"] if s["status"] != "not started"]
+        run["seeds_finished"] = sum(s["status"] == "finished" for s in run["seeds"])
+        for key in ("final_val_loss", "final_train_loss", "flops_saved_frac", "wall_clock_s", "train_time_s"):
+            run[f"{key}_mean"], run[f"{key}_sd"] = mean_and_spread([s.get(key) for s in done])
+        relative = [(s["final_val_loss"] / base_val[s["seed"]] - 1.0) * 100 for s in done
+                    if s.get("final_val_loss") is not None and base_val.get(s["seed"])]
+        run["val_loss_vs_baseline_pct_mean"], run["val_loss_vs_baseline_pct_sd"] = \
+            mean_and_spread(relative) if base is not None and run is not base else (None, None)
+        for step in args.table_steps:
+            at = [_value_at(s, step) for s in done]
+            run[f"val_loss_at_{step}_mean"], run[f"val_loss_at_{step}_sd"] = \
+                mean_and_spread(at) if at and None not in at else (None, None)
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
+            "family": args.family, "seeds": args.seeds, "baseline": baseline,
+            "default_flags": default_flags(args), "common_flags": args.common,
+            "runs": runs}, curves
+
+
+def _value_at(seed_report: dict, step: int) -> Optional[float]:
+    val = seed_report.get("val") or {}
+    return dict(zip(val.get("step", []), val.get("loss", []))).get(step)
+
+
+def _pm(mean, sd, digits=4, suffix=""):
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}{suffix}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _duration(seconds):
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def markdown_table(summary: dict, table_steps: List[int]) -> str:
+    """Final validation loss of every run against the baseline: mean ± sd over seeds, FLOPs saved, time."""
+    base = summary["baseline"]
+    final_steps = sorted({s["final_val_step"] for r in summary["runs"] for s in r["seeds"]
+                          if s.get("final_val_step") is not None})
+    at = f"step {final_steps[0]}" if len(final_steps) == 1 else "the last evaluation"
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    over = f"mean ± standard deviation over seeds {seeds}" if len(summary["seeds"]) > 1 else f"seed {seeds}"
+    lines = [f"Validation loss (the dense model on the same held-out batches) at {at}; {over}. "
+             + (f"'vs {base}' is the relative difference to {base} with the same seed, averaged over seeds."
+                if base else "No dense run to compare with (add --run dense)."), ""]
+    header = ["run", "flags", "seeds done", "val loss"] + [f"val loss @{t}" for t in table_steps]
+    header += [f"vs {base}"] if base else []
+    header += ["FLOPs saved", "train loss", "wall-clock"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in summary["runs"]:
+        cells = [run["name"], f"`{shlex.join(run['flags'])}`" if run["flags"] else "",
+                 f"{run['seeds_finished']}/{len(run['seeds'])}",
+                 _pm(run["final_val_loss_mean"], run["final_val_loss_sd"])]
+        cells += [_pm(run[f"val_loss_at_{t}_mean"], run[f"val_loss_at_{t}_sd"]) for t in table_steps]
+        if base:
+            rel = run["val_loss_vs_baseline_pct_mean"]
+            cells.append("" if run["name"] == base else "–" if rel is None else
+                         f"{rel:+.2f}%" + (f" ± {run['val_loss_vs_baseline_pct_sd']:.2f}"
+                                           if run["val_loss_vs_baseline_pct_sd"] is not None else ""))
+        saved = run["flops_saved_frac_mean"]
+        cells += ["–" if saved is None else f"{saved * 100:.1f}%",
+                  _pm(run["final_train_loss_mean"], run["final_train_loss_sd"]),
+                  _duration(run["wall_clock_s_mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(specs: List[RunSpec], args) -> dict:
+    """summary.json, table.md (also printed) and figure2.png from whatever logs the runs have."""
+    summary, curves = summarize(specs, args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    paths = {"summary": os.path.join(args.output_dir, "summary.json"),
+             "table": os.path.join(args.output_dir, "table.md")}
+    with open(paths["summary"], "w") as f:
+        json.dump(summary, f, indent=1)
+    table = markdown_table(summary, args.table_steps)
+    with open(paths["table"], "w") as f:
+        f.write(table)
+    if args.plot and curves:
+        from est_megatron.analysis.figure import save_loss_figure
+        seeds = ", ".join(map(str, args.seeds))
+        paths["figure"] = save_loss_figure(curves, os.path.join(args.output_dir, "figure2.png"),
+                                           title=f"{' vs '.join(curves)} (seeds {seeds})")
+    print("\n" + table)
+    print("compare_runs: wrote " + ", ".join(paths.values()), flush=True)
+    summary["paths"] = paths
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def changed_settings(old: dict, new: dict) -> List[str]:
+    """Settings a run was started with that this invocation would change (flags added to or removed from the
+    launcher since then are not compared)."""
+    return [f"{key} {old[key]!r} -> {new[key]!r}" for key in sorted(old.keys() & new.keys())
+            if old[key] != new[key]]
+
+
+def check_args(args, specs: List[RunSpec], common: List[str]) -> None:
+    if args.nproc <= 0:
+        raise UsageError(f"--nproc must be positive, got {args.nproc}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once")
+    if any(t <= 0 for t in args.table_steps):
+        raise UsageError("--table-steps must be positive steps")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"run names repeat ({', '.join(names)}); give every --run its own name")
+    if args.baseline and args.baseline not in names:
+        raise UsageError(f"--baseline {args.baseline} is not a run; choose one of {', '.join(names)}")
+    if args.report_only and args.dry_run:
+        raise UsageError("--report-only and --dry-run exclude each other; pick one")
+    check_not_managed(common, "training flags")
+    for spec in specs:
+        check_not_managed(spec.flags, f"--run {spec.name}")
+
+
+@exit_on_usage_error
+def main(argv=None) -> dict:
+    args, common = build_parser().parse_known_args(argv)
+    args.common = common
+    specs = [parse_run(text) for text in (args.run or ["dense", "est"])]
+    check_args(args, specs, common)
+    if args.plot:  # before hours of training, not after
+        from est_megatron.analysis.figure import require_matplotlib
+        require_matplotlib()
+    if args.report_only:
+        return write_report(specs, args)
+
+    jobs = plan_jobs(args, specs, common)
+    pending = []
+    for job in jobs:
+        state = read_state(job.state_path)
+        changed = changed_settings(state["settings"], job.settings) if state is not None else []
+        if changed:
+            raise UsageError(f"{job.label} in {job.directory} was started with other flags ({'; '.join(changed)}); "
+                             "rerun it with its flags, or use another --output-dir (or delete that directory to "
+                             "retrain it)")
+        if state is not None and finished(job.directory, job.info["train_steps"]):
+            print(f"compare_runs: {job.label} is finished; skipped", flush=True)
+        else:
+            pending.append(job)
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.label}: {shlex.join(launcher_command(job, args.family, args.nproc))}")
+        return {"jobs": [job.argv for job in jobs], "pending": [job.label for job in pending]}
+
+    print(f"compare_runs: {len(pending)} of {len(jobs)} runs to train "
+          f"({len(specs)} runs x {len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
+    try:
+        for i, job in enumerate(pending, 1):
+            train_job(job, args, f"[{i}/{len(pending)}]")
+    except Interrupted as err:
+        print(f"compare_runs: {err}", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    return write_report(specs, args)
+
+
+if __name__ == "__main__":
+    main()
