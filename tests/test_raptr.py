@@ -61,7 +61,7 @@ def test_plan_packs_and_the_model_honours_the_residual_scale():
     plan = p.plan(1)
     back = unpack(plan.pack(cfg), cfg)
     assert back.active_layers == plan.active_layers
-    assert [l.residual_scale for l in back.layers] == [l.residual_scale for l in plan.layers]
+    assert [layer.residual_scale for layer in back.layers] == [layer.residual_scale for layer in plan.layers]
     torch.manual_seed(0)
     model = Transformer(cfg)
     ids = torch.randint(0, cfg.vocab_size, (2, 8))

@@ -25,7 +25,7 @@ def test_prompt_tokens_are_masked_and_response_tokens_trained(tokenizer_model): 
                          {"role": "assistant", "content": "return"}, {"role": "user", "content": "def"},
                          {"role": "assistant", "content": "class"}]}
     tokens, labels = encode_example(chat, tok)
-    trained = [t for t, l in zip(tokens, labels) if l != IGNORE]
+    trained = [t for t, label in zip(tokens, labels) if label != IGNORE]
     assert trained == tok.encode("return") + [tok.eos_id] + tok.encode("class") + [tok.eos_id]
 
 

@@ -1,7 +1,6 @@
 """SIGTERM mid-run: the step in flight finishes, a complete checkpoint is saved, the exit status is 0, and a run
 with --load continues from it."""
 import json
-import os
 import signal
 import time
 

@@ -25,7 +25,8 @@ def broadcast_plan(plan: Optional[StepPlan], model_cfg: ModelConfig, src: int = 
     """The plan of global rank `src` on every rank of `group` (other ranks pass None). Returns it on CPU."""
     device = _device(group)
     if dist.get_rank() == src:
-        packed = plan.pack(model_cfg) if plan is not None else torch.zeros(packed_capacity(model_cfg), dtype=torch.int64)
+        packed = (plan.pack(model_cfg) if plan is not None
+                  else torch.zeros(packed_capacity(model_cfg), dtype=torch.int64))
         packed = packed.to(device)
     else:
         packed = torch.empty(packed_capacity(model_cfg), dtype=torch.int64, device=device)

@@ -18,8 +18,9 @@ attention norm (Q/K/V) or MLP norm (gate/up).
 Inputs X, "on the current micro-batch before the step's computation": a no-grad dense forward of the first
 `prepass_seqs` sequences of the step's first micro-batch records per layer the token-mean and the per-feature
 L2 norm of both normed inputs (forward hooks on the norms; the forward stops after the last one is taken, so the
-last MLP and the LM head never run; under ZeRO-3 it runs to the end, see `layer_input_stats`). With one sequence out of a global batch of B that costs about 1/(3B) of a
-dense step plus the scoring matvecs (2 FLOPs per QKV/gate/up weight); `importance_flops` counts it for the logs.
+last MLP and the LM head never run; under ZeRO-3 it runs to the end, see `layer_input_stats`). With one sequence
+out of a global batch of B that costs about 1/(3B) of a dense step plus the scoring matvecs (2 FLOPs per
+QKV/gate/up weight); `importance_flops` counts it for the logs.
 
 Selection keeps (1 - r) of the query heads in every key/value group (of the groups in every head stratum in
 whole-group mode) and of the columns in every MLP stratum — EST's balanced counts, so tensor-parallel ranks do
