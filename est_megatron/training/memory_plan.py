@@ -235,7 +235,8 @@ def activation_plan(model: ModelConfig, layout: Layout, counts: SubnetCounts) ->
     rope = 2 * model.max_position_embeddings * model.head_dim * FP32 if rotated else 0
     saved = tokens * ((active - full) * stored + full * act * model.hidden_size) + (active - full) * gathered + head \
         + rope
-    logits = tokens * vocab * (2 * FP32 + (act if act != FP32 else 0))  # logits (or fp32 copy) and the gradient
+    # The backward pass starts with the logits' fp32 gradient (and its bf16 cast) beside the saved log-probabilities.
+    logits = tokens * vocab * (FP32 + (act if act != FP32 else 0))
     recomputed = tokens * layer_activation_bytes(model, shape, act, None) + gathered if full else 0
     in_flight = min(layout.pp, layout.micro_batches)
     return ActivationPlan(saved, max(logits, recomputed), in_flight)
