@@ -29,6 +29,7 @@ CONSOLE_SCRIPTS = {
     "est-plan": "est_plan",
     "est-compare-runs": "compare_runs",
     "est-plot-metrics": "plot_metrics",
+    "est-memory-plan": "memory_plan",
 }
 
 setup(

@@ -28,10 +28,8 @@ import sys
 import tempfile
 from types import SimpleNamespace
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from est_megatron.help_format import HelpFormatter  # noqa: E402
+from est_megatron.help_format import HelpFormatter
+from est_megatron.training.arguments import DS_CONFIG_DIR
 
 STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
 GIB = 2 ** 30
@@ -91,7 +89,7 @@ def worker(args) -> None:
     marks = {"baseline": peak_rss()}
     cfg = model_config(args)
     targs = train_args(args, dp)
-    ds_config = load_ds_config(os.path.join(REPO, "ds_configs", f"zero{args.zero}.json"), targs, dp, False)
+    ds_config = load_ds_config(os.path.join(DS_CONFIG_DIR, f"zero{args.zero}.json"), targs, dp, False)
     model, _ = build_model(cfg, state, 1234, zero_stage=args.zero, ds_config=ds_config,
                            recompute=Recompute.from_args(targs))
     marks["start-up"] = peak_rss()
