@@ -72,22 +72,28 @@ class ModelConfig:
                              "for rotary position embeddings")
         return self
 
+    def layer_parameters(self, tp: int = 1) -> int:
+        """Parameters of one transformer layer on one of `tp` tensor-parallel ranks (the projections are split,
+        norms and row-parallel output biases are whole on every rank)."""
+        d, f = self.hidden_size, self.ffn_hidden_size
+        qkv_rows = self.num_query_groups * (self.heads_per_group + 2) * self.head_dim
+        up_rows = (2 if self.is_llama else 1) * f
+        split = (qkv_rows + up_rows + f) * d + d * d  # QKV, [gate; up] and down, output projection
+        whole = 2 * (d if self.is_llama else 2 * d)  # two norms
+        if self.bias:
+            split += qkv_rows + up_rows
+            whole += 2 * d  # output and down biases
+        return split // tp + whole
+
     def num_parameters(self, vocab_size: Optional[int] = None) -> int:
         """Exact parameter count (of the unpadded vocabulary unless `vocab_size` is given)."""
         vocab = self.vocab_size if vocab_size is None else vocab_size
-        d, f = self.hidden_size, self.ffn_hidden_size
-        kv_dim = self.num_query_groups * self.head_dim
+        d = self.hidden_size
         norm = d if self.is_llama else 2 * d
-        attn = d * (d + 2 * kv_dim) + d * d
-        mlp = (3 if self.is_llama else 2) * d * f
-        if self.bias:
-            attn += d + 2 * kv_dim + d
-            mlp += (2 * f if self.is_llama else f) + d
-        layer = attn + mlp + 2 * norm
         embeddings = vocab * d * (1 if self.tie_embeddings else 2)
         if not self.is_llama:
             embeddings += self.max_position_embeddings * d
-        return self.num_layers * layer + norm + embeddings
+        return self.num_layers * self.layer_parameters() + norm + embeddings
 
 
 MODEL_PRESETS = {

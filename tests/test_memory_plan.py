@@ -14,7 +14,7 @@ from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training.memory_plan import (FP32, GIB, Layout, activation_plan, layer_parameters, plan_memory,
+from est_megatron.training.memory_plan import (FP32, GIB, Layout, activation_plan, plan_memory,
                                                stage_counts, stage_parameters)
 
 tool = load_tool("tools/memory_plan.py")
@@ -39,11 +39,11 @@ def test_parameters_per_rank(flavour):
     if flavour == "gpt2":  # biases: QKV and up split, output and down whole
         split += (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd + f
         norms += 2 * d
-    assert layer_parameters(cfg, tp=2) == split // 2 + norms
+    assert cfg.layer_parameters(tp=2) == split // 2 + norms
     stages = stage_parameters(cfg, tp=2, pp=2)
     vocab = math.ceil(cfg.vocab_size / 2) * d
-    assert stages[0] == 2 * layer_parameters(cfg, 2) + vocab + (0 if flavour == "llama" else 256 * d)
-    assert stages[1] == 2 * layer_parameters(cfg, 2) + (d if flavour == "llama" else 2 * d) + vocab  # head / tied
+    assert stages[0] == 2 * cfg.layer_parameters(2) + vocab + (0 if flavour == "llama" else 256 * d)
+    assert stages[1] == 2 * cfg.layer_parameters(2) + (d if flavour == "llama" else 2 * d) + vocab  # head / tied
 
 
 def test_model_states_in_closed_form():
@@ -60,7 +60,7 @@ def test_model_states_in_closed_form():
         grads = p * w if zero == 1 else part * w + (3 * 50_000_000 * w if zero == 3 else 0)
         assert plan.reduce_buffer == (50_000_000 * w if zero in (1, 2) else 0)
         assert plan.gradients == grads
-        assert plan.gathered == (0 if zero < 3 else p * w if dp > 1 else 2 * layer_parameters(cfg) * w)
+        assert plan.gathered == (0 if zero < 3 else p * w if dp > 1 else 2 * cfg.layer_parameters() * w)
     offload = plan_memory(cfg, Layout(dp=4, zero=3, offload_optimizer=True, offload_params=True, seq_length=64),
                           overhead_bytes=0)
     assert offload.weights == 0 and offload.host == (4 + 8 + 4) * math.ceil(p / 4) + 2 * math.ceil(p / 4)

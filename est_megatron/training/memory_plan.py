@@ -109,25 +109,12 @@ class Layout:
 
 # ---- parameters per rank ----
 
-def layer_parameters(model: ModelConfig, tp: int = 1) -> int:
-    """Parameters of one transformer layer on one tensor-parallel rank (norms and row-parallel biases whole)."""
-    d, f, hd = model.hidden_size, model.ffn_hidden_size, model.head_dim
-    qkv_rows = model.num_query_groups * (model.heads_per_group + 2) * hd
-    up_rows = (2 if model.is_llama else 1) * f
-    split = (qkv_rows * d + d * model.num_attention_heads * hd + up_rows * d + d * f) // tp
-    whole = 2 * (d if model.is_llama else 2 * d)  # two norms
-    if model.bias:
-        split += (qkv_rows + up_rows) // tp
-        whole += 2 * d  # output and down biases
-    return split + whole
-
-
 def stage_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> List[int]:
     """Parameters one rank holds on each pipeline stage (a tied embedding is on the first and the last)."""
     d = model.hidden_size
     vocab = math.ceil(model.vocab_size / tp) * d  # vocab-parallel rows (padded)
     norm = d if model.is_llama else 2 * d
-    layers = model.num_layers // pp * layer_parameters(model, tp)
+    layers = model.num_layers // pp * model.layer_parameters(tp)
     first = vocab + (0 if model.is_llama else model.max_position_embeddings * d)
     last = norm + (vocab if model.tie_embeddings and pp > 1 else 0 if model.tie_embeddings else vocab)
     stages = [layers] * pp
@@ -372,7 +359,7 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     if layout.zero == 3:
         # Gathered weights stay while they will be used again within max_reuse_distance (the backward pass uses
         # them all), up to max_live_parameters: the whole model below 1e9 parameters.
-        live = ZERO3_GATHER_LAYERS * layer_parameters(model, layout.tp) if n == 1 else ZERO3_MAX_LIVE
+        live = ZERO3_GATHER_LAYERS * model.layer_parameters(layout.tp) if n == 1 else ZERO3_MAX_LIVE
         weights = 0 if layout.offload_params else math.ceil(p / n) * w
         gathered = min(p, live) * w
     else:
@@ -389,7 +376,7 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     host = (master + moments + fp32_partitions if layout.offload_optimizer else 0) \
         + (math.ceil(p / n) * w if layout.offload_params else 0) + unit_counts
     # Seeded initialisation draws each part (a layer, the embedding) whole in fp32 before keeping its slice.
-    largest_part = max(layer_parameters(model), model.vocab_size * model.hidden_size)
+    largest_part = max(model.layer_parameters(), model.vocab_size * model.hidden_size)
     init_transient = 2 * largest_part * FP32  # the drawn part and the slice copied from it
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
