@@ -37,6 +37,9 @@ def test_step_speed_smoke(tmp_path, capsys):
             assert stage[key] > 0, key
         assert stage["efficiency"] == pytest.approx(stage["speedup"] / stage["ideal_speedup"])
     assert out["stages"]["stage1"]["ideal_speedup"] > out["stages"]["stage2"]["ideal_speedup"] > 1
+    assert out["steady_steps"] == 1000  # the sparse step is timed with fresh and with advanced counts
+    assert all(e["optimizer_vs_adamw"] > 0 and e["steady_optimizer_vs_adamw"] > 0
+               for e in [out["dense"], *out["stages"].values()])
     assert out["dense"]["peak_memory_ratio"] == 1.0 and out["dense_plan_none"]["step_time_s"] > 0
     assert [row["micro_batch_size"] for row in out["modules"]] == [1, 2]
     assert all(row[m]["est_ms"] > 0 for row in out["modules"] for m in ("mha", "mlp", "layer"))

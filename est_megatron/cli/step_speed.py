@@ -8,7 +8,12 @@ forward, backward, the optimizer step, zero_grad. The optimizer is training's: t
 what the plan does not train untouched (--est-optimizer sparse, the default), or AdamW over all parameters with the
 missing gradients of skipped layers zero-filled, as ZeRO's flat buffers hold them (--est-optimizer dense). After
 each timed step, untimed, AdamW over all parameters steps the same gradients too, so the optimizer table puts the
-two optimizer steps side by side. Variants run interleaved (dense, stage 1, stage 2, ...) after warm-up, so a
+two optimizer steps side by side. The sparse step corrects each row and column by the steps that trained it; in a
+bench of a few dozen steps those counts are small and unequal, which keeps it off torch's fused kernel, while in a
+long run they are all past the few hundred steps after which one correction serves every unit. So the table shows
+the sparse step twice: with the bench's own counts (fresh, as at a run's start) and, on the same plan and
+gradients, with every count advanced by --steady-steps (as long into a run; the counts are put back after). Variants
+run interleaved (dense, stage 1, stage 2, ...) after warm-up, so a
 machine whose speed drifts affects all of them alike; each figure is the median over --reps.
 
 Ideal speedup = dense_step_flops / step_flops(realised plan) from est_megatron.subnet.flops; efficiency =
@@ -24,7 +29,7 @@ import contextlib
 import json
 import statistics
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 import torch
@@ -91,7 +96,7 @@ class Stepper:
     """One model, its optimizer and a fixed batch; `step(sampler)` runs a whole training step."""
 
     def __init__(self, cfg, device, dtype, batch: int, seq: int, seed: int, compile_model: bool = False,
-                 sparse: bool = True):
+                 sparse: bool = True, steady_steps: int = 0):
         torch.manual_seed(seed)
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.model = Transformer(cfg).to(device)
@@ -104,6 +109,7 @@ class Stepper:
             self.optimizer.bind(list(self.model.named_parameters()), list(self.model.layers),
                                 own_segments(self.params))
         self.optimizer_time = 0.0  # seconds of the last step's optimizer step
+        self.steady_steps = steady_steps if sparse else 0  # > 0: `compare_adamw` also times the steady state
         generator = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=generator).to(device)
         self.inputs, self.labels = tokens[:, :-1], tokens[:, 1:]
@@ -146,16 +152,31 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         self.dense_optimizer.zero_grad(set_to_none=True)
 
-    def compare_adamw(self) -> float:
+    def compare_adamw(self) -> Tuple[float, Optional[float]]:
         """After `run`, outside the timed step: seconds of AdamW over all parameters on the same gradients (the
-        step's own optimizer time when that is AdamW); then zero_grad."""
+        step's own optimizer time when that is AdamW) and of the sparse step in the steady state (None unless
+        steady_steps); then zero_grad."""
+        steady_time = self.steady_step() if self.steady_steps else None
         if self.optimizer is self.dense_optimizer:
             dense_time = self.optimizer_time
         else:
             self.zero_fill()
             dense_time = timed(self.device, self.dense_optimizer.step)
         self.zero_grad()
-        return dense_time
+        return dense_time, steady_time
+
+    def steady_step(self) -> float:
+        """Seconds of the sparse step on the last plan and gradients with every unit's step count advanced by
+        steady_steps, as that many steps later in a run; the counts are put back after."""
+        counts = self.optimizer.counts
+        saved = {key: count.clone() for key, count in counts.items()}
+        for count in counts.values():
+            count += self.steady_steps
+        self.optimizer.set_plan(None if self.last_plan is None else self.last_plan.to("cpu"))
+        seconds = timed(self.device, self.optimizer.step)
+        for key, count in saved.items():
+            counts[key].copy_(count)
+        return seconds
 
 
 def write_json(path: Optional[str], result: dict) -> None:
@@ -208,15 +229,15 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
     device = stepper.device
     times: Dict[str, List[float]] = {name: [] for name in variants}
     cpu_times: Dict[str, List[float]] = {name: [] for name in variants}
-    optimizer_times: Dict[str, List[tuple]] = {name: [] for name in variants}
+    optimizer_times: Dict[str, List[tuple]] = {name: [] for name in variants}  # (sparse, AdamW, steady sparse)
     for rep in range(warmup + reps):
         for name, sampler in variants.items():
             wall, cpu = timed2(device, lambda: stepper.run(sampler))
-            dense_optimizer = stepper.compare_adamw()
+            dense_optimizer, steady = stepper.compare_adamw()
             if rep >= warmup:
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
-                optimizer_times[name].append((stepper.optimizer_time, dense_optimizer))
+                optimizer_times[name].append((stepper.optimizer_time, dense_optimizer, steady))
     results = {}
     for name, sampler in variants.items():
         if device.type == "cuda":
@@ -228,8 +249,10 @@ def measure_steps(stepper: Stepper, variants: Dict[str, Optional[PlanSampler]], 
         if profile_rows:
             print_profile(stepper, name, sampler, profile_rows)
         results[name] = dict(step_time_s=statistics.median(times[name]), step_times_s=times[name],
-                             optimizer_time_s=statistics.median(t for t, _ in optimizer_times[name]),
-                             adamw_time_s=statistics.median(t for _, t in optimizer_times[name]),
+                             optimizer_time_s=statistics.median(t[0] for t in optimizer_times[name]),
+                             adamw_time_s=statistics.median(t[1] for t in optimizer_times[name]),
+                             steady_optimizer_time_s=None if not stepper.steady_steps else
+                             statistics.median(t[2] for t in optimizer_times[name]),
                              cpu_time_s=statistics.median(cpu_times[name]), peak_memory_bytes=peak,
                              plan=stepper.last_plan)
     return results
@@ -311,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="run the model under torch.compile")
     p.add_argument("--est-optimizer", choices=("sparse", "dense"), default="sparse",
                    help="the optimizer step timed: training's sparse AdamW step, or AdamW over all parameters")
+    p.add_argument("--steady-steps", type=int, default=1000,
+                   help="also time the sparse step with every unit's step count advanced by this many steps, as "
+                        "long into a run (0: only the bench's own counts)")
     p.add_argument("--no-est-machinery", action="store_true",
                    help="also time the dense step with plan=None and compare it with the dense StepPlan step")
     p.add_argument("--modules", action="store_true", help="add MHA/MLP/layer forward times (paper Tables 8/9)")
@@ -326,8 +352,9 @@ def check(args) -> None:
     for flag in ("micro_batch_size", "reps"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    for flag in ("warmup", "steady_steps"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
 
 
 def parse_batch_sizes(text: str) -> List[int]:
@@ -349,6 +376,9 @@ def summarise(cfg, results: Dict[str, dict], batch: int, seq: int, peak: Optiona
         out = dict(step_time_s=t, step_times_s=r["step_times_s"], step_time_min_s=min(r["step_times_s"]),
                    optimizer_time_s=r["optimizer_time_s"], adamw_time_s=r["adamw_time_s"],
                    optimizer_vs_adamw=r["optimizer_time_s"] / r["adamw_time_s"],
+                   steady_optimizer_time_s=r["steady_optimizer_time_s"],
+                   steady_optimizer_vs_adamw=None if r["steady_optimizer_time_s"] is None else
+                   r["steady_optimizer_time_s"] / r["adamw_time_s"],
                    cpu_time_s=r["cpu_time_s"],
                    tokens_per_s=batch * seq / t,
                    tflops=flops / t / 1e12, peak_memory_bytes=r["peak_memory_bytes"],
@@ -404,6 +434,12 @@ def print_summary(summary: dict) -> None:
     for name, e in [("dense (plan)", d)] + list(summary["stages"].items()):
         print(f"  {name:<14}{1e3 * e['optimizer_time_s']:>9.2f} vs {1e3 * e['adamw_time_s']:>9.2f}"
               f"  ratio {e['optimizer_vs_adamw']:.3f}")
+    if d["steady_optimizer_time_s"] is not None:
+        print(f"the same sparse steps with every unit's step count advanced by {summary['steady_steps']} (steady "
+              "state: one bias correction for all), ms:")
+        for name, e in [("dense (plan)", d)] + list(summary["stages"].items()):
+            print(f"  {name:<14}{1e3 * e['steady_optimizer_time_s']:>9.2f} vs {1e3 * e['adamw_time_s']:>9.2f}"
+                  f"  ratio {e['steady_optimizer_vs_adamw']:.3f}")
     for row in summary.get("modules", []):
         parts = "  ".join(f"{k} {row[k]['dense_ms']:.2f}/{row[k]['est_ms']:.2f} ms ({row[k]['speedup']:.2f}x)"
                           for k in ("mha", "mlp", "layer"))
@@ -418,7 +454,7 @@ def main(argv=None) -> dict:
     module_batches = parse_batch_sizes(args.module_batch_sizes) if args.modules else []
 
     stepper = Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed, args.compile,
-                      sparse=args.est_optimizer == "sparse")
+                      sparse=args.est_optimizer == "sparse", steady_steps=args.steady_steps)
     variants: Dict[str, Optional[PlanSampler]] = {"dense": make_sampler(cfg, (1.0, 1.0, 1.0), args.seed)}
     if args.no_est_machinery:
         variants["dense_plan_none"] = None
@@ -430,7 +466,7 @@ def main(argv=None) -> dict:
     if module_batches:
         summary["modules"] = measure_modules(cfg, device, dtype, seq, module_batches, args.warmup, args.reps,
                                              args.seed)
-    summary.update(optimizer=args.est_optimizer, model=args.model, seq_length=seq,
+    summary.update(optimizer=args.est_optimizer, steady_steps=stepper.steady_steps, model=args.model, seq_length=seq,
                    micro_batch_size=args.micro_batch_size, device=str(device),
                    dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), warmup=args.warmup,
                    reps=args.reps, compile=args.compile, peak_tflops=peak,

@@ -25,11 +25,11 @@ a dense one; a range the plan trains whole, with one bias correction, is one pla
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch.optim.adamw import adamw as functional_adamw
 
 from est_megatron.subnet.plan import StepPlan
 
@@ -84,6 +84,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.localize = lambda plan: plan
         self.counts: Dict[int, torch.Tensor] = {}  # id(param) -> int64 steps trained, one per unit (CPU)
         self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index along its axis (CPU)
+        self.spans: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts, at least 1
         self._counted = True  # the current plan's counts are in (set_plan clears it)
 
     # ---- wiring ------------------------------------------------------------------------------------------------
@@ -128,6 +129,8 @@ class SparseAdamW(torch.optim.Optimizer):
                 self.counts[key] += 1
             elif trained is not SKIP:
                 self.counts[key][trained] += 1
+        for key, count in self.counts.items():  # a count never trained is 1 to bias_corrections
+            self.spans[key] = tuple(max(int(x), 1) for x in torch.aminmax(count))
         self._counted = True
 
     def state_dict(self) -> dict:
@@ -151,6 +154,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self._count_trained()
         for group in self.param_groups:
             hyper = (group["lr"], group["weight_decay"], *group["betas"], group["eps"])
+            batches: Dict[tuple, FusedBatch] = {}
             for flat in group["params"]:
                 if flat.grad is None:
                     continue
@@ -158,45 +162,48 @@ class SparseAdamW(torch.optim.Optimizer):
                 if not state:
                     state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
-                tensors = (flat.view(-1), flat.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
+                tensors = (flat, flat.grad, state["exp_avg"], state["exp_avg_sq"])
+                key = (flat.device, flat.dtype, flat.grad.dtype)
+                batch = batches[key] if key in batches else batches.setdefault(key, FusedBatch(flat, hyper))
                 segments = self.segments[id(flat)]
-                if self._trains_whole(segments):  # one plain AdamW update over the whole tensor
-                    counts = torch.cat([self.counts[segment.param] for segment in segments])
-                    corrections = bias_corrections(counts, hyper, None, flat)
-                    if not torch.is_tensor(corrections[0]):
-                        if not fused_adamw_(*tensors, int(counts.max()), hyper):
-                            adamw_(*tensors, None, *corrections, hyper)
+                if batch.available and self._trains_whole(segments):  # one piece, if one correction does
+                    step = uniform_step(min(self.spans[s.param][0] for s in segments),
+                                        max(self.spans[s.param][1] for s in segments), hyper, flat.dtype)
+                    if step is not None:
+                        batch.add([[t] for t in tensors], step)
                         continue
+                tensors = tuple(t.view(-1) for t in tensors)
                 for segment in segments:
-                    self._update_segment(tensors, segment, hyper)
+                    self._update_segment(tensors, segment, hyper, batch)
+            for batch in batches.values():
+                batch.run()
         return loss
 
     def _trains_whole(self, segments: List[Segment]) -> bool:
         return all(self.trained[segment.param] is ALL for segment in segments)
 
-    def _update_segment(self, tensors, segment: Segment, hyper) -> None:
+    def _update_segment(self, tensors, segment: Segment, hyper, batch: FusedBatch) -> None:
         trained = self.trained[segment.param]
         if trained is SKIP:
             return
-        unit, count = self.units[segment.param], self.counts[segment.param]
+        unit, count, span = self.units[segment.param], self.counts[segment.param], self.spans[segment.param]
         parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
         if unit.axis is None:  # trains whole or not at all (SKIP, above)
-            adamw_(*parts, None, *bias_corrections(count, hyper, None, parts[0]), hyper)
+            update_block(parts, count, None, None, span, hyper, batch)
             return
         mask = None
         if trained is not ALL:
             mask = torch.zeros(unit.size, dtype=torch.bool)
             mask[trained] = True
-        shape = (-1, 1) if unit.axis == 0 else (1, -1)
         for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
             piece_mask = None if mask is None else mask[axis_slice]
-            if piece_mask is not None and not piece_mask.any():
-                continue
+            if piece_mask is not None:
+                if not piece_mask.any():
+                    continue
+                if piece_mask.all():
+                    piece_mask = None
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
-            weight = None
-            if piece_mask is not None and not piece_mask.all():
-                weight = piece_mask.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
-            adamw_(*views, weight, *bias_corrections(count[axis_slice], hyper, unit.axis, views[0]), hyper)
+            update_block(views, count[axis_slice], unit.axis, piece_mask, span, hyper, batch)
 
 
 def rectangles(start: int, numel: int, unit: Unit):
@@ -218,41 +225,138 @@ def rectangles(start: int, numel: int, unit: Unit):
         pos += rows * cols
 
 
+# Fewest elements per trained run for which handing the fused kernel one piece per run beats the masked pass over
+# the whole block. CPU: measured on bench-cpu's MLP rows (a piece costs a few microseconds of views and dispatch;
+# break-even near 2,000 elements per run). Elsewhere an estimate: a piece's few microseconds of host time against
+# the masked pass's extra ~13 bytes per element of GPU memory traffic.
+PIECE_ELEMENTS = {"cpu": 4096}
+DEFAULT_PIECE_ELEMENTS = 1 << 17
+
+
+class FusedBatch:
+    """Contiguous pieces of optimizer tensors for one call of torch's fused AdamW kernel (one pass over memory where
+    the masked update takes eight), each with its own step count; `run` makes the call."""
+
+    def __init__(self, like: torch.Tensor, hyper):
+        self.available = like.grad.dtype == like.dtype and fused_available(like)
+        self.device, self.hyper = like.device, hyper
+        self.min_elements = PIECE_ELEMENTS.get(like.device.type, DEFAULT_PIECE_ELEMENTS)
+        self.lists = ([], [], [], [])
+        self.steps: List[torch.Tensor] = []
+        self._step_tensors: Dict[int, torch.Tensor] = {}
+
+    def pieces(self, views, axis: Optional[int], mask: Optional[torch.Tensor]):
+        """The contiguous pieces (lists of parameter, gradient and moment views) holding exactly the units `mask`
+        selects along `axis` of a [rows, cols] block (None: all of it); None where the fused kernel does not
+        apply or the masked pass costs less: columns of several rows are strided, runs of few elements too many."""
+        if not self.available:
+            return None
+        if mask is None:
+            return [[t] for t in views]
+        if axis == 1 and views[0].shape[0] > 1:
+            return None
+        sizes = _runs(mask)
+        if views[0].numel() < self.min_elements * (len(sizes) // 2):
+            return None
+        return [list(t.split(sizes, dim=axis)[1::2]) for t in views]
+
+    def add(self, pieces, step: int) -> None:
+        """`pieces`: lists of parameter, gradient and moment pieces, all corrected as at `step`."""
+        if step not in self._step_tensors:
+            self._step_tensors[step] = torch.tensor(float(step), device=self.device)
+        for into, more in zip(self.lists, pieces):
+            into.extend(more)
+        self.steps.extend([self._step_tensors[step]] * len(pieces[0]))
+
+    def run(self) -> None:
+        if self.steps:
+            fused_adamw_(*self.lists, self.steps, self.hyper)
+
+
+def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optional[torch.Tensor],
+                 span: Tuple[int, int], hyper, batch: FusedBatch) -> None:
+    """AdamW on the units of a block (`views`: parameter, gradient and moments, [rows, cols] or flat) that `mask`
+    selects along `axis` (None: all of them), each bias-corrected by its count in `counts` (`span`: the least and
+    most count of the whole parameter). Where one correction serves them all, the fused kernel updates just them
+    (`batch`), if it can take them as a few contiguous pieces; else the masked multi-pass `adamw_` does."""
+    step = uniform_step(*span, hyper, views[0].dtype)
+    if step is None:  # the parameter's counts are too far apart (early in training): perhaps the block's are not
+        selected = (counts if mask is None else counts[mask]).clamp(min=1)
+        step = uniform_step(int(selected.min()), int(selected.max()), hyper, views[0].dtype)
+    if step is None:
+        corrections = bias_corrections(counts, hyper, axis, views[0])
+    else:
+        pieces = batch.pieces(views, axis, mask)
+        if pieces is not None:
+            batch.add(pieces, step)
+            return
+        _, _, beta1, beta2, _ = hyper
+        corrections = (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
+    weight = None
+    if mask is not None:
+        shape = (-1, 1) if axis == 0 else (1, -1)
+        weight = mask.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
+    adamw_(*views, weight, *corrections, hyper)
+
+
+def _runs(mask: torch.Tensor) -> List[int]:
+    """Lengths of the alternating runs of a boolean mask, unselected first (that one possibly empty): split sizes
+    whose odd-numbered pieces are the selected units."""
+    edges = (torch.nonzero(mask[1:] != mask[:-1]).flatten() + 1).tolist()
+    bounds = ([0, 0] if bool(mask[0]) else [0]) + edges + [mask.numel()]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def uniform_step(low: int, high: int, hyper, dtype: torch.dtype) -> Optional[int]:
+    """A step count whose bias corrections give every count in [low, high] (all at least 1) exactly the update its
+    own count gives, or None. AdamW, fused or not, uses lr / (1 - beta1^n) and sqrt(1 - beta2^n), computed in
+    double and rounded to the update's precision (fp32 but for fp64 tensors); both are monotonic in n, so equal
+    at `low` and `high` means equal throughout, and they stop changing after a few hundred steps (~330 at
+    beta2 = 0.95), so in a long run every count soon shares them."""
+    lr, _, beta1, beta2, _ = hyper
+
+    def seen(n):
+        return tuple(_rounded(x, dtype) for x in (lr / (1 - beta1 ** n), math.sqrt(1 - beta2 ** n)))
+    return high if low == high or seen(low) == seen(high) else None
+
+
+def _rounded(x: float, dtype: torch.dtype) -> float:
+    return x if dtype == torch.float64 else struct.unpack("f", struct.pack("f", x))[0]
+
+
 def bias_corrections(counts: torch.Tensor, hyper, axis: Optional[int], like: torch.Tensor):
-    """(1 - beta1^n, sqrt(1 - beta2^n)) of the units' step counts n: floats when they are equal for all units (as
-    torch.optim.AdamW computes them; always so once every count is past a few hundred steps), else tensors that
-    broadcast along `axis` of a 2-D view."""
+    """(1 - beta1^n, sqrt(1 - beta2^n)) of every unit's step count n, as tensors that broadcast along `axis` of a
+    2-D view (a unit never trained is outside this step's plan: any finite value does)."""
     _, _, beta1, beta2, _ = hyper
-    counts = counts.clamp(min=1)  # a unit never trained is outside this step's plan: any finite value does
-    low, high = int(counts.min()), int(counts.max())
-    first, second = 1 - beta1 ** low, math.sqrt(1 - beta2 ** low)
-    if (first, second) == (1 - beta1 ** high, math.sqrt(1 - beta2 ** high)):
-        return first, second
-    n = counts.double()
+    n = counts.clamp(min=1).double()
     shape = (-1, 1) if axis == 0 else (1, -1)
     return tuple(c.to(like.dtype).view(shape).to(like.device, non_blocking=True)
                  for c in (1 - beta1 ** n, (1 - beta2 ** n).sqrt()))
 
 
-_FUSED_UNSUPPORTED = set()  # (device type, dtype) where torch has no fused AdamW kernel
+_FUSED_AVAILABLE: Dict[tuple, bool] = {}  # (device type, dtype) -> whether this torch has a fused AdamW kernel
 
 
-def fused_adamw_(param, grad, exp_avg, exp_avg_sq, count: int, hyper) -> bool:
-    """torch's fused AdamW kernel over whole tensors at step `count` (one pass over memory instead of eight), where
-    this torch build has one for the device and dtype; False (nothing done) where it has not."""
-    key = (param.device.type, param.dtype)
-    if key in _FUSED_UNSUPPORTED:
-        return False
+def fused_available(like: torch.Tensor) -> bool:
+    """Whether torch's fused AdamW kernel runs on `like`'s device and dtype (tried once, on one-element tensors)."""
+    key = (like.device.type, like.dtype)
+    if key not in _FUSED_AVAILABLE:
+        probe = [[torch.zeros(1, dtype=like.dtype, device=like.device)] for _ in range(4)]
+        try:
+            fused_adamw_(*probe, [torch.ones((), device=like.device)], (0.0, 0.0, 0.9, 0.95, 1e-8))
+            _FUSED_AVAILABLE[key] = True
+        except (AttributeError, NotImplementedError, RuntimeError):
+            _FUSED_AVAILABLE[key] = False
+    return _FUSED_AVAILABLE[key]
+
+
+def fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, hyper) -> None:
+    """torch's fused AdamW kernel (what torch.optim.AdamW(fused=True) calls) over lists of contiguous tensors, each
+    at the step count in `steps` (0-d float tensors on the device, shared: the public functional form would add 1
+    to a step tensor once per appearance in the list)."""
     lr, weight_decay, beta1, beta2, eps = hyper
-    step = torch.tensor(float(count - 1), device=param.device)  # the kernel counts this step itself
-    try:
-        functional_adamw([param], [grad], [exp_avg], [exp_avg_sq], [], [step], fused=True, amsgrad=False,
-                                beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps,
-                                maximize=False)
-    except (RuntimeError, ValueError):
-        _FUSED_UNSUPPORTED.add(key)
-        return False
-    return True
+    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                        weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, weight, correction1, correction2_sqrt, hyper) -> None:
