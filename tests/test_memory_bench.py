@@ -19,5 +19,5 @@ def test_planner_is_within_ten_percent_of_the_measured_zero3_peak(tmp_path):
     rows = {row["phase"]: row for row in json.loads(out.read_text())["results"]}
     dense = rows["dense"]  # the run's high-water mark: start-up, initialize and every stage included
     assert 0.9 <= dense["planned_bytes"] / dense["peak_bytes"] <= 1.1, proc.stdout
-    start = rows["start-up"]  # the model built inside deepspeed.zero.Init (allocator slack is not planned)
-    assert 0.8 <= start["planned_bytes"] / start["peak_bytes"] <= 1.1, proc.stdout
+    start = rows["start-up"]  # the model built inside deepspeed.zero.Init, then the seeded initialisation
+    assert 0.9 <= start["planned_bytes"] / start["peak_bytes"] <= 1.1, proc.stdout

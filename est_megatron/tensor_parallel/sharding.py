@@ -31,6 +31,8 @@ def shard(name: str, full: torch.Tensor, cfg: ModelConfig, tp_rank: int, tp_size
     """This TP rank's part of the full (single-process) parameter `name`."""
     if _VOCAB.match(name):
         start, end = vocab_range(cfg.vocab_size, tp_rank, tp_size)
+        if end <= full.shape[0]:
+            return full[start:end]
         padded = full.new_zeros(end - start, full.shape[1])  # rows past the real vocabulary stay zero
         rows = full[start:end]
         padded[: rows.shape[0]] = rows

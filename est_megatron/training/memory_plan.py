@@ -28,10 +28,10 @@ recompute keeps each recomputed layer's input only and re-materialises one layer
 pass. Under pipeline parallelism the first stage holds `min(PP, micro-batches)` micro-batches in flight (1F1B).
 
 The peak is the largest of four phases: start-up (weights plus the seeded initialisation's full-size draw of
-the largest part and the slice kept from it), during `deepspeed.initialize`, forward/backward (states +
-activations + the loss's logits and their gradient), and the optimizer step, each plus the fixed runtime
-overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed on the CPU).
-`tools/bench/memory.py` prints these predictions beside the peaks it measures.
+the largest part and what the allocator keeps of the previous one), during `deepspeed.initialize`,
+forward/backward (states + activations + the loss's logits and their gradient), and the optimizer step, each plus
+the fixed runtime overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed
+on the CPU). `tools/bench/memory.py` prints these predictions beside the peaks it measures.
 """
 from __future__ import annotations
 
@@ -375,9 +375,11 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     unit_counts = trained_units(model, layout.tp, layout.pp) * INT64 if layout.sparse_optimizer else 0
     host = (master + moments + fp32_partitions if layout.offload_optimizer else 0) \
         + (math.ceil(p / n) * w if layout.offload_params else 0) + unit_counts
-    # Seeded initialisation draws each part (a layer, the embedding) whole in fp32 before keeping its slice.
+    # Seeded initialisation draws each part (a layer, the embedding) whole in fp32 before keeping its slice: the
+    # drawn part, and the heap the allocator still holds from the part drawn before it (or, where TP pads the
+    # vocabulary, the padded copy): about two parts, measured with tools/bench/memory.py.
     largest_part = max(model.layer_parameters(), model.vocab_size * model.hidden_size)
-    init_transient = 2 * largest_part * FP32  # the drawn part and the slice copied from it
+    init_transient = 2 * largest_part * FP32
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
     plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
