@@ -14,6 +14,7 @@ from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.training import sparse_adamw
 from est_megatron.training.optimizer_layout import own_segments
 from est_megatron.training.sparse_adamw import Segment, SparseAdamW, Unit, rectangles
 from reference_training import MaskedAdamW, decay_groups, trained_masks
@@ -49,8 +50,16 @@ def backward(model, tokens, plan):
     model(tokens[:, :-1], plan=plan, labels=tokens[:, 1:]).backward()
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias):
+@pytest.mark.parametrize("bias,route", [(False, "defaults"), (True, "defaults"), (False, "views"),
+                                        (False, "copies")])
+def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, monkeypatch):
+    """`route`: how the fused kernel gets the trained rows and columns on this CPU: its defaults (rows copied out
+    and back, columns by the masked pass), every run of rows as a view, or every row and column block copied."""
+    if route == "views":
+        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, "cpu", 1)
+    if route == "copies":
+        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, "cpu", 1 << 30)
+        monkeypatch.setitem(sparse_adamw.GATHER_COLUMNS_ON, "cpu", True)
     cfg, sampler, tokens = tiny_setup(bias=bias)
     model = Transformer(cfg, None, 3)
     reference = copy.deepcopy(model)

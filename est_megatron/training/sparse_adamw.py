@@ -225,40 +225,52 @@ def rectangles(start: int, numel: int, unit: Unit):
         pos += rows * cols
 
 
-# Fewest elements per trained run for which handing the fused kernel one piece per run beats the masked pass over
-# the whole block. CPU: measured on bench-cpu's MLP rows (a piece costs a few microseconds of views and dispatch;
+# Fewest elements per trained run for which handing the fused kernel one piece per run beats copying the selected
+# rows out and back. CPU: measured on bench-cpu's MLP rows (a piece costs a few microseconds of views and dispatch;
 # break-even near 2,000 elements per run). Elsewhere an estimate: a piece's few microseconds of host time against
-# the masked pass's extra ~13 bytes per element of GPU memory traffic.
+# the copies' extra ~12 bytes per element of GPU memory traffic.
 PIECE_ELEMENTS = {"cpu": 4096}
 DEFAULT_PIECE_ELEMENTS = 1 << 17
+# Devices on which copying scattered columns out (index_select along the inner dimension) and back costs less than
+# the masked pass over the whole block; on the CPU it costs more (measured on bench-cpu's down projection).
+GATHER_COLUMNS_ON = {"cpu": False}
 
 
 class FusedBatch:
     """Contiguous pieces of optimizer tensors for one call of torch's fused AdamW kernel (one pass over memory where
-    the masked update takes eight), each with its own step count; `run` makes the call."""
+    the masked update takes eight), each with its own step count; `run` makes the call. Selected rows or columns
+    that are scattered go in as copies (index_select), written back into the parameter and moments after the call:
+    2 more passes over the selected elements, against 8 over the whole block for the masked update."""
 
     def __init__(self, like: torch.Tensor, hyper):
         self.available = like.grad.dtype == like.dtype and fused_available(like)
         self.device, self.hyper = like.device, hyper
         self.min_elements = PIECE_ELEMENTS.get(like.device.type, DEFAULT_PIECE_ELEMENTS)
+        self.gather_columns = GATHER_COLUMNS_ON.get(like.device.type, True)
         self.lists = ([], [], [], [])
         self.steps: List[torch.Tensor] = []
         self._step_tensors: Dict[int, torch.Tensor] = {}
+        self._write_back: List[tuple] = []  # (views, copies, axis, index): copies to put back after the kernel
 
     def pieces(self, views, axis: Optional[int], mask: Optional[torch.Tensor]):
-        """The contiguous pieces (lists of parameter, gradient and moment views) holding exactly the units `mask`
-        selects along `axis` of a [rows, cols] block (None: all of it); None where the fused kernel does not
-        apply or the masked pass costs less: columns of several rows are strided, runs of few elements too many."""
+        """Contiguous pieces (lists of parameter, gradient and moment tensors) holding exactly the units `mask`
+        selects along `axis` of a [rows, cols] block (None: all of it): views of long runs, else copies; None where
+        the fused kernel does not apply or the masked pass costs less (scattered columns on the CPU)."""
         if not self.available:
             return None
         if mask is None:
             return [[t] for t in views]
-        if axis == 1 and views[0].shape[0] > 1:
+        columns = axis == 1 and views[0].shape[0] > 1  # strided: never views
+        if not columns:
+            sizes = _runs(mask)
+            if views[0].numel() >= self.min_elements * (len(sizes) // 2):
+                return [list(t.split(sizes, dim=axis)[1::2]) for t in views]
+        if columns and not self.gather_columns:
             return None
-        sizes = _runs(mask)
-        if views[0].numel() < self.min_elements * (len(sizes) // 2):
-            return None
-        return [list(t.split(sizes, dim=axis)[1::2]) for t in views]
+        index = mask.nonzero().flatten().to(self.device, non_blocking=True)
+        copies = [t.index_select(axis, index) for t in views]
+        self._write_back.append((views, copies, axis, index))
+        return [[c] for c in copies]
 
     def add(self, pieces, step: int) -> None:
         """`pieces`: lists of parameter, gradient and moment pieces, all corrected as at `step`."""
@@ -271,6 +283,9 @@ class FusedBatch:
     def run(self) -> None:
         if self.steps:
             fused_adamw_(*self.lists, self.steps, self.hyper)
+        for views, copies, axis, index in self._write_back:
+            for i in (0, 2, 3):  # parameter, exp_avg, exp_avg_sq (the gradient's copy is spent)
+                views[i].index_copy_(axis, index, copies[i])
 
 
 def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optional[torch.Tensor],
