@@ -239,8 +239,9 @@ GATHER_COLUMNS_ON = {"cpu": False}
 class FusedBatch:
     """Contiguous pieces of optimizer tensors for one call of torch's fused AdamW kernel (one pass over memory where
     the masked update takes eight), each with its own step count; `run` makes the call. Selected rows or columns
-    that are scattered go in as copies (index_select), written back into the parameter and moments after the call:
-    2 more passes over the selected elements, against 8 over the whole block for the masked update."""
+    that are scattered are copied out (index_select), stepped by the kernel and written back into the parameter and
+    moments at once, block by block, so the copies never add up: 2 more passes over the selected elements, against
+    8 over the whole block for the masked update."""
 
     def __init__(self, like: torch.Tensor, hyper):
         self.available = like.grad.dtype == like.dtype and fused_available(like)
@@ -250,42 +251,46 @@ class FusedBatch:
         self.lists = ([], [], [], [])
         self.steps: List[torch.Tensor] = []
         self._step_tensors: Dict[int, torch.Tensor] = {}
-        self._write_back: List[tuple] = []  # (views, copies, axis, index): copies to put back after the kernel
 
-    def pieces(self, views, axis: Optional[int], mask: Optional[torch.Tensor]):
-        """Contiguous pieces (lists of parameter, gradient and moment tensors) holding exactly the units `mask`
-        selects along `axis` of a [rows, cols] block (None: all of it): views of long runs, else copies; None where
-        the fused kernel does not apply or the masked pass costs less (scattered columns on the CPU)."""
+    def update(self, views, axis: Optional[int], mask: Optional[torch.Tensor], step: int) -> bool:
+        """AdamW at `step` on the units `mask` selects along `axis` of a [rows, cols] block (`views`: parameter,
+        gradient and moments; mask None: all of it), as views of long runs (batched for `run`) or as copies;
+        False (nothing done) where the fused kernel does not apply or the masked pass costs less (scattered
+        columns on the CPU)."""
         if not self.available:
-            return None
+            return False
         if mask is None:
-            return [[t] for t in views]
+            self.add([[t] for t in views], step)
+            return True
         columns = axis == 1 and views[0].shape[0] > 1  # strided: never views
         if not columns:
             sizes = _runs(mask)
             if views[0].numel() >= self.min_elements * (len(sizes) // 2):
-                return [list(t.split(sizes, dim=axis)[1::2]) for t in views]
+                self.add([list(t.split(sizes, dim=axis)[1::2]) for t in views], step)
+                return True
         if columns and not self.gather_columns:
-            return None
+            return False
         index = mask.nonzero().flatten().to(self.device, non_blocking=True)
         copies = [t.index_select(axis, index) for t in views]
-        self._write_back.append((views, copies, axis, index))
-        return [[c] for c in copies]
+        fused_adamw_(*([c] for c in copies), [self._step_tensor(step)], self.hyper)
+        for i in (0, 2, 3):  # parameter, exp_avg, exp_avg_sq (the gradient's copy is spent)
+            views[i].index_copy_(axis, index, copies[i])
+        return True
 
     def add(self, pieces, step: int) -> None:
         """`pieces`: lists of parameter, gradient and moment pieces, all corrected as at `step`."""
-        if step not in self._step_tensors:
-            self._step_tensors[step] = torch.tensor(float(step), device=self.device)
         for into, more in zip(self.lists, pieces):
             into.extend(more)
-        self.steps.extend([self._step_tensors[step]] * len(pieces[0]))
+        self.steps.extend([self._step_tensor(step)] * len(pieces[0]))
+
+    def _step_tensor(self, step: int) -> torch.Tensor:
+        if step not in self._step_tensors:
+            self._step_tensors[step] = torch.tensor(float(step), device=self.device)
+        return self._step_tensors[step]
 
     def run(self) -> None:
         if self.steps:
             fused_adamw_(*self.lists, self.steps, self.hyper)
-        for views, copies, axis, index in self._write_back:
-            for i in (0, 2, 3):  # parameter, exp_avg, exp_avg_sq (the gradient's copy is spent)
-                views[i].index_copy_(axis, index, copies[i])
 
 
 def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optional[torch.Tensor],
@@ -293,7 +298,7 @@ def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optiona
     """AdamW on the units of a block (`views`: parameter, gradient and moments, [rows, cols] or flat) that `mask`
     selects along `axis` (None: all of them), each bias-corrected by its count in `counts` (`span`: the least and
     most count of the whole parameter). Where one correction serves them all, the fused kernel updates just them
-    (`batch`), if it can take them as a few contiguous pieces; else the masked multi-pass `adamw_` does."""
+    (`batch`: views of contiguous runs, or copies of scattered rows); else the masked multi-pass `adamw_` does."""
     step = uniform_step(*span, hyper, views[0].dtype)
     if step is None:  # the parameter's counts are too far apart (early in training): perhaps the block's are not
         selected = (counts if mask is None else counts[mask]).clamp(min=1)
@@ -301,9 +306,7 @@ def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optiona
     if step is None:
         corrections = bias_corrections(counts, hyper, axis, views[0])
     else:
-        pieces = batch.pieces(views, axis, mask)
-        if pieces is not None:
-            batch.add(pieces, step)
+        if batch.update(views, axis, mask, step):
             return
         _, _, beta1, beta2, _ = hyper
         corrections = (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
