@@ -250,6 +250,7 @@ class MemoryPlan:
     init_transient: int
     flatten_transient: int
     overhead: int
+    step_transient: int = 0  # the sparse optimizer step's largest temporary (one block, not the whole model)
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
 
     @property
@@ -278,7 +279,7 @@ class MemoryPlan:
             "initialize": self.overhead + self.weights + on_device(self.master) + self.flatten_transient
             + grad_buffer,
             "forward/backward": training + (0 if first_step else step_states) + self.activations[stage].peak,
-            "step": training + step_states,
+            "step": training + step_states + on_device(self.step_transient),
         }
 
     def peak(self, stage: str) -> int:
@@ -380,10 +381,17 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     # vocabulary, the padded copy): about two parts, measured with tools/bench/memory.py.
     largest_part = max(model.layer_parameters(), model.vocab_size * model.hidden_size)
     init_transient = 2 * largest_part * FP32
+    # The sparse step copies a partly trained block's rows out (parameter, gradient, both moments) or runs the masked
+    # update's two full-size temporaries, one block at a time: at most four fp32 copies of the largest sampled block.
+    d, tp = model.hidden_size, layout.tp
+    largest_block = d * max(model.num_query_groups * (model.heads_per_group + 2) * model.head_dim,
+                            (2 if model.is_llama else 1) * model.ffn_hidden_size) // tp
+    step_transient = 4 * FP32 * min(largest_block, partition) if layout.sparse_optimizer else 0
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
     plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
-                      reduce_buffer, unit_counts, host, init_transient, flatten_transient, overhead_bytes)
+                      reduce_buffer, unit_counts, host, init_transient, flatten_transient, overhead_bytes,
+                      step_transient)
     for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
         plan.activations[name] = activation_plan(model, layout, counts)
     return plan
