@@ -53,6 +53,16 @@ class ModelConfig:
     def is_llama(self) -> bool:
         return self.flavour == "llama"
 
+    @property
+    def qkv_rows(self) -> int:
+        """Rows of the fused QKV weight (group-major: each group's query heads, then its key and value head)."""
+        return self.num_query_groups * (self.heads_per_group + 2) * self.head_dim
+
+    @property
+    def up_rows(self) -> int:
+        """Rows of the MLP's input weight: [gate; up] for Llama, up alone for GPT-2."""
+        return (2 if self.is_llama else 1) * self.ffn_hidden_size
+
     def validate(self) -> "ModelConfig":
         if self.flavour not in ("llama", "gpt2"):
             raise UsageError(f"model flavour {self.flavour!r} is unknown; use 'llama' or 'gpt2'")
@@ -76,8 +86,7 @@ class ModelConfig:
         """Parameters of one transformer layer on one of `tp` tensor-parallel ranks (the projections are split,
         norms and row-parallel output biases are whole on every rank)."""
         d, f = self.hidden_size, self.ffn_hidden_size
-        qkv_rows = self.num_query_groups * (self.heads_per_group + 2) * self.head_dim
-        up_rows = (2 if self.is_llama else 1) * f
+        qkv_rows, up_rows = self.qkv_rows, self.up_rows
         split = (qkv_rows + up_rows + f) * d + d * d  # QKV, [gate; up] and down, output projection
         whole = 2 * (d if self.is_llama else 2 * d)  # two norms
         if self.bias:

@@ -383,9 +383,7 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     init_transient = 2 * largest_part * FP32
     # The sparse step copies a partly trained block's rows out (parameter, gradient, both moments) or runs the masked
     # update's two full-size temporaries, one block at a time: at most four fp32 copies of the largest sampled block.
-    d, tp = model.hidden_size, layout.tp
-    largest_block = d * max(model.num_query_groups * (model.heads_per_group + 2) * model.head_dim,
-                            (2 if model.is_llama else 1) * model.ffn_hidden_size) // tp
+    largest_block = model.hidden_size * max(model.qkv_rows, model.up_rows) // layout.tp
     step_transient = 4 * FP32 * min(largest_block, partition) if layout.sparse_optimizer else 0
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
