@@ -12,9 +12,9 @@ two optimizer steps side by side. The sparse step corrects each row and column b
 bench of a few dozen steps those counts are small and unequal, which keeps it off torch's fused kernel, while in a
 long run they are all past the few hundred steps after which one correction serves every unit. So the table shows
 the sparse step twice: with the bench's own counts (fresh, as at a run's start) and, on the same plan and
-gradients, with every count advanced by --steady-steps (as long into a run; the counts are put back after). Variants
-run interleaved (dense, stage 1, stage 2, ...) after warm-up, so a
-machine whose speed drifts affects all of them alike; each figure is the median over --reps.
+gradients, with every count advanced by --steady-steps (as long into a run; the counts are put back after).
+Variants run interleaved (dense, stage 1, stage 2, ...) after warm-up, so a machine whose speed drifts affects all
+of them alike; each figure is the median over --reps.
 
 Ideal speedup = dense_step_flops / step_flops(realised plan) from est_megatron.subnet.flops; efficiency =
 measured speedup / ideal. Peak memory: on CUDA `torch.cuda.max_memory_allocated` during the step; on CPU the

@@ -164,7 +164,9 @@ class SparseAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                 tensors = (flat, flat.grad, state["exp_avg"], state["exp_avg_sq"])
                 key = (flat.device, flat.dtype, flat.grad.dtype)
-                batch = batches[key] if key in batches else batches.setdefault(key, FusedBatch(flat, hyper))
+                if key not in batches:
+                    batches[key] = FusedBatch(flat, hyper)
+                batch = batches[key]
                 segments = self.segments[id(flat)]
                 if batch.available and self._trains_whole(segments):  # one piece, if one correction does
                     step = uniform_step(min(self.spans[s.param][0] for s in segments),
