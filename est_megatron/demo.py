@@ -24,10 +24,13 @@ import sys
 import sysconfig
 import time
 
+import torch
+
 from est_megatron.data.preprocess import preprocess, summary_line
 from est_megatron.data.sources import SourceOptions
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.data.tokenizer_training import train_tokenizer
+from est_megatron.errors import UsageError
 from est_megatron.training.arguments import DS_CONFIG_DIR
 from est_megatron.training.distributed import free_port
 
@@ -186,10 +189,16 @@ def run_demo(args, argv=None) -> int:
     demo_dir = os.path.abspath(args.demo_dir)
     os.makedirs(demo_dir, exist_ok=True)
     tokenizer, slimpajama, starcoder = prepare_data(demo_dir)
-    print(f"demo: data ready in {time.time() - start:.0f}s; pretraining on {args.demo_nproc} CPU processes "
-          "(DeepSpeed ZeRO-2, gloo; the first DeepSpeed run compiles its CPU communication op, ~90 s)", flush=True)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    nproc = args.demo_nproc or (gpus or 2)
+    if gpus and nproc > gpus:
+        raise UsageError(f"--demo-nproc {nproc} needs {nproc} GPUs, this machine has {gpus}; use --demo-nproc {gpus}")
+    where = f"{nproc} GPU processes (DeepSpeed ZeRO-2, nccl)" if gpus else (
+        f"{nproc} CPU processes (DeepSpeed ZeRO-2, gloo; the first DeepSpeed run compiles its CPU communication op, "
+        "~90 s)")
+    print(f"demo: data ready in {time.time() - start:.0f}s; pretraining on {where}", flush=True)
     # the launcher's module (launch/pretrain_tinyllama.py runs it), so the demo works from an installed package
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.demo_nproc),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(free_port()), "-m", "est_megatron.cli.pretrain_tinyllama"]
     cmd += training_argv(demo_dir, tokenizer, slimpajama, starcoder, args.progress)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")

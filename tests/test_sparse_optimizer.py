@@ -50,18 +50,24 @@ def backward(model, tokens, plan):
     model(tokens[:, :-1], plan=plan, labels=tokens[:, 1:]).backward()
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("bias,route", [(False, "defaults"), (True, "defaults"), (False, "views"),
                                         (False, "copies")])
-def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, monkeypatch):
-    """`route`: how the fused kernel gets the trained rows and columns on this CPU: its defaults (rows copied out
-    and back, columns by the masked pass), every run of rows as a view, or every row and column block copied."""
+def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, monkeypatch):
+    """`route`: how the fused kernel gets the trained rows and columns on `device`: its defaults (on the CPU rows
+    copied out and back, columns by the masked pass; on CUDA columns gathered too), every run of rows as a view,
+    or every row and column block copied."""
     if route == "views":
-        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, "cpu", 1)
+        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1)
     if route == "copies":
-        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, "cpu", 1 << 30)
-        monkeypatch.setitem(sparse_adamw.GATHER_COLUMNS_ON, "cpu", True)
+        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1 << 30)
+        monkeypatch.setitem(sparse_adamw.GATHER_COLUMNS_ON, device, True)
     cfg, sampler, tokens = tiny_setup(bias=bias)
-    model = Transformer(cfg, None, 3)
+    tokens = tokens.to(device)
+    model = Transformer(cfg, None, 3).to(device)
     reference = copy.deepcopy(model)
     opt = sparse_optimizer(model)
     adamw = torch.optim.AdamW(decay_groups(reference, 0.1), fused=True, **HYPER)  # as SparseAdamW on whole tensors
@@ -74,15 +80,15 @@ def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, monkeypa
     plan = sampler.plan(0)
     before = {n: (p.detach().clone(), opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone())
               for n, p in model.named_parameters()}
-    backward(model, tokens, plan)
-    backward(reference, tokens, plan)
+    backward(model, tokens, plan.to(device))
+    backward(reference, tokens, plan.to(device))
     opt.set_plan(plan)
     opt.step()
     adamw.step()
     masks = trained_masks(model, plan)
     untouched = 0
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        mask = masks[name]
+        mask = masks[name].to(device)
         got = (p.detach(), opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])
         want = (q.detach(), adamw.state[q]["exp_avg"], adamw.state[q]["exp_avg_sq"])
         for g, b, w in zip(got, before[name], want):

@@ -165,7 +165,8 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
                    help="build a corpus from this Python installation, train a tokenizer, preprocess and pretrain "
                         "a small Llama with a compressed EST schedule on 2 CPU processes (a few minutes)")
     g.add_argument("--demo-dir", default="demo_run", help="work directory of --demo")
-    g.add_argument("--demo-nproc", type=int, default=2, help="processes of --demo")
+    g.add_argument("--demo-nproc", type=int, default=None,
+                   help="processes of --demo (default: one per GPU, or 2 on a machine without CUDA)")
     return p
 
 

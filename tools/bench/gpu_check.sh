@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA device, in one script (a lent GPU's time is short): the CUDA tests, the TinyLlama
+# step benchmark (dense MFU, EST stage speedups, the optimizer steps side by side, paper Tables 8/9), and short
+# launcher runs on the demo corpus (EST with the sparse optimizer, dense with DeepSpeed's FusedAdam).
+#   bash tools/bench/gpu_check.sh OUTDIR      (needs est_megatron and DeepSpeed importable)
+set -u
+out=${1:?usage: bash tools/bench/gpu_check.sh OUTDIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+step() { echo; echo "== $* [$(date +%T)]"; }
+
+step environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)"
+
+step "CUDA tests"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_sparse_optimizer.py tests/test_model_subnet.py
+
+step "step speed: tinyllama-1.1b, sequence 2048, micro-batch 8, bf16"
+timeout 240 python3 tools/bench/step_speed.py --model tinyllama-1.1b --seq-length 2048 --micro-batch-size 8 \
+    --device cuda --reps 3 --warmup 1 --modules --json "$out/step_speed.json"
+
+step "demo: EST (tinyllama schedule, sparse AdamW), one GPU"
+demo=/tmp/gpu_check_demo
+timeout 200 python3 launch/pretrain_tinyllama.py --demo --demo-dir "$demo" --no-progress
+cp "$demo/logs/metrics.jsonl" "$out/demo_est_metrics.jsonl" 2>/dev/null
+
+step "dense on the demo data (DeepSpeed FusedAdam), 80 steps"
+argv=$(python3 -c "from est_megatron.demo import training_argv as a; d='$demo'; print(' '.join(a(d, d + '/tokenizer/demo.model', d + '/shards/slimpajama', d + '/shards/starcoder', False)))")
+# shellcheck disable=SC2086
+timeout 200 python3 launch/pretrain_tinyllama.py $argv --method dense --train-steps 80 --eval-interval 40 \
+    --save /tmp/gpu_check_dense --load /tmp/gpu_check_dense --log-dir /tmp/gpu_check_dense/logs
+cp /tmp/gpu_check_dense/logs/metrics.jsonl "$out/demo_dense_metrics.jsonl" 2>/dev/null
+step done
