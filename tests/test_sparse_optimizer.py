@@ -2,6 +2,7 @@
 what it trains gets AdamW's update with its own step count, on plain parameters, on ZeRO-style flat partitions cut
 anywhere, and under DeepSpeed ZeRO-1/2/3, tensor and pipeline parallelism (tests/sparse_step_worker.py)."""
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -220,6 +221,17 @@ def test_deepspeed_sparse_step_element_by_element(layout, nproc):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert output.count("SPARSE STEP OK") == nproc, output[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (in torch's CUDA builds)")
+def test_gpu_route_under_the_triton_interpreter():
+    """The GPU route (selected_adamw's kernel over just the trained units, this step's device tables) run on the CPU
+    by Triton's interpreter: the one-step, multi-stage and mid-row-partition tests above pass through it."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    selection = "(one_step and cpu and defaults) or per_unit_counts or partitions_cut_mid_row"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 def test_step_bias_correction_counts_every_step_for_every_unit():

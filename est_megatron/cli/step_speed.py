@@ -84,7 +84,7 @@ def make_sampler(cfg, rates, seed: int) -> PlanSampler:
 
 def build_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over all parameters, with torch's fused kernel where this build has one for the device: what training
-    steps the dense model with on CPU (DeepSpeed's FusedAdam on CUDA)."""
+    steps the dense model with."""
     params = list(model.parameters())
     try:
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=True)

@@ -20,7 +20,10 @@ the optimizer's state dict. `bias_correction="step"` uses the optimizer's step c
 The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partitions of ZeRO-1/2/3, or the
 parameters themselves): `bind` learns, through est_megatron.training.optimizer_layout, which element range of which
 parameter each range of those tensors holds. Untrained layers are skipped outright, so a sampled step costs less than
-a dense one; a range the plan trains whole, with one bias correction, is one plain AdamW update.
+a dense one; a range the plan trains whole, with one bias correction, is one plain AdamW update (torch's fused
+kernel). Partly trained ranges: on the CPU, scattered rows are copied out, stepped by the fused kernel and written
+back, and scattered columns take a masked multi-pass update; on CUDA, one Triton kernel per block reads and writes
+just the trained rows or columns (est_megatron.training.selected_adamw).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from est_megatron.subnet.plan import StepPlan
+from est_megatron.training import selected_adamw
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index along its axis (CPU)
         self.spans: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts, at least 1
         self._counted = True  # the current plan's counts are in (set_plan clears it)
+        self._tables: Dict[tuple, Dict[int, torch.Tensor]] = {}  # this step's device copies (_device_table)
 
     # ---- wiring ------------------------------------------------------------------------------------------------
     def bind(self, named_parameters, layers, segments: Dict[int, List[Segment]], localize=None) -> None:
@@ -132,6 +137,7 @@ class SparseAdamW(torch.optim.Optimizer):
         for key, count in self.counts.items():  # a count never trained is 1 to bias_corrections
             self.spans[key] = tuple(max(int(x), 1) for x in torch.aminmax(count))
         self._counted = True
+        self._tables = {}
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -193,6 +199,9 @@ class SparseAdamW(torch.optim.Optimizer):
         if unit.axis is None:  # trains whole or not at all (SKIP, above)
             update_block(parts, count, None, None, span, hyper, batch)
             return
+        if selected_adamw.available(parts[0]):
+            self._update_selected(parts, segment, unit, trained, hyper, batch)
+            return
         mask = None
         if trained is not ALL:
             mask = torch.zeros(unit.size, dtype=torch.bool)
@@ -206,6 +215,62 @@ class SparseAdamW(torch.optim.Optimizer):
                     piece_mask = None
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
             update_block(views, count[axis_slice], unit.axis, piece_mask, span, hyper, batch)
+
+    def _update_selected(self, parts, segment: Segment, unit: Unit, trained, hyper, batch: FusedBatch) -> None:
+        """The GPU route (selected_adamw's kernel): each rectangle of the segment in one launch over just its
+        trained units, with this step's device tables, so a block costs the GPU its selected elements and the host
+        a few views. Host work per block, not memory traffic, is what a sampled step costs on a GPU: the masked
+        and copying routes spend tens of small torch calls on every block."""
+        step = uniform_step(*self.spans[segment.param], hyper, parts[0].dtype)
+        _, _, beta1, beta2, _ = hyper
+        for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
+            views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
+            index = self._selected_index(segment.param, trained, axis_slice, unit, parts[0].device)
+            if index is not None and index.numel() == 0:
+                continue
+            if index is None and step is not None:
+                batch.add([[v] for v in views], step)
+                continue
+            if step is not None:
+                corrections = (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
+            else:
+                tables = [self._device_table(name, parts[0].device, hyper) for name in ("correction1", "correction2")]
+                corrections = tuple(t[segment.param][axis_slice] for t in tables)
+            selected_adamw.adamw_selected_(views, unit.axis, index, corrections, hyper)
+
+    def _selected_index(self, key: int, trained, axis_slice: slice, unit: Unit, device) -> Optional[torch.Tensor]:
+        """The trained units inside `axis_slice`, on `device`, counted from the slice's start (None: all of them)."""
+        if trained is ALL:
+            return None
+        if axis_slice.start == 0 and axis_slice.stop == unit.size:
+            return self._device_table("index", device)[key]
+        inside = trained[(trained >= axis_slice.start) & (trained < axis_slice.stop)] - axis_slice.start
+        if inside.numel() == axis_slice.stop - axis_slice.start:
+            return None
+        return inside.to(device, non_blocking=True)
+
+    def _device_table(self, name: str, device, hyper=None) -> Dict[int, torch.Tensor]:
+        """This step's trained indices ("index") or per-unit bias corrections ("correction1", "correction2"), for
+        every parameter at once: concatenated on the CPU, moved in one copy, split into per-parameter views."""
+        key = (name, device, None if hyper is None else hyper[2:4])  # corrections depend on the betas
+        if key not in self._tables:
+            if name == "index":
+                tables = {"index": {key: t for key, t in self.trained.items() if torch.is_tensor(t)}}
+            else:
+                sizes = [count.numel() for count in self.counts.values()]
+                corrections = bias_corrections(torch.cat(list(self.counts.values())), hyper)
+                tables = {f"correction{i + 1}": dict(zip(self.counts, c.float().split(sizes)))
+                          for i, c in enumerate(corrections)}
+            for table_name, host in tables.items():
+                self._tables[(table_name, *key[1:])] = self._to_device(host, device)
+        return self._tables[key]
+
+    @staticmethod
+    def _to_device(host: Dict[int, torch.Tensor], device) -> Dict[int, torch.Tensor]:
+        if not host:
+            return {}
+        moved = torch.cat(list(host.values())).to(device, non_blocking=True)
+        return dict(zip(host, moved.split([t.numel() for t in host.values()])))
 
 
 def rectangles(start: int, numel: int, unit: Unit):
@@ -230,7 +295,8 @@ def rectangles(start: int, numel: int, unit: Unit):
 # Fewest elements per trained run for which handing the fused kernel one piece per run beats copying the selected
 # rows out and back. CPU: measured on bench-cpu's MLP rows (a piece costs a few microseconds of views and dispatch;
 # break-even near 2,000 elements per run). Elsewhere an estimate: a piece's few microseconds of host time against
-# the copies' extra ~12 bytes per element of GPU memory traffic.
+# the copies' extra ~12 bytes per element of GPU memory traffic. (On CUDA with Triton, the usual case, selected
+# rows and columns take selected_adamw's kernel instead, and these two settings do not apply.)
 PIECE_ELEMENTS = {"cpu": 4096}
 DEFAULT_PIECE_ELEMENTS = 1 << 17
 # Devices on which copying scattered columns out (index_select along the inner dimension) and back costs less than
@@ -305,8 +371,10 @@ def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optiona
     if step is None:  # the parameter's counts are too far apart (early in training): perhaps the block's are not
         selected = (counts if mask is None else counts[mask]).clamp(min=1)
         step = uniform_step(int(selected.min()), int(selected.max()), hyper, views[0].dtype)
+    shape = (-1, 1) if axis == 0 else (1, -1)
     if step is None:
-        corrections = bias_corrections(counts, hyper, axis, views[0])
+        corrections = tuple(c.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
+                            for c in bias_corrections(counts, hyper))
     else:
         if batch.update(views, axis, mask, step):
             return
@@ -314,7 +382,6 @@ def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optiona
         corrections = (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
     weight = None
     if mask is not None:
-        shape = (-1, 1) if axis == 0 else (1, -1)
         weight = mask.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
     adamw_(*views, weight, *corrections, hyper)
 
@@ -344,14 +411,12 @@ def _rounded(x: float, dtype: torch.dtype) -> float:
     return x if dtype == torch.float64 else struct.unpack("f", struct.pack("f", x))[0]
 
 
-def bias_corrections(counts: torch.Tensor, hyper, axis: Optional[int], like: torch.Tensor):
-    """(1 - beta1^n, sqrt(1 - beta2^n)) of every unit's step count n, as tensors that broadcast along `axis` of a
-    2-D view (a unit never trained is outside this step's plan: any finite value does)."""
+def bias_corrections(counts: torch.Tensor, hyper) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(1 - beta1^n, sqrt(1 - beta2^n)) of every unit's step count n, in float64 (a unit never trained is outside
+    this step's plan: any finite value does)."""
     _, _, beta1, beta2, _ = hyper
     n = counts.clamp(min=1).double()
-    shape = (-1, 1) if axis == 0 else (1, -1)
-    return tuple(c.to(like.dtype).view(shape).to(like.device, non_blocking=True)
-                 for c in (1 - beta1 ** n, (1 - beta2 ** n).sqrt()))
+    return 1 - beta1 ** n, (1 - beta2 ** n).sqrt()
 
 
 _FUSED_AVAILABLE: Dict[tuple, bool] = {}  # (device type, dtype) -> whether this torch has a fused AdamW kernel

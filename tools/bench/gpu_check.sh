@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one script (a lent GPU's time is short): the CUDA tests, the TinyLlama
 # step benchmark (dense MFU, EST stage speedups, the optimizer steps side by side, paper Tables 8/9), and short
-# launcher runs on the demo corpus (EST with the sparse optimizer, dense with DeepSpeed's FusedAdam).
+# launcher runs on the demo corpus (EST with the sparse optimizer, dense with torch's fused AdamW).
 #   bash tools/bench/gpu_check.sh OUTDIR      (needs est_megatron and DeepSpeed importable)
 set -u
 out=${1:?usage: bash tools/bench/gpu_check.sh OUTDIR}
@@ -25,7 +25,7 @@ demo=/tmp/gpu_check_demo
 timeout 200 python3 launch/pretrain_tinyllama.py --demo --demo-dir "$demo" --no-progress
 cp "$demo/logs/metrics.jsonl" "$out/demo_est_metrics.jsonl" 2>/dev/null
 
-step "dense on the demo data (DeepSpeed FusedAdam), 80 steps"
+step "dense on the demo data (torch fused AdamW), 80 steps"
 argv=$(python3 -c "from est_megatron.demo import training_argv as a; d='$demo'; print(' '.join(a(d, d + '/tokenizer/demo.model', d + '/shards/slimpajama', d + '/shards/starcoder', False)))")
 # shellcheck disable=SC2086
 timeout 200 python3 launch/pretrain_tinyllama.py $argv --method dense --train-steps 80 --eval-interval 40 \
