@@ -15,7 +15,8 @@ pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4):
   (measured, see tools/bench/memory.py); SparseAdamW adds one int64 step count per trained row or column (on
   the host);
 - deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
-  moment (w P / N under ZeRO-3, which flattens only its partition);
+  moment (w P / N under ZeRO-3, which flattens only its partition); ZeRO-3's also preallocates the flat gradient
+  partition and gathers each weight whole, one at a time, to register its gradient hook (zero3_hook_transient);
 - offload (ZeRO-Offload / -Infinity): the optimizer terms move to host memory, and under ZeRO-3 the weight
   partition too.
 
@@ -54,6 +55,12 @@ DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set red
 # assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
 # start on a 2-core box (torch + DeepSpeed + gloo).
 DEFAULT_OVERHEAD_GIB = {"cuda": 2.5, "cpu": 0.25}
+# ZeRO-3 on the CPU: the fraction of a rank's (unpartitioned) weights that the heap still holds, at its high-water
+# mark, after deepspeed.initialize gathered each weight once to register its gradient hook. Measured with
+# tools/bench/memory.py and a trace of DeepSpeed's stage-3 set-up (RSS around create_reduce_and_remove_grad_hooks):
+# 0.71 (12 layers, hidden 512, vocab 32000; 1 and 2 ranks alike), 0.83 (8 layers, hidden 768), 0.90 (6 layers,
+# hidden 1024, vocab 16000).
+HEAP_KEPT_OF_GATHERED = 0.8
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,7 @@ class MemoryPlan:
     flatten_transient: int
     overhead: int
     step_transient: int = 0  # the sparse optimizer step's largest temporary (one block, not the whole model)
+    hook_transient: int = 0  # ZeRO-3's initialize: each weight gathered whole in turn to register its hook
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
 
     @property
@@ -269,9 +277,8 @@ class MemoryPlan:
         (`first_step`); from then on they stay, and forward/backward is the largest training phase."""
         on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
         step_states = on_device(self.moments + self.fp32_partitions)
-        # ZeRO-3's initialize preallocates the flat gradient partition and its reduce buffers (not the prefetch).
-        lay = self.layout
-        grad_buffer = self.host_weights + 2 * lay.reduce_bucket * lay.weight_bytes if lay.zero == 3 else 0
+        # ZeRO-3's initialize preallocates the flat gradient partition, then gathers every weight to hook it.
+        grad_buffer = self.host_weights + self.hook_transient if self.layout.zero == 3 else 0
         training = self.overhead + self.weights + self.gathered + self.gradients + self.reduce_buffer \
             + on_device(self.master)
         return {
@@ -348,6 +355,19 @@ def stage_counts(model: ModelConfig, schedule: str, subnet: Optional[SubnetConfi
     return out
 
 
+def zero3_hook_transient(model: ModelConfig, layout: Layout, parameters: int, device: str) -> int:
+    """What ZeRO-3's initialize adds while it registers gradient hooks, gathering each weight whole (every rank,
+    full size) and partitioning it again. On a GPU the caching allocator reuses the freed blocks: the largest weight
+    at once, beside the reduce bucket allocated just before (from the code; not measured). On the CPU glibc's heap
+    keeps most of what those gathers free: HEAP_KEPT_OF_GATHERED of the rank's weights (measured)."""
+    w = layout.weight_bytes
+    if device == "cpu":
+        return int(HEAP_KEPT_OF_GATHERED * parameters * w)
+    largest = max(math.ceil(model.vocab_size / layout.tp), model.qkv_rows // layout.tp,
+                  model.up_rows // layout.tp) * model.hidden_size
+    return largest * w + layout.reduce_bucket * w
+
+
 def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[str, SubnetCounts]]] = None,
                 overhead_bytes: Optional[int] = None, device: str = "cuda") -> MemoryPlan:
     """The memory plan of `model` under `layout` for each (name, counts) stage (default: dense only)."""
@@ -385,11 +405,12 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     # update's two full-size temporaries, one block at a time: at most four fp32 copies of the largest sampled block.
     largest_block = model.hidden_size * max(model.qkv_rows, model.up_rows) // layout.tp
     step_transient = 4 * FP32 * min(largest_block, partition) if layout.sparse_optimizer else 0
+    hook_transient = zero3_hook_transient(model, layout, p, device) if layout.zero == 3 else 0
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
     plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
                       reduce_buffer, unit_counts, host, init_transient, flatten_transient, overhead_bytes,
-                      step_transient)
+                      step_transient, hook_transient)
     for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
         plan.activations[name] = activation_plan(model, layout, counts)
     return plan
