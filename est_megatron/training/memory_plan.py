@@ -15,8 +15,9 @@ pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4):
   (measured, see tools/bench/memory.py); SparseAdamW adds one int64 step count per trained row or column (on
   the host);
 - deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
-  moment (w P / N under ZeRO-3, which flattens only its partition); ZeRO-3's also preallocates the flat gradient
-  partition and gathers each weight whole, one at a time, to register its gradient hook (zero3_hook_transient);
+  moment (w P / N under ZeRO-3, which flattens only its partition), then creates the master partition and a
+  zero-filled gradient partition; ZeRO-3's also gathers each weight whole, one at a time, to register its gradient
+  hook (`MemoryPlan.initialize_peak`, `zero3_hook_transient`);
 - offload (ZeRO-Offload / -Infinity): the optimizer terms move to host memory, and under ZeRO-3 the weight
   partition too.
 
@@ -259,6 +260,7 @@ class MemoryPlan:
     overhead: int
     step_transient: int = 0  # the sparse optimizer step's largest temporary (one block, not the whole model)
     hook_transient: int = 0  # ZeRO-3's initialize: each weight gathered whole in turn to register its hook
+    device: str = "cuda"  # "cpu": peaks are RSS, and the heap keeps what was freed for the next allocations
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
 
     @property
@@ -277,17 +279,28 @@ class MemoryPlan:
         (`first_step`); from then on they stay, and forward/backward is the largest training phase."""
         on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
         step_states = on_device(self.moments + self.fp32_partitions)
-        # ZeRO-3's initialize preallocates the flat gradient partition, then gathers every weight to hook it.
-        grad_buffer = self.host_weights + self.hook_transient if self.layout.zero == 3 else 0
         training = self.overhead + self.weights + self.gathered + self.gradients + self.reduce_buffer \
             + on_device(self.master)
+        start_up = self.overhead + self.weights + self.init_transient
         return {
-            "start-up": self.overhead + self.weights + self.init_transient,
-            "initialize": self.overhead + self.weights + on_device(self.master) + self.flatten_transient
-            + grad_buffer,
+            "start-up": start_up,
+            "initialize": self.initialize_peak(start_up, on_device(self.master), on_device(self.fp32_partitions)),
             "forward/backward": training + (0 if first_step else step_states) + self.activations[stage].peak,
             "step": training + step_states + on_device(self.step_transient),
         }
+
+    def initialize_peak(self, start_up: int, master: int, gradient_partition: int) -> int:
+        """deepspeed.initialize: the weights copied into a flat buffer while the originals exist, then the fp32
+        master partition and a zero-filled fp32 gradient partition (ZeRO-1/2 create it to set up the optimizer
+        and free it again; ZeRO-3 keeps a flat one, and gathers every weight to register its gradient hook). On
+        the CPU the heap keeps what start-up freed, and the originals' memory, once the flat copy replaces them,
+        serves the partitions; on a GPU freed blocks do not count as allocated."""
+        if self.layout.zero == 3:
+            return self.overhead + self.weights + master + self.flatten_transient + self.host_weights \
+                + self.hook_transient
+        if self.device == "cpu":
+            return start_up + self.flatten_transient + max(0, master + gradient_partition - self.weights)
+        return self.overhead + self.weights + max(self.flatten_transient, master + gradient_partition)
 
     def peak(self, stage: str) -> int:
         return max(self.phases(stage).values())
@@ -410,7 +423,7 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
     plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
                       reduce_buffer, unit_counts, host, init_transient, flatten_transient, overhead_bytes,
-                      step_transient, hook_transient)
+                      step_transient, hook_transient, device)
     for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
         plan.activations[name] = activation_plan(model, layout, counts)
     return plan

@@ -152,6 +152,7 @@ class SparseAdamW(torch.optim.Optimizer):
         for name, count in saved.items():
             if name in by_name:
                 self.counts[by_name[name]].copy_(count)
+        self._tables = {}  # device copies of the counts' corrections are stale now
 
     # ---- the step ----------------------------------------------------------------------------------------------
     @torch.no_grad()
