@@ -56,12 +56,6 @@ DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set red
 # assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
 # start on a 2-core box (torch + DeepSpeed + gloo).
 DEFAULT_OVERHEAD_GIB = {"cuda": 2.5, "cpu": 0.25}
-# ZeRO-3 on the CPU: the fraction of a rank's (unpartitioned) weights that the heap still holds, at its high-water
-# mark, after deepspeed.initialize gathered each weight once to register its gradient hook. Measured with
-# tools/bench/memory.py and a trace of DeepSpeed's stage-3 set-up (RSS around create_reduce_and_remove_grad_hooks):
-# 0.71 (12 layers, hidden 512, vocab 32000; 1 and 2 ranks alike), 0.83 (8 layers, hidden 768), 0.90 (6 layers,
-# hidden 1024, vocab 16000).
-HEAP_KEPT_OF_GATHERED = 0.8
 
 
 @dataclass(frozen=True)
@@ -371,11 +365,13 @@ def stage_counts(model: ModelConfig, schedule: str, subnet: Optional[SubnetConfi
 def zero3_hook_transient(model: ModelConfig, layout: Layout, parameters: int, device: str) -> int:
     """What ZeRO-3's initialize adds while it registers gradient hooks, gathering each weight whole (every rank,
     full size) and partitioning it again. On a GPU the caching allocator reuses the freed blocks: the largest weight
-    at once, beside the reduce bucket allocated just before (from the code; not measured). On the CPU glibc's heap
-    keeps most of what those gathers free: HEAP_KEPT_OF_GATHERED of the rank's weights (measured)."""
+    at once, beside the reduce bucket allocated just before (from the code; not measured). On the CPU the heap
+    holds about all of the gathered weights at its high-water mark: measured (tools/bench/memory.py, and RSS traced
+    around DeepSpeed's create_reduce_and_remove_grad_hooks) 0.71 of the rank's weights at 12 layers / hidden 512 /
+    vocab 32000 (1 and 2 ranks alike), 0.83 at 8 / 768 / 32000, 0.90 at 6 / 1024 / 16000, 1.10 at 4 / 512 / 16000."""
     w = layout.weight_bytes
     if device == "cpu":
-        return int(HEAP_KEPT_OF_GATHERED * parameters * w)
+        return parameters * w
     largest = max(math.ceil(model.vocab_size / layout.tp), model.qkv_rows // layout.tp,
                   model.up_rows // layout.tp) * model.hidden_size
     return largest * w + layout.reduce_bucket * w
