@@ -368,7 +368,8 @@ def zero3_hook_transient(model: ModelConfig, layout: Layout, parameters: int, de
     at once, beside the reduce bucket allocated just before (from the code; not measured). On the CPU the heap
     holds about all of the gathered weights at its high-water mark: measured (tools/bench/memory.py, and RSS traced
     around DeepSpeed's create_reduce_and_remove_grad_hooks) 0.71 of the rank's weights at 12 layers / hidden 512 /
-    vocab 32000 (1 and 2 ranks alike), 0.83 at 8 / 768 / 32000, 0.90 at 6 / 1024 / 16000, 1.10 at 4 / 512 / 16000."""
+    vocab 32000 (1 and 2 ranks alike), 0.83 at 8 / 768 / 32000, 0.90 at 6 / 1024 / 16000, 1.10 at 4 / 512 / 16000,
+    about 0.5 at 12 / 1024 / 32000: planned as all of them, the high end."""
     w = layout.weight_bytes
     if device == "cpu":
         return parameters * w
