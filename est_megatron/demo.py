@@ -9,7 +9,8 @@
    tools/train_tokenizer.py runs) on a sample of both.
 3. Shards: `data.preprocess.preprocess` (what tools/preprocess_data.py runs) for each corpus.
 4. Pretraining of a small Llama on `0.7 slimpajama 0.3 starcoder` with the tinyllama EST schedule compressed
-   to a few hundred steps, on 2 CPU processes under DeepSpeed ZeRO-2 (torchrun, gloo), then a summary.
+   to a few hundred steps, on 2 CPU processes (gloo) or one process per GPU (nccl) under DeepSpeed ZeRO-2 (torchrun),
+   then a summary.
 
 Steps whose outputs exist are reused, so a second `--demo` goes straight to training.
 """

@@ -163,7 +163,8 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g = p.add_argument_group("demo")
     g.add_argument("--demo", action="store_true",
                    help="build a corpus from this Python installation, train a tokenizer, preprocess and pretrain "
-                        "a small Llama with a compressed EST schedule on 2 CPU processes (a few minutes)")
+                        "a small Llama with a compressed EST schedule on 2 CPU processes, or one per GPU "
+                        "(a few minutes)")
     g.add_argument("--demo-dir", default="demo_run", help="work directory of --demo")
     g.add_argument("--demo-nproc", type=int, default=None,
                    help="processes of --demo (default: one per GPU, or 2 on a machine without CUDA)")
