@@ -90,7 +90,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index along its axis (CPU)
         self.spans: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts, at least 1
         self._counted = True  # the current plan's counts are in (set_plan clears it)
-        self._tables: Dict[tuple, Dict[int, torch.Tensor]] = {}  # this step's device copies (_device_table)
+        self._tables: Dict[tuple, object] = {}  # this step's device copies (_device_indices, _device_corrections)
 
     # ---- wiring ------------------------------------------------------------------------------------------------
     def bind(self, named_parameters, layers, segments: Dict[int, List[Segment]], localize=None) -> None:
@@ -223,7 +223,6 @@ class SparseAdamW(torch.optim.Optimizer):
         a few views. Host work per block, not memory traffic, is what a sampled step costs on a GPU: the masked
         and copying routes spend tens of small torch calls on every block."""
         step = uniform_step(*self.spans[segment.param], hyper, parts[0].dtype)
-        _, _, beta1, beta2, _ = hyper
         for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
             index = self._selected_index(segment.param, trained, axis_slice, unit, parts[0].device)
@@ -233,10 +232,10 @@ class SparseAdamW(torch.optim.Optimizer):
                 batch.add([[v] for v in views], step)
                 continue
             if step is not None:
-                corrections = (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
+                corrections = step_corrections(step, hyper)
             else:
-                tables = [self._device_table(name, parts[0].device, hyper) for name in ("correction1", "correction2")]
-                corrections = tuple(t[segment.param][axis_slice] for t in tables)
+                corrections = tuple(table[segment.param][axis_slice]
+                                    for table in self._device_corrections(parts[0].device, hyper))
             selected_adamw.adamw_selected_(views, unit.axis, index, corrections, hyper)
 
     def _selected_index(self, key: int, trained, axis_slice: slice, unit: Unit, device) -> Optional[torch.Tensor]:
@@ -244,26 +243,27 @@ class SparseAdamW(torch.optim.Optimizer):
         if trained is ALL:
             return None
         if axis_slice.start == 0 and axis_slice.stop == unit.size:
-            return self._device_table("index", device)[key]
+            return self._device_indices(device)[key]
         inside = trained[(trained >= axis_slice.start) & (trained < axis_slice.stop)] - axis_slice.start
         if inside.numel() == axis_slice.stop - axis_slice.start:
             return None
         return inside.to(device, non_blocking=True)
 
-    def _device_table(self, name: str, device, hyper=None) -> Dict[int, torch.Tensor]:
-        """This step's trained indices ("index") or per-unit bias corrections ("correction1", "correction2"), for
-        every parameter at once: concatenated on the CPU, moved in one copy, split into per-parameter views."""
-        key = (name, device, None if hyper is None else hyper[2:4])  # corrections depend on the betas
+    def _device_indices(self, device) -> Dict[int, torch.Tensor]:
+        """This step's trained indices of every parameter on `device`, moved in one copy (_to_device)."""
+        key = ("indices", device)
         if key not in self._tables:
-            if name == "index":
-                tables = {"index": {key: t for key, t in self.trained.items() if torch.is_tensor(t)}}
-            else:
-                sizes = [count.numel() for count in self.counts.values()]
-                corrections = bias_corrections(torch.cat(list(self.counts.values())), hyper)
-                tables = {f"correction{i + 1}": dict(zip(self.counts, c.float().split(sizes)))
-                          for i, c in enumerate(corrections)}
-            for table_name, host in tables.items():
-                self._tables[(table_name, *key[1:])] = self._to_device(host, device)
+            self._tables[key] = self._to_device({k: t for k, t in self.trained.items() if torch.is_tensor(t)}, device)
+        return self._tables[key]
+
+    def _device_corrections(self, device, hyper) -> Tuple[Dict[int, torch.Tensor], Dict[int, torch.Tensor]]:
+        """Every unit's bias corrections (bias_corrections of its count) on `device`, per parameter, moved in one
+        copy each; keyed by the betas, which they depend on."""
+        key = ("corrections", device, hyper[2:4])
+        if key not in self._tables:
+            sizes = [count.numel() for count in self.counts.values()]
+            self._tables[key] = tuple(self._to_device(dict(zip(self.counts, c.float().split(sizes))), device)
+                                      for c in bias_corrections(torch.cat(list(self.counts.values())), hyper))
         return self._tables[key]
 
     @staticmethod
@@ -379,8 +379,7 @@ def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optiona
     else:
         if batch.update(views, axis, mask, step):
             return
-        _, _, beta1, beta2, _ = hyper
-        corrections = (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
+        corrections = step_corrections(step, hyper)
     weight = None
     if mask is not None:
         weight = mask.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
@@ -410,6 +409,12 @@ def uniform_step(low: int, high: int, hyper, dtype: torch.dtype) -> Optional[int
 
 def _rounded(x: float, dtype: torch.dtype) -> float:
     return x if dtype == torch.float64 else struct.unpack("f", struct.pack("f", x))[0]
+
+
+def step_corrections(step: int, hyper) -> Tuple[float, float]:
+    """(1 - beta1^n, sqrt(1 - beta2^n)) for one step count n shared by every unit updated."""
+    _, _, beta1, beta2, _ = hyper
+    return 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
 
 
 def bias_corrections(counts: torch.Tensor, hyper) -> Tuple[torch.Tensor, torch.Tensor]:
