@@ -186,12 +186,14 @@ def summarize(demo_dir, seconds):
 
 def run_demo(args, argv=None) -> int:
     """Build the data in this process, then train on `--demo-nproc` processes launched with torchrun."""
+    if args.demo_nproc is not None and args.demo_nproc < 1:
+        raise UsageError(f"--demo-nproc {args.demo_nproc} must be at least 1 (or left out: one per GPU, 2 on a CPU)")
     start = time.time()
     demo_dir = os.path.abspath(args.demo_dir)
     os.makedirs(demo_dir, exist_ok=True)
     tokenizer, slimpajama, starcoder = prepare_data(demo_dir)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    nproc = args.demo_nproc or (gpus or 2)
+    nproc = args.demo_nproc or gpus or 2
     if gpus and nproc > gpus:
         raise UsageError(f"--demo-nproc {nproc} needs {nproc} GPUs, this machine has {gpus}; use --demo-nproc {gpus}")
     where = f"{nproc} GPU processes (DeepSpeed ZeRO-2, nccl)" if gpus else (

@@ -5,10 +5,12 @@ import json
 import os
 
 import pyarrow.parquet as pq
+import pytest
 import zstandard
 
 from est_megatron import demo
 from est_megatron.data.corpus import Corpus
+from est_megatron.errors import UsageError
 from est_megatron.training.arguments import build_parser, check_args
 
 
@@ -40,3 +42,10 @@ def test_demo_data_pipeline(tmp_path, monkeypatch):
     check_args(args)
     assert args.data_path == ["0.7", slimpajama, "0.3", starcoder] and args.est_schedule == "tinyllama"
     assert args.deepspeed_config.endswith("zero2.json")
+
+
+def test_demo_nproc_below_one_is_one_clear_error(tmp_path):
+    args = build_parser("tinyllama").parse_args(["--demo", "--demo-nproc", "0", "--demo-dir", str(tmp_path / "d")])
+    with pytest.raises(UsageError, match="--demo-nproc 0 must be at least 1"):
+        demo.run_demo(args)
+    assert not (tmp_path / "d").exists()  # rejected before any data is built

@@ -217,8 +217,9 @@ def test_cuda_bf16_sampled_step_matches_reference(case):
     assert relative(logits, want) < 2e-2
     for (name, _), got, ref in zip(model.named_parameters(), grads, ref_grads):
         assert relative(got, ref) < 5e-2, name
+    by_name = dict(zip([n for n, _ in model.named_parameters()], grads))
     for li, lp in enumerate(plan.layers):
-        down = dict(zip([n for n, _ in model.named_parameters()], grads))[f"layers.{li}.mlp.down.weight"]
+        down = by_name[f"layers.{li}.mlp.down.weight"]
         unsampled = torch.ones(cfg.ffn_hidden_size, dtype=torch.bool)
         unsampled[lp.mlp_columns] = False
         assert bool((down[:, unsampled.cuda()] == 0).all()), li
