@@ -15,7 +15,7 @@ from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training import sparse_adamw
+from est_megatron.training import selected_adamw, sparse_adamw
 from est_megatron.training.optimizer_layout import own_segments
 from est_megatron.training.sparse_adamw import Segment, SparseAdamW, Unit, rectangles
 from reference_training import MaskedAdamW, decay_groups, trained_masks
@@ -55,12 +55,19 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("bias,route", [(False, "defaults"), (True, "defaults"), (False, "views"),
+@pytest.mark.parametrize("bias,route", [(False, "kernel"), (True, "kernel"), (False, "torch"), (False, "views"),
                                         (False, "copies")])
 def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, monkeypatch):
-    """`route`: how the fused kernel gets the trained rows and columns on `device`: its defaults (on the CPU rows
-    copied out and back, columns by the masked pass; on CUDA columns gathered too), every run of rows as a view,
-    or every row and column block copied."""
+    """`route`: how the trained rows and columns are updated on `device`: selected_adamw's kernel (C on the CPU,
+    Triton on CUDA), or with the kernel off torch's routes: their defaults (rows copied out and back for the fused
+    kernel, columns by the masked pass; on CUDA columns gathered too), every run of rows as a view, or every row
+    and column block copied."""
+    if route == "kernel":
+        used = []
+        monkeypatch.setattr(selected_adamw, "adamw_selected_",
+                            lambda *a, run=selected_adamw.adamw_selected_: used.append(1) or run(*a))
+    else:
+        monkeypatch.setattr(selected_adamw, "available", lambda like: False)
     if route == "views":
         monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1)
     if route == "copies":
@@ -96,6 +103,8 @@ def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, 
             assert torch.equal(g[~mask], b[~mask]), name
             torch.testing.assert_close(g[mask], w[mask], rtol=1e-5, atol=1e-8)
         untouched += int((~mask).sum())
+    if route == "kernel":
+        assert used, "the kernel route never ran the kernel (is a C compiler installed?)"
     assert untouched > 0.4 * sum(p.numel() for name, p in model.named_parameters() if name.startswith("layers"))
 
 
@@ -228,7 +237,7 @@ def test_gpu_route_under_the_triton_interpreter():
     """The GPU route (selected_adamw's kernel over just the trained units, this step's device tables) run on the CPU
     by Triton's interpreter: the one-step, multi-stage and mid-row-partition tests above pass through it."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    selection = "(one_step and cpu and defaults) or per_unit_counts or partitions_cut_mid_row"
+    selection = "(one_step and cpu and kernel) or per_unit_counts or partitions_cut_mid_row"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]

@@ -1,12 +1,13 @@
-"""AdamW on the selected rows or columns of a block in one pass over just those elements (a Triton kernel).
+"""AdamW on the selected rows or columns of a block in one pass over just those elements: a Triton kernel on
+CUDA, its C twin on the CPU (est_megatron.training.selected_adamw_c).
 
-On a GPU the sparse step's alternatives both cost more than AdamW over the whole model: the masked update reads and
-writes the whole block eight times, and copying the selected rows out and back for torch's fused kernel moves
-each selected element three times. This kernel reads parameter, gradient and both moments of the selected units
-once and writes the three it updates once, the fused kernel's traffic over the selected part only; the units'
-bias corrections come as scalars (one step count serves them all) or as one value per unit (unequal counts,
-early in a run), so one kernel serves every case. Used on CUDA when Triton is importable (it ships with torch's
-CUDA builds); `TRITON_INTERPRET=1` runs it on the CPU, which is how the tests check it without a GPU.
+Without a kernel the sparse step's alternatives both cost more than AdamW over the whole model: the masked update
+reads and writes the whole block eight times, and copying the selected rows out and back for torch's fused kernel
+moves each selected element three times. The kernel reads parameter, gradient and both moments of the selected
+units once and writes the three it updates once, the fused kernel's traffic over the selected part only; the
+units' bias corrections come as scalars (one step count serves them all) or as one value per unit (unequal counts,
+early in a run), so one kernel serves every case. Triton is used on CUDA when importable (it ships with torch's
+CUDA builds); `TRITON_INTERPRET=1` runs the Triton kernel on the CPU, which is how the tests check it without a GPU.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import os
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+
+from est_megatron.training import selected_adamw_c
 
 try:
     import triton
@@ -25,9 +28,14 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_ROWS, BLOCK_COLS = 4, 256
 
 
-def available(like: torch.Tensor) -> bool:
-    """Whether the kernel runs on `like` (CUDA, or the CPU under TRITON_INTERPRET=1)."""
+def _triton_runs(like: torch.Tensor) -> bool:
     return triton is not None and (like.is_cuda or (INTERPRETED and like.device.type == "cpu"))
+
+
+def available(like: torch.Tensor) -> bool:
+    """Whether a kernel runs on `like`: Triton on CUDA (or on the CPU under TRITON_INTERPRET=1), else the C kernel
+    on fp32 CPU tensors where it could be built."""
+    return _triton_runs(like) or selected_adamw_c.available(like)
 
 
 if triton is not None:
@@ -74,6 +82,9 @@ def adamw_selected_(views: Sequence[torch.Tensor], axis: Optional[int], index: O
     gradient and both moments, each contiguous; index None: every unit); `corrections`: (1 - beta1^n,
     sqrt(1 - beta2^n)) as floats, or as 1-D tensors with one value per unit along `axis`. Everything else of the
     block is neither read nor written."""
+    if not _triton_runs(views[0]):
+        selected_adamw_c.adamw_selected_(views, axis, index, corrections, hyper)
+        return
     param = views[0]
     rows, cols = param.shape if param.dim() == 2 else (param.numel(), 1)
     lr, weight_decay, beta1, beta2, eps = hyper

@@ -21,9 +21,10 @@ The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partiti
 parameters themselves): `bind` learns, through est_megatron.training.optimizer_layout, which element range of which
 parameter each range of those tensors holds. Untrained layers are skipped outright, so a sampled step costs less than
 a dense one; a range the plan trains whole, with one bias correction, is one plain AdamW update (torch's fused
-kernel). Partly trained ranges: on the CPU, scattered rows are copied out, stepped by the fused kernel and written
-back, and scattered columns take a masked multi-pass update; on CUDA, one Triton kernel per block reads and writes
-just the trained rows or columns (est_megatron.training.selected_adamw).
+kernel). A partly trained range takes one kernel call per block that reads and writes just the trained rows or
+columns (est_megatron.training.selected_adamw: Triton on CUDA, C on the CPU). Where no kernel runs (no Triton on
+a GPU, no C compiler, a dtype the C kernel lacks) scattered rows are copied out, stepped by the fused kernel and
+written back, and scattered columns take a masked multi-pass update.
 """
 from __future__ import annotations
 
@@ -218,10 +219,10 @@ class SparseAdamW(torch.optim.Optimizer):
             update_block(views, count[axis_slice], unit.axis, piece_mask, span, hyper, batch)
 
     def _update_selected(self, parts, segment: Segment, unit: Unit, trained, hyper, batch: FusedBatch) -> None:
-        """The GPU route (selected_adamw's kernel): each rectangle of the segment in one launch over just its
-        trained units, with this step's device tables, so a block costs the GPU its selected elements and the host
-        a few views. Host work per block, not memory traffic, is what a sampled step costs on a GPU: the masked
-        and copying routes spend tens of small torch calls on every block."""
+        """The kernel route (selected_adamw): each rectangle of the segment in one call over just its trained
+        units, with this step's device tables, so a block costs its selected elements and a few views of host
+        work. (The masked and copying routes spend tens of small torch calls on every block; on a GPU that host
+        work, not memory traffic, is what a sampled step costs.)"""
         step = uniform_step(*self.spans[segment.param], hyper, parts[0].dtype)
         for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
@@ -296,8 +297,8 @@ def rectangles(start: int, numel: int, unit: Unit):
 # Fewest elements per trained run for which handing the fused kernel one piece per run beats copying the selected
 # rows out and back. CPU: measured on bench-cpu's MLP rows (a piece costs a few microseconds of views and dispatch;
 # break-even near 2,000 elements per run). Elsewhere an estimate: a piece's few microseconds of host time against
-# the copies' extra ~12 bytes per element of GPU memory traffic. (On CUDA with Triton, the usual case, selected
-# rows and columns take selected_adamw's kernel instead, and these two settings do not apply.)
+# the copies' extra ~12 bytes per element of GPU memory traffic. (Where selected_adamw has a kernel, the usual
+# case, selected rows and columns take it instead, and these two settings do not apply.)
 PIECE_ELEMENTS = {"cpu": 4096}
 DEFAULT_PIECE_ELEMENTS = 1 << 17
 # Devices on which copying scattered columns out (index_select along the inner dimension) and back costs less than
