@@ -10,6 +10,7 @@ import gc
 import os
 import socket
 import sys
+import warnings
 
 from typing import Optional
 
@@ -25,6 +26,10 @@ def free_port() -> int:
 
 def init_distributed(local_rank_flag=None) -> dict:
     """Initialise torch.distributed through DeepSpeed; returns rank, world_size, local_rank and the device."""
+    # DeepSpeed 0.19 still calls the collectives newer torch renamed (all_gather_into_tensor, reduce_scatter_tensor);
+    # the FutureWarning is for DeepSpeed, and under ZeRO-3 it repeats on every rank from every call site
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated\. Please use",
+                            category=FutureWarning)
     if "WORLD_SIZE" not in os.environ:
         os.environ.setdefault("RANK", "0")
         os.environ["WORLD_SIZE"] = "1"
