@@ -168,14 +168,11 @@ class Stepper:
     def steady_step(self) -> float:
         """Seconds of the sparse step on the last plan and gradients with every unit's step count advanced by
         steady_steps, as that many steps later in a run; the counts are put back after."""
-        counts = self.optimizer.counts
-        saved = {key: count.clone() for key, count in counts.items()}
-        for count in counts.values():
-            count += self.steady_steps
+        saved = {key: count.clone() for key, count in self.optimizer.counts.items()}
+        self.optimizer.set_counts({key: count + self.steady_steps for key, count in saved.items()})
         self.optimizer.set_plan(None if self.last_plan is None else self.last_plan.to("cpu"))
         seconds = timed(self.device, self.optimizer.step)
-        for key, count in saved.items():
-            counts[key].copy_(count)
+        self.optimizer.set_counts(saved)
         return seconds
 
 

@@ -84,7 +84,7 @@ class Attention(nn.Module):
         None = all of it). The sampled heads' QKV rows and output columns; the output bias is not per head."""
         rows = columns = None
         if plan is not None and plan.query_heads is not None:
-            index = SubnetIndex(plan, self.num_groups, self.heads_per_group, self.head_dim)  # keeps the forward's cache
+            index = self.subnet_index(plan)  # the forward's, when it ran this plan
             rows, columns = index.qkv_rows, index.out_columns
         slices = [(self.qkv.weight, 0, rows), (self.out.weight, 1, columns)]
         if self.qkv.bias is not None:

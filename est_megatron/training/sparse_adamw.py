@@ -89,7 +89,8 @@ class SparseAdamW(torch.optim.Optimizer):
         self.localize = lambda plan: plan
         self.counts: Dict[int, torch.Tensor] = {}  # id(param) -> int64 steps trained, one per unit (CPU)
         self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index along its axis (CPU)
-        self.spans: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts, at least 1
+        self.extremes: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts
+        self.spans: Dict[int, Tuple[int, int]] = {}  # the same, each at least 1
         self._counted = True  # the current plan's counts are in (set_plan clears it)
         self._tables: Dict[tuple, object] = {}  # this step's device copies (_device_indices, _device_corrections)
 
@@ -107,6 +108,7 @@ class SparseAdamW(torch.optim.Optimizer):
             shape = tuple(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the full shape aside
             self.units[id(param)] = unit = Unit(name, shape, axes.get(id(param)))
             self.counts.setdefault(id(param), torch.zeros(unit.size, dtype=torch.int64))
+            self._set_span(id(param), *(int(x) for x in torch.aminmax(self.counts[id(param)])))
         self.segments = segments
         self.localize = localize or self.localize
         self.set_plan(None)
@@ -133,12 +135,16 @@ class SparseAdamW(torch.optim.Optimizer):
         for key, trained in self.trained.items():
             if trained is ALL or self.bias_correction == "step":
                 self.counts[key] += 1
+                self._set_span(key, *(x + 1 for x in self.extremes[key]))  # every count moved up by one
             elif trained is not SKIP:
                 self.counts[key][trained] += 1
-        for key, count in self.counts.items():  # a count never trained is 1 to bias_corrections
-            self.spans[key] = tuple(max(int(x), 1) for x in torch.aminmax(count))
+                self._set_span(key, *(int(x) for x in torch.aminmax(self.counts[key])))
         self._counted = True
         self._tables = {}
+
+    def _set_span(self, key: int, least: int, most: int) -> None:
+        self.extremes[key] = (least, most)
+        self.spans[key] = (max(least, 1), max(most, 1))  # a count never trained is 1 to bias_corrections
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -150,9 +156,13 @@ class SparseAdamW(torch.optim.Optimizer):
         saved = state_dict.pop("unit_steps", {})
         super().load_state_dict(state_dict)
         by_name = {unit.name: key for key, unit in self.units.items()}
-        for name, count in saved.items():
-            if name in by_name:
-                self.counts[by_name[name]].copy_(count)
+        self.set_counts({by_name[name]: count for name, count in saved.items() if name in by_name})
+
+    def set_counts(self, counts: Dict[int, torch.Tensor]) -> None:
+        """Replace the step counts of the parameters given (id(param) -> counts), e.g. from a checkpoint."""
+        for key, count in counts.items():
+            self.counts[key].copy_(count)
+            self._set_span(key, *(int(x) for x in torch.aminmax(count)))
         self._tables = {}  # device copies of the counts' corrections are stale now
 
     # ---- the step ----------------------------------------------------------------------------------------------
