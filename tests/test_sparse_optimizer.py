@@ -15,7 +15,7 @@ from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training import selected_adamw, sparse_adamw
+from est_megatron.training import selected_adamw, selected_adamw_c, sparse_adamw
 from est_megatron.training.optimizer_layout import own_segments
 from est_megatron.training.sparse_adamw import Segment, SparseAdamW, Unit, rectangles
 from reference_training import MaskedAdamW, decay_groups, trained_masks
@@ -240,6 +240,15 @@ def test_gpu_route_under_the_triton_interpreter():
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_without_a_c_compiler_the_cpu_kernel_warns_and_steps_fall_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
+    monkeypatch.setenv("EST_MEGATRON_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(selected_adamw_c, "_library", None)
+    with pytest.warns(UserWarning, match="could not be built"):
+        assert not selected_adamw.available(torch.zeros(2, 2))
+    assert not list(tmp_path.glob("*.so"))
 
 
 def test_step_bias_correction_counts_every_step_for_every_unit():

@@ -122,6 +122,7 @@ void adamw_selected_f32(float *p, const float *g, float *m, float *v, int64_t ro
 }
 """
 FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp"]
+WITHOUT_OPENMP = [flag for flag in FLAGS if flag != "-fopenmp"]  # a compiler without OpenMP: one thread
 
 _library = None  # the loaded kernel, False where it cannot be built or is turned off
 
@@ -135,9 +136,9 @@ def _cache_dir() -> str:
                                                                          "est_megatron")
 
 
-def _build(compiler: str) -> str:
+def _build(compiler: str, flags) -> str:
     """The library's path, compiling it first if this source, compiler and flags have not been built before."""
-    digest = hashlib.sha256("\0".join([SOURCE, compiler, *FLAGS]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\0".join([SOURCE, compiler, *flags]).encode()).hexdigest()[:16]
     directory = _cache_dir()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"selected_adamw_{digest}.so")
@@ -147,10 +148,19 @@ def _build(compiler: str) -> str:
             with open(source, "w") as f:
                 f.write(SOURCE)
             built = os.path.join(work, "selected_adamw.so")
-            subprocess.run([compiler, *FLAGS, source, "-o", built, "-lm"], check=True, capture_output=True,
+            subprocess.run([compiler, *flags, source, "-o", built, "-lm"], check=True, capture_output=True,
                            text=True)
             os.replace(built, path)  # atomic: another rank building the same file loses nothing
     return path
+
+
+def _load(compiler: str):
+    for flags in (FLAGS, WITHOUT_OPENMP):
+        try:
+            return ctypes.CDLL(_build(compiler, flags)).adamw_selected_f32
+        except subprocess.CalledProcessError as error:
+            failure = error
+    raise failure
 
 
 def library():
@@ -164,7 +174,7 @@ def library():
         try:
             if compiler is None:
                 raise OSError("no C compiler (set $CC or install gcc)")
-            function = ctypes.CDLL(_build(compiler)).adamw_selected_f32
+            function = _load(compiler)
         except (OSError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", None) or error
             warnings.warn(f"est_megatron: the CPU sparse-AdamW kernel could not be built ({str(detail).strip()[:200]});"
