@@ -128,6 +128,11 @@ def _split_qkv(m: ModelConfig, fused: torch.Tensor) -> Tuple[torch.Tensor, torch
             blocks[:, g + 1].reshape(G * hd, *tail))
 
 
+def _input_major(t: torch.Tensor) -> torch.Tensor:
+    """A Llama o_proj/down_proj weight (out, in) <-> our input-major (in, out) one; biases stay as they are."""
+    return t.t() if t.dim() == 2 else t
+
+
 def hf_to_est_state(m: ModelConfig, hf: StateDict) -> StateDict:
     """Our state dict from a Hugging Face one (prefix `model.`/`transformer.` optional); every tensor must be used."""
     hf = dict(hf)
@@ -150,10 +155,10 @@ def hf_to_est_state(m: ModelConfig, hf: StateDict) -> StateDict:
             kinds = ("weight", "bias") if m.bias else ("weight",)
             for kind in kinds:
                 out[o + f"attn.qkv.{kind}"] = _fuse_qkv(m, *(take(a + f"self_attn.{p}_proj.{kind}") for p in "qkv"))
-                out[o + f"attn.out.{kind}"] = take(a + f"self_attn.o_proj.{kind}")
+                out[o + f"attn.out.{kind}"] = _input_major(take(a + f"self_attn.o_proj.{kind}"))
                 out[o + f"mlp.up.{kind}"] = torch.cat([take(a + f"mlp.gate_proj.{kind}"),
                                                        take(a + f"mlp.up_proj.{kind}")])
-                out[o + f"mlp.down.{kind}"] = take(a + f"mlp.down_proj.{kind}")
+                out[o + f"mlp.down.{kind}"] = _input_major(take(a + f"mlp.down_proj.{kind}"))
         out["final_norm.weight"] = take("norm.weight")
         if m.tie_embeddings:
             hf.pop("lm_head.weight", None)
@@ -174,7 +179,8 @@ def hf_to_est_state(m: ModelConfig, hf: StateDict) -> StateDict:
             b = take(a + "attn.c_attn.bias")
             out[o + "attn.qkv.bias"] = _fuse_qkv(m, b[:d], b[d:2 * d], b[2 * d:])
             for ours, theirs in (("attn.out", "attn.c_proj"), ("mlp.up", "mlp.c_fc"), ("mlp.down", "mlp.c_proj")):
-                out[o + f"{ours}.weight"] = take(a + f"{theirs}.weight").t()
+                weight = take(a + f"{theirs}.weight")  # Conv1D: (in, out), as our output and down projections
+                out[o + f"{ours}.weight"] = weight.t() if ours == "mlp.up" else weight
                 out[o + f"{ours}.bias"] = take(a + f"{theirs}.bias")
         out["final_norm.weight"] = take("ln_f.weight")
         out["final_norm.bias"] = take("ln_f.bias")
@@ -202,10 +208,10 @@ def est_to_hf_state(m: ModelConfig, ours: StateDict) -> StateDict:
                 q, k, v = _split_qkv(m, ours[o + f"attn.qkv.{kind}"])
                 hf[a + f"self_attn.q_proj.{kind}"], hf[a + f"self_attn.k_proj.{kind}"] = q, k
                 hf[a + f"self_attn.v_proj.{kind}"] = v
-                hf[a + f"self_attn.o_proj.{kind}"] = ours[o + f"attn.out.{kind}"]
+                hf[a + f"self_attn.o_proj.{kind}"] = _input_major(ours[o + f"attn.out.{kind}"])
                 gate, up = ours[o + f"mlp.up.{kind}"].chunk(2)
                 hf[a + f"mlp.gate_proj.{kind}"], hf[a + f"mlp.up_proj.{kind}"] = gate, up
-                hf[a + f"mlp.down_proj.{kind}"] = ours[o + f"mlp.down.{kind}"]
+                hf[a + f"mlp.down_proj.{kind}"] = _input_major(ours[o + f"mlp.down.{kind}"])
         hf["model.norm.weight"] = ours["final_norm.weight"]
         if not m.tie_embeddings:
             hf["lm_head.weight"] = ours["lm_head.weight"]
@@ -221,7 +227,8 @@ def est_to_hf_state(m: ModelConfig, ours: StateDict) -> StateDict:
             hf[a + "attn.c_attn.bias"] = torch.cat(_split_qkv(m, ours[o + "attn.qkv.bias"]))
             for ours_name, theirs in (("attn.out", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
                                       ("mlp.down", "mlp.c_proj")):
-                hf[a + f"{theirs}.weight"] = ours[o + f"{ours_name}.weight"].t()
+                weight = ours[o + f"{ours_name}.weight"]
+                hf[a + f"{theirs}.weight"] = weight.t() if ours_name == "mlp.up" else weight
                 hf[a + f"{theirs}.bias"] = ours[o + f"{ours_name}.bias"]
         hf["transformer.ln_f.weight"] = ours["final_norm.weight"]
         hf["transformer.ln_f.bias"] = ours["final_norm.bias"]

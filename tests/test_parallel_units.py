@@ -77,9 +77,7 @@ def test_shards_reassemble_the_seeded_full_weights(model):
             gates = torch.cat([p[: f // 2] for p in parts])
             ups = torch.cat([p[f // 2:] for p in parts])
             assert torch.equal(torch.cat([gates, ups]), tensor)
-        elif name.endswith(("out.weight", "down.weight")):
-            assert torch.equal(torch.cat(parts, dim=1), tensor)
-        else:
+        else:  # QKV groups, input rows of the output and down projections
             assert torch.equal(torch.cat(parts), tensor)
 
 

@@ -1,9 +1,10 @@
 """Causal self-attention that can run any sampled subset of its heads.
 
 Q/K/V live in one fused weight laid out group-major: for each key/value group, its query heads, then its key
-head, then its value head (Megatron's layout; tensor parallelism splits it into whole groups). A plan's heads
-become one row index into that weight and one column index into the output projection: the block gathers the
-smaller matrices once, multiplies them, and autograd scatters the gradients back to the full parameters.
+head, then its value head (Megatron's layout; tensor parallelism splits it into whole groups). The output
+projection is stored input-major (RowParallelLinear), so a plan's heads become one row index into each weight:
+the block gathers the smaller matrices once, multiplies them, and autograd scatters the gradients back to the
+full parameters.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from est_megatron.model.activation_checkpoint import recomputed
 from est_megatron.model.gather import gather
 from est_megatron.model.rope import RotaryTables, apply_rope
 from est_megatron.subnet.plan import LayerPlan
-from est_megatron.tensor_parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
+from est_megatron.tensor_parallel.mappings import (RowParallelLinear, copy_to_tensor_parallel_region,
+                                                  row_parallel_linear)
 
 try:  # optional: flash-attn kernels on CUDA
     from flash_attn import flash_attn_func
@@ -40,7 +42,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 class SubnetIndex:
-    """Row index into the fused QKV weight and column index into the output weight for one layer plan.
+    """Row indices into the fused QKV weight and into the (input-major) output weight for one layer plan.
 
     Built once per plan and reused by every micro-batch (the plan object is the cache key).
     """
@@ -54,7 +56,7 @@ class SubnetIndex:
         blocks = torch.cat([base + queries % g, base + g, base + g + 1], dim=1)
         offsets = torch.arange(head_dim, device=device)
         self.qkv_rows = (blocks[..., None] * head_dim + offsets).reshape(-1)
-        self.out_columns = (plan.query_heads[:, None] * head_dim + offsets).reshape(-1)
+        self.out_rows = (plan.query_heads[:, None] * head_dim + offsets).reshape(-1)
         self.num_groups = groups.numel()
         self.heads_per_group = queries.shape[1]
 
@@ -67,9 +69,9 @@ class Attention(nn.Module):
         self.heads_per_group = config.heads_per_group
         self.num_groups = num_groups or config.num_query_groups  # local groups (fewer under tensor parallelism)
         qkv_rows = self.num_groups * (self.heads_per_group + 2) * self.head_dim
-        out_columns = self.num_groups * self.heads_per_group * self.head_dim
+        context = self.num_groups * self.heads_per_group * self.head_dim
         self.qkv = nn.Linear(config.hidden_size, qkv_rows, bias=config.bias)
-        self.out = nn.Linear(out_columns, config.hidden_size, bias=config.bias)
+        self.out = RowParallelLinear(context, config.hidden_size, bias=config.bias)
         self.rotary = rotary  # None: positions come from learned embeddings (GPT-2)
         self._index_cache = (None, None)
         self.recompute_core = False  # selective recompute (est_megatron.model.recompute)
@@ -81,14 +83,14 @@ class Attention(nn.Module):
 
     def trained_slices(self, plan: Optional[LayerPlan]) -> list:
         """What `plan` trains here, for the sparse optimizer step: (parameter, axis, sorted indices along the axis;
-        None = all of it). The sampled heads' QKV rows and output columns; the output bias is not per head."""
-        rows = columns = None
+        None = all of it). The sampled heads' QKV rows and output rows; the output bias is not per head."""
+        qkv_rows = out_rows = None
         if plan is not None and plan.query_heads is not None:
             index = self.subnet_index(plan)  # the forward's, when it ran this plan
-            rows, columns = index.qkv_rows, index.out_columns
-        slices = [(self.qkv.weight, 0, rows), (self.out.weight, 1, columns)]
+            qkv_rows, out_rows = index.qkv_rows, index.out_rows
+        slices = [(self.qkv.weight, 0, qkv_rows), (self.out.weight, 0, out_rows)]
         if self.qkv.bias is not None:
-            slices += [(self.qkv.bias, 0, rows), (self.out.bias, None, None)]
+            slices += [(self.qkv.bias, 0, qkv_rows), (self.out.bias, None, None)]
         return slices
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
@@ -102,7 +104,7 @@ class Attention(nn.Module):
             qkv_w = gather(self.qkv.weight, 0, index.qkv_rows)
             qkv_b = None if self.qkv.bias is None else gather(self.qkv.bias, 0, index.qkv_rows)
             # eq. 5's 1/p_H on the head sum (plan.head_scale, 1 unless --est-rescale), folded into the gathered weight
-            out_w = gather(self.out.weight, 1, index.out_columns, plan.head_scale)
+            out_w = gather(self.out.weight, 0, index.out_rows, plan.head_scale)
             groups, per_group = index.num_groups, index.heads_per_group
         qkv = F.linear(x, qkv_w, qkv_b).view(batch, seq, groups, per_group + 2, self.head_dim)
         context = recomputed(self.recompute_core, self.core, qkv)

@@ -1,8 +1,9 @@
 """Feed-forward block (SwiGLU for Llama, GELU for GPT-2) that can run any sampled subset of its columns.
 
 Llama's gate and up projections share one weight, [gate; up], so a sampled column set is one row gather and one
-matmul; the down projection gathers the same columns. The sampled output is scaled by the plan's mlp_scale (1/p_M
-as in paper eq. 6 under --est-rescale, else 1), folded into the gathered down weight.
+matmul; the down projection, stored input-major (RowParallelLinear), gathers the same columns as rows. The sampled
+output is scaled by the plan's mlp_scale (1/p_M as in paper eq. 6 under --est-rescale, else 1), folded into the
+gathered down weight.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from torch import nn
 
 from est_megatron.model.gather import gather
 from est_megatron.subnet.plan import LayerPlan
-from est_megatron.tensor_parallel.mappings import copy_to_tensor_parallel_region, row_parallel_linear
+from est_megatron.tensor_parallel.mappings import (RowParallelLinear, copy_to_tensor_parallel_region,
+                                                  row_parallel_linear)
 
 
 class MLP(nn.Module):
@@ -25,7 +27,7 @@ class MLP(nn.Module):
         self.ffn_size = ffn_size or config.ffn_hidden_size  # local columns (fewer under tensor parallelism)
         up_rows = 2 * self.ffn_size if self.gated else self.ffn_size
         self.up = nn.Linear(config.hidden_size, up_rows, bias=config.bias)
-        self.down = nn.Linear(self.ffn_size, config.hidden_size, bias=config.bias)
+        self.down = RowParallelLinear(self.ffn_size, config.hidden_size, bias=config.bias)
         self._index_cache = (None, None)
 
     def rows_of(self, columns: torch.Tensor) -> torch.Tensor:
@@ -40,12 +42,12 @@ class MLP(nn.Module):
 
     def trained_slices(self, plan: Optional[LayerPlan]) -> list:
         """What `plan` trains here, for the sparse optimizer step: (parameter, axis, sorted indices along the axis;
-        None = all of it). The sampled columns' up rows and down columns; the down bias is not per column."""
+        None = all of it). The sampled columns' up rows and down rows; the down bias is not per column."""
         rows = columns = None
         if plan is not None and plan.mlp_columns is not None:
             columns = plan.mlp_columns
             rows = self.rows_of(columns)
-        slices = [(self.up.weight, 0, rows), (self.down.weight, 1, columns)]
+        slices = [(self.up.weight, 0, rows), (self.down.weight, 0, columns)]
         if self.up.bias is not None:
             slices += [(self.up.bias, 0, rows), (self.down.bias, None, None)]
         return slices
@@ -58,7 +60,7 @@ class MLP(nn.Module):
             rows = self.up_rows(plan)
             up_w = gather(self.up.weight, 0, rows)
             up_b = None if self.up.bias is None else gather(self.up.bias, 0, rows)
-            down_w = gather(self.down.weight, 1, plan.mlp_columns, plan.mlp_scale)
+            down_w = gather(self.down.weight, 0, plan.mlp_columns, plan.mlp_scale)
         hidden = F.linear(x, up_w, up_b)
         if self.gated:
             gate, up = hidden.chunk(2, dim=-1)

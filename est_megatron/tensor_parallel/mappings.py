@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 
 def group_size_rank(group: Optional[dist.ProcessGroup]) -> Tuple[int, int]:
@@ -53,10 +54,24 @@ def reduce_from_tensor_parallel_region(x: torch.Tensor, group: Optional[dist.Pro
     return x if group is None else _ReduceFromTensorParallelRegion.apply(x, group)
 
 
+class RowParallelLinear(nn.Module):
+    """The weights of Y = X A + b with A stored input-major, [in, out], as Megatron writes the row-parallel layer
+    (A split along its first dimension across tensor-parallel ranks). Every input unit a plan samples (a head's
+    context columns, an MLP column) is then a contiguous row of A: the sampled forward gathers rows, and the
+    sparse optimizer step updates rows, where an [out, in] weight would make both strided column work. The
+    forward is `row_parallel_linear`, given A or its gathered rows."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+
 def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                         group: Optional[dist.ProcessGroup]) -> torch.Tensor:
-    """x W^T summed over the tensor-parallel ranks; the (replicated) bias is added once, after the all-reduce."""
+    """x A summed over the tensor-parallel ranks (A input-major, [in, out]: RowParallelLinear); the (replicated)
+    bias is added once, after the all-reduce."""
     if group is None:
-        return F.linear(x, weight, bias)
-    out = reduce_from_tensor_parallel_region(F.linear(x, weight), group)
+        return F.linear(x, weight.t(), bias)
+    out = reduce_from_tensor_parallel_region(F.linear(x, weight.t()), group)
     return out if bias is None else out + bias

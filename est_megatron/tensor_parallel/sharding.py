@@ -2,9 +2,9 @@
 (`unshard`, `merge_tensor_parallel`: checkpoints saved under tensor parallelism).
 
 Column-parallel weights (fused QKV, group-major, and Llama's [gate; up]) split their output rows, row-parallel
-weights (attention output, MLP down) their input columns, the embedding and output projection their vocabulary
-rows (padded to a multiple of the TP size); everything else is replicated. Parameters are named by their global
-(single-process) names in every layout, so one table of name patterns decides.
+weights (attention output, MLP down, stored input-major) their input rows, the embedding and output projection
+their vocabulary rows (padded to a multiple of the TP size); everything else is replicated. Parameters are named
+by their global (single-process) names in every layout, so one table of name patterns decides.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def is_tensor_parallel(name: str) -> bool:
     return bool(_COLUMN.search(name) or _ROW.search(name) or _VOCAB.match(name))
 
 
+def _is_gate_up(name: str, cfg: ModelConfig) -> bool:
+    return cfg.is_llama and bool(_COLUMN.search(name)) and ".mlp.up." in f".{name}"
+
+
 def shard(name: str, full: torch.Tensor, cfg: ModelConfig, tp_rank: int, tp_size: int) -> torch.Tensor:
     """This TP rank's part of the full (single-process) parameter `name`."""
     if _VOCAB.match(name):
@@ -37,17 +41,12 @@ def shard(name: str, full: torch.Tensor, cfg: ModelConfig, tp_rank: int, tp_size
         rows = full[start:end]
         padded[: rows.shape[0]] = rows
         return padded
-    if tp_size == 1:
+    if tp_size == 1 or not is_tensor_parallel(name):
         return full
-    if _COLUMN.search(name):
-        if cfg.is_llama and ".mlp.up." in f".{name}":  # [gate; up] -> [gate_local; up_local]
-            halves = full.view(2, full.shape[0] // 2, *full.shape[1:])
-            return halves.chunk(tp_size, dim=1)[tp_rank].reshape(-1, *full.shape[1:])
-        return full.chunk(tp_size, dim=0)[tp_rank]  # QKV is group-major: a rank holds whole groups
-    if _ROW.search(name):
-        return full.chunk(tp_size, dim=1)[tp_rank]
-    return full
-
+    if _is_gate_up(name, cfg):  # [gate; up] -> [gate_local; up_local]
+        halves = full.view(2, full.shape[0] // 2, *full.shape[1:])
+        return halves.chunk(tp_size, dim=1)[tp_rank].reshape(-1, *full.shape[1:])
+    return full.chunk(tp_size, dim=0)[tp_rank]  # QKV is group-major: a rank holds whole groups
 
 def unshard(name: str, parts: Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
     """The full (single-process) parameter `name` from its TP ranks' parts in rank order: the inverse of `shard`
@@ -57,12 +56,10 @@ def unshard(name: str, parts: Sequence[torch.Tensor], cfg: ModelConfig) -> torch
         return torch.cat(list(parts))[: cfg.vocab_size]
     if tp_size == 1 or not is_tensor_parallel(name):
         return parts[0]  # replicated: every rank holds the same tensor
-    if _COLUMN.search(name):
-        if cfg.is_llama and ".mlp.up." in f".{name}":  # [gate_local; up_local] per rank -> [gate; up]
-            halves = [p.view(2, p.shape[0] // 2, *p.shape[1:]) for p in parts]
-            return torch.cat(halves, dim=1).reshape(-1, *parts[0].shape[1:])
-        return torch.cat(list(parts), dim=0)  # whole key/value groups per rank, in group order
-    return torch.cat(list(parts), dim=1)  # row-parallel: input columns
+    if _is_gate_up(name, cfg):  # [gate_local; up_local] per rank -> [gate; up]
+        halves = [p.view(2, p.shape[0] // 2, *p.shape[1:]) for p in parts]
+        return torch.cat(halves, dim=1).reshape(-1, *parts[0].shape[1:])
+    return torch.cat(list(parts), dim=0)  # whole key/value groups, or input rows, in rank order
 
 
 def merge_tensor_parallel(states: Sequence[Dict[str, torch.Tensor]], cfg: ModelConfig) -> Dict[str, torch.Tensor]:
