@@ -58,10 +58,9 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 @pytest.mark.parametrize("bias,route", [(False, "kernel"), (True, "kernel"), (False, "torch"), (False, "views"),
                                         (False, "copies")])
 def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, monkeypatch):
-    """`route`: how the trained rows and columns are updated on `device`: selected_adamw's kernel (C on the CPU,
-    Triton on CUDA), or with the kernel off torch's routes: their defaults (rows copied out and back for the fused
-    kernel, columns by the masked pass; on CUDA columns gathered too), every run of rows as a view, or every row
-    and column block copied."""
+    """`route`: how the trained rows are updated on `device`: selected_adamw's kernel (C on the CPU, Triton on
+    CUDA), or with the kernel off torch's routes: their defaults (long runs of rows as views of the fused kernel,
+    scattered rows copied out and back), every run of rows as a view, or every block's rows copied."""
     if route == "kernel":
         used = []
         monkeypatch.setattr(selected_adamw, "adamw_selected_",
@@ -72,7 +71,6 @@ def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, 
         monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1)
     if route == "copies":
         monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1 << 30)
-        monkeypatch.setitem(sparse_adamw.GATHER_COLUMNS_ON, device, True)
     cfg, sampler, tokens = tiny_setup(bias=bias)
     tokens = tokens.to(device)
     model = Transformer(cfg, None, 3).to(device)
@@ -179,9 +177,9 @@ def test_flat_partitions_cut_mid_row_equal_the_parameters():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)  # bias correction (float vs tensor)
 
 
-@pytest.mark.parametrize("shape,axis", [((7, 5), 0), ((7, 5), 1), ((9,), 0)])
-def test_rectangles_tile_any_range(shape, axis):
-    unit = Unit("w", shape, axis)
+@pytest.mark.parametrize("shape", [(7, 5), (9,)])
+def test_rectangles_tile_any_range(shape):
+    unit = Unit("w", shape, 0)
     numel = 1
     for n in shape:
         numel *= n
@@ -191,13 +189,12 @@ def test_rectangles_tile_any_range(shape, axis):
             if length > numel - start:
                 continue
             covered = []
-            for offset, rows, cols, axis_slice in rectangles(start, length, unit):
+            for offset, rows, cols, row_slice in rectangles(start, length, unit):
                 flat = torch.arange(start + offset, start + offset + rows * cols).view(rows, cols)
                 covered.append(flat.reshape(-1))
                 row0, col0 = divmod(start + offset, unit.row_length)
                 assert torch.equal(flat, index[row0: row0 + rows, col0: col0 + cols])
-                span = range(numel)[slice(row0, row0 + rows) if axis == 0 else slice(col0, col0 + cols)]
-                assert (axis_slice.start, axis_slice.stop) == (span.start, span.stop)
+                assert (row_slice.start, row_slice.stop) == (row0, row0 + rows)
             assert torch.equal(torch.cat(covered), torch.arange(start, start + length))
 
 

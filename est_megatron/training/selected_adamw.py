@@ -1,12 +1,12 @@
-"""AdamW on the selected rows or columns of a block in one pass over just those elements: a Triton kernel on
-CUDA, its C twin on the CPU (est_megatron.training.selected_adamw_c).
+"""AdamW on the selected rows of a block in one pass over just those elements: a Triton kernel on CUDA, its C
+twin on the CPU (est_megatron.training.selected_adamw_c).
 
 Without a kernel the sparse step's alternatives both cost more than AdamW over the whole model: the masked update
 reads and writes the whole block eight times, and copying the selected rows out and back for torch's fused kernel
 moves each selected element three times. The kernel reads parameter, gradient and both moments of the selected
-units once and writes the three it updates once, the fused kernel's traffic over the selected part only; the
-units' bias corrections come as scalars (one step count serves them all) or as one value per unit (unequal counts,
-early in a run), so one kernel serves every case. Triton is used on CUDA when importable (it ships with torch's
+rows once and writes the three it updates once, the fused kernel's traffic over the selected part only; the rows'
+bias corrections come as scalars (one step count serves them all) or as one value per row (unequal counts, early
+in a run), so one kernel serves every case. Triton is used on CUDA when importable (it ships with torch's
 CUDA builds); `TRITON_INTERPRET=1` runs the Triton kernel on the CPU, which is how the tests check it without a GPU.
 """
 from __future__ import annotations
@@ -40,17 +40,15 @@ def available(like: torch.Tensor) -> bool:
 
 if triton is not None:
     # the selected counts change every step: specialising on them (==1, %16) would compile new variants mid-run
-    @triton.jit(do_not_specialize=["row_index", "col_index", "corr1", "corr2", "n_rows", "n_cols"])
-    def _adamw_selected_kernel(param, grad, exp_avg, exp_avg_sq, row_index, col_index, corr1, corr2,
-                               n_rows, n_cols, stride, lr, weight_decay, beta1, beta2, eps, scalar1, scalar2,
-                               ROWS_INDEXED: tl.constexpr, COLS_INDEXED: tl.constexpr, PER_ROW: tl.constexpr,
-                               PER_COL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    @triton.jit(do_not_specialize=["row_index", "corr1", "corr2", "n_rows", "n_cols"])
+    def _adamw_selected_kernel(param, grad, exp_avg, exp_avg_sq, row_index, corr1, corr2, n_rows, n_cols,
+                               lr, weight_decay, beta1, beta2, eps, scalar1, scalar2, ROWS_INDEXED: tl.constexpr,
+                               PER_ROW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         r_ok, c_ok = r < n_rows, c < n_cols
         rows = tl.load(row_index + r, mask=r_ok, other=0) if ROWS_INDEXED else r
-        cols = tl.load(col_index + c, mask=c_ok, other=0) if COLS_INDEXED else c
-        offsets = rows.to(tl.int64)[:, None] * stride + cols.to(tl.int64)[None, :]
+        offsets = rows.to(tl.int64)[:, None] * n_cols + c.to(tl.int64)[None, :]
         ok = r_ok[:, None] & c_ok[None, :]
         p = tl.load(param + offsets, mask=ok).to(tl.float32)
         g = tl.load(grad + offsets, mask=ok).to(tl.float32)
@@ -59,9 +57,6 @@ if triton is not None:
         if PER_ROW:
             c1 = tl.load(corr1 + rows, mask=r_ok, other=1.0)[:, None]
             c2 = tl.load(corr2 + rows, mask=r_ok, other=1.0)[:, None]
-        elif PER_COL:
-            c1 = tl.load(corr1 + cols, mask=c_ok, other=1.0)[None, :]
-            c2 = tl.load(corr2 + cols, mask=c_ok, other=1.0)[None, :]
         else:
             c1, c2 = scalar1, scalar2
         p = p * (1.0 - lr * weight_decay)
@@ -76,14 +71,13 @@ if triton is not None:
 Corrections = Tuple[Union[float, torch.Tensor], Union[float, torch.Tensor]]
 
 
-def adamw_selected_(views: Sequence[torch.Tensor], axis: Optional[int], index: Optional[torch.Tensor],
-                    corrections: Corrections, hyper) -> None:
-    """AdamW in place on the units `index` selects along `axis` of a [rows, cols] block (`views`: parameter,
-    gradient and both moments, each contiguous; index None: every unit); `corrections`: (1 - beta1^n,
-    sqrt(1 - beta2^n)) as floats, or as 1-D tensors with one value per unit along `axis`. Everything else of the
-    block is neither read nor written."""
+def adamw_selected_(views: Sequence[torch.Tensor], index: Optional[torch.Tensor], corrections: Corrections,
+                    hyper) -> None:
+    """AdamW in place on the rows `index` selects of a [rows, cols] block (`views`: parameter, gradient and both
+    moments, each contiguous; index None: every row); `corrections`: (1 - beta1^n, sqrt(1 - beta2^n)) as floats,
+    or as 1-D tensors with one value per row. Everything else of the block is neither read nor written."""
     if not _triton_runs(views[0]):
-        selected_adamw_c.adamw_selected_(views, axis, index, corrections, hyper)
+        selected_adamw_c.adamw_selected_(views, index, corrections, hyper)
         return
     param = views[0]
     rows, cols = param.shape if param.dim() == 2 else (param.numel(), 1)
@@ -96,13 +90,11 @@ def adamw_selected_(views: Sequence[torch.Tensor], axis: Optional[int], index: O
         corr1 = corr2 = param  # unused: the scalars serve
         scalar1, scalar2 = corrections
     index = None if index is None else index.to(param.device, non_blocking=True)
-    n_rows = index.numel() if index is not None and axis == 0 else rows
-    n_cols = index.numel() if index is not None and axis == 1 else cols
-    if n_rows == 0 or n_cols == 0:
+    n_rows = rows if index is None else index.numel()
+    if n_rows == 0 or cols == 0:
         return
-    grid = (triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(n_cols, BLOCK_COLS))
+    grid = (triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(cols, BLOCK_COLS))
     _adamw_selected_kernel[grid](
-        *views, param if index is None else index, param if index is None else index, corr1, corr2,
-        n_rows, n_cols, cols, lr, weight_decay, beta1, beta2, eps, scalar1, scalar2,
-        ROWS_INDEXED=index is not None and axis == 0, COLS_INDEXED=index is not None and axis == 1,
-        PER_ROW=per_unit and axis == 0, PER_COL=per_unit and axis == 1, BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_COLS)
+        *views, param if index is None else index, corr1, corr2, n_rows, cols, lr, weight_decay, beta1, beta2,
+        eps, scalar1, scalar2, ROWS_INDEXED=index is not None, PER_ROW=per_unit, BLOCK_R=BLOCK_ROWS,
+        BLOCK_C=BLOCK_COLS)

@@ -4,16 +4,16 @@ A zero gradient is not "not trained": plain AdamW moves a parameter whose gradie
 and by weight decay. Under EST a row is in the plan a quarter of the time in stage 1, so it would drift about three
 blind steps per real one; measured on the demo corpus (README) that left EST 16.6% above dense validation loss,
 against 1.3% with the rest left alone. So for every step's plan (paper eq. 4 trains the subnetwork phi of Phi):
-- a skipped layer's parameters, the unsampled rows of the fused QKV and [gate; up] weights and the unsampled
-  columns of the output and down projections keep their values and both Adam moments, and get no weight decay;
+- a skipped layer's parameters and the unsampled rows of the fused QKV and [gate; up] weights and of the
+  (input-major) output and down projections keep their values and both Adam moments, and get no weight decay;
 - everything the plan trains gets AdamW's update.
 
-Bias correction (`bias_correction="unit"`, the default): every *unit* (a QKV or up-projection row, an output or
-down-projection column, a layer's norms and output biases, a parameter outside the layers) counts the steps that
+Bias correction (`bias_correction="unit"`, the default): every *unit* (a row of a QKV, up, output or down
+projection, a layer's norms and output biases, a parameter outside the layers) counts the steps that
 trained it, and its moments are corrected with its own count, 1 - beta^count. A unit trained n times has then had
 exactly AdamW over its n gradients, as if the rest of the model did not exist. (Corrected with the global step
 instead, a unit first trained at step t >> 1 would move by (1 - beta1) / sqrt(1 - beta2) = 0.45 of a normal first
-step.) The counts are per row or column, not per element, so they cost nothing next to the moments; they travel in
+step.) The counts are per row, not per element, so they cost nothing next to the moments; they travel in
 the optimizer's state dict. `bias_correction="step"` uses the optimizer's step count for every unit instead
 (TensorFlow's LazyAdam), kept for ablations.
 
@@ -21,10 +21,10 @@ The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partiti
 parameters themselves): `bind` learns, through est_megatron.training.optimizer_layout, which element range of which
 parameter each range of those tensors holds. Untrained layers are skipped outright, so a sampled step costs less than
 a dense one; a range the plan trains whole, with one bias correction, is one plain AdamW update (torch's fused
-kernel). A partly trained range takes one kernel call per block that reads and writes just the trained rows or
-columns (est_megatron.training.selected_adamw: Triton on CUDA, C on the CPU). Where no kernel runs (no Triton on
-a GPU, no C compiler, a dtype the C kernel lacks) scattered rows are copied out, stepped by the fused kernel and
-written back, and scattered columns take a masked multi-pass update.
+kernel). A partly trained range takes one kernel call per block that reads and writes just the trained rows
+(est_megatron.training.selected_adamw: Triton on CUDA, C on the CPU). Where no kernel runs (no Triton on a GPU, no
+C compiler, a dtype the C kernel lacks) runs of trained rows go to the fused kernel as views and scattered ones are
+copied out, stepped by it and written back; unequal counts take a masked multi-pass update.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from est_megatron.training import selected_adamw
 
 @dataclass(frozen=True)
 class Unit:
-    """How the plan selects a parameter: along `axis` (0 rows, 1 columns; None: the whole tensor at once)."""
+    """How the plan selects a parameter: by rows (`axis` 0) or as the whole tensor at once (None)."""
 
     name: str  # global parameter name: the key of its step counts in checkpoints
     shape: Tuple[int, ...]  # this rank's (tensor-parallel) shape
@@ -77,7 +77,7 @@ class SparseAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0, bias_correction: str = "unit"):
-        """`bias_correction`: "unit" corrects each row/column by the steps that trained it; "step" by the optimizer's
+        """`bias_correction`: "unit" corrects each row by the steps that trained it; "step" by the optimizer's
         step count for everything (as TensorFlow's LazyAdam does), an ablation."""
         if bias_correction not in ("unit", "step"):
             raise ValueError(f"bias_correction {bias_correction!r}: use 'unit' or 'step'")
@@ -88,7 +88,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.segments: Dict[int, List[Segment]] = {}  # id(optimizer tensor) -> its parameters' ranges
         self.localize = lambda plan: plan
         self.counts: Dict[int, torch.Tensor] = {}  # id(param) -> int64 steps trained, one per unit (CPU)
-        self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index along its axis (CPU)
+        self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index of its trained rows (CPU)
         self.extremes: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts
         self.spans: Dict[int, Tuple[int, int]] = {}  # the same, each at least 1
         self._counted = True  # the current plan's counts are in (set_plan clears it)
@@ -103,6 +103,9 @@ class SparseAdamW(torch.optim.Optimizer):
         for layer in layers:
             self.layers[layer.index] = layer
             for param, axis, _ in layer.trained_slices(None):
+                if axis not in (0, None):
+                    raise ValueError(f"trained_slices gave axis {axis}: the sparse step trains rows (0) or whole "
+                                     "tensors (None); store a weight so that its sampled units are rows")
                 axes[id(param)] = axis
         for name, param in named_parameters:
             shape = tuple(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the full shape aside
@@ -209,7 +212,7 @@ class SparseAdamW(torch.optim.Optimizer):
         unit, count, span = self.units[segment.param], self.counts[segment.param], self.spans[segment.param]
         parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
         if unit.axis is None:  # trains whole or not at all (SKIP, above)
-            update_block(parts, count, None, None, span, hyper, batch)
+            update_block(parts, count, None, span, hyper, batch)
             return
         if selected_adamw.available(parts[0]):
             self._update_selected(parts, segment, unit, trained, hyper, batch)
@@ -218,25 +221,25 @@ class SparseAdamW(torch.optim.Optimizer):
         if trained is not ALL:
             mask = torch.zeros(unit.size, dtype=torch.bool)
             mask[trained] = True
-        for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
-            piece_mask = None if mask is None else mask[axis_slice]
+        for start, rows, cols, row_slice in rectangles(segment.start, segment.numel, unit):
+            piece_mask = None if mask is None else mask[row_slice]
             if piece_mask is not None:
                 if not piece_mask.any():
                     continue
                 if piece_mask.all():
                     piece_mask = None
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
-            update_block(views, count[axis_slice], unit.axis, piece_mask, span, hyper, batch)
+            update_block(views, count[row_slice], piece_mask, span, hyper, batch)
 
     def _update_selected(self, parts, segment: Segment, unit: Unit, trained, hyper, batch: FusedBatch) -> None:
         """The kernel route (selected_adamw): each rectangle of the segment in one call over just its trained
-        units, with this step's device tables, so a block costs its selected elements and a few views of host
+        rows, with this step's device tables, so a block costs its selected elements and a few views of host
         work. (The masked and copying routes spend tens of small torch calls on every block; on a GPU that host
         work, not memory traffic, is what a sampled step costs.)"""
         step = uniform_step(*self.spans[segment.param], hyper, parts[0].dtype)
-        for start, rows, cols, axis_slice in rectangles(segment.start, segment.numel, unit):
+        for start, rows, cols, row_slice in rectangles(segment.start, segment.numel, unit):
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
-            index = self._selected_index(segment.param, trained, axis_slice, unit, parts[0].device)
+            index = self._selected_index(segment.param, trained, row_slice, unit, parts[0].device)
             if index is not None and index.numel() == 0:
                 continue
             if index is None and step is not None:
@@ -245,18 +248,18 @@ class SparseAdamW(torch.optim.Optimizer):
             if step is not None:
                 corrections = step_corrections(step, hyper)
             else:
-                corrections = tuple(table[segment.param][axis_slice]
+                corrections = tuple(table[segment.param][row_slice]
                                     for table in self._device_corrections(parts[0].device, hyper))
-            selected_adamw.adamw_selected_(views, unit.axis, index, corrections, hyper)
+            selected_adamw.adamw_selected_(views, index, corrections, hyper)
 
-    def _selected_index(self, key: int, trained, axis_slice: slice, unit: Unit, device) -> Optional[torch.Tensor]:
-        """The trained units inside `axis_slice`, on `device`, counted from the slice's start (None: all of them)."""
+    def _selected_index(self, key: int, trained, row_slice: slice, unit: Unit, device) -> Optional[torch.Tensor]:
+        """The trained rows inside `row_slice`, on `device`, counted from the slice's start (None: all of them)."""
         if trained is ALL:
             return None
-        if axis_slice.start == 0 and axis_slice.stop == unit.size:
+        if row_slice.start == 0 and row_slice.stop == unit.size:
             return self._device_indices(device)[key]
-        inside = trained[(trained >= axis_slice.start) & (trained < axis_slice.stop)] - axis_slice.start
-        if inside.numel() == axis_slice.stop - axis_slice.start:
+        inside = trained[(trained >= row_slice.start) & (trained < row_slice.stop)] - row_slice.start
+        if inside.numel() == row_slice.stop - row_slice.start:
             return None
         return inside.to(device, non_blocking=True)
 
@@ -288,7 +291,7 @@ class SparseAdamW(torch.optim.Optimizer):
 def rectangles(start: int, numel: int, unit: Unit):
     """Split elements [start, start + numel) of a parameter, viewed as [rows, row_length], into at most three
     rectangles contiguous in memory (a partial first row, whole rows, a partial last row). Yields
-    (offset inside the range, rows, columns, the slice of the unit axis the rectangle covers)."""
+    (offset inside the range, rows, columns, the slice of the parameter's rows the rectangle covers)."""
     width = unit.row_length
     pos, end = start, start + numel
     while pos < end:
@@ -299,8 +302,7 @@ def rectangles(start: int, numel: int, unit: Unit):
         else:
             rows, cols = (end - pos) // width, width
             col = 0
-        axis_slice = slice(row, row + rows) if unit.axis == 0 else slice(col, col + cols)
-        yield pos - start, rows, cols, axis_slice
+        yield pos - start, rows, cols, slice(row, row + rows)
         pos += rows * cols
 
 
@@ -308,18 +310,15 @@ def rectangles(start: int, numel: int, unit: Unit):
 # rows out and back. CPU: measured on bench-cpu's MLP rows (a piece costs a few microseconds of views and dispatch;
 # break-even near 2,000 elements per run). Elsewhere an estimate: a piece's few microseconds of host time against
 # the copies' extra ~12 bytes per element of GPU memory traffic. (Where selected_adamw has a kernel, the usual
-# case, selected rows and columns take it instead, and these two settings do not apply.)
+# case, selected rows take it instead, and this setting does not apply.)
 PIECE_ELEMENTS = {"cpu": 4096}
 DEFAULT_PIECE_ELEMENTS = 1 << 17
-# Devices on which copying scattered columns out (index_select along the inner dimension) and back costs less than
-# the masked pass over the whole block; on the CPU it costs more (measured on bench-cpu's down projection).
-GATHER_COLUMNS_ON = {"cpu": False}
 
 
 class FusedBatch:
     """Contiguous pieces of optimizer tensors for one call of torch's fused AdamW kernel (one pass over memory where
-    the masked update takes eight), each with its own step count; `run` makes the call. Selected rows or columns
-    that are scattered are copied out (index_select), stepped by the kernel and written back into the parameter and
+    the masked update takes eight), each with its own step count; `run` makes the call. Selected rows that are
+    scattered are copied out (index_select), stepped by the kernel and written back into the parameter and
     moments at once, block by block, so the copies never add up: 2 more passes over the selected elements, against
     8 over the whole block for the masked update."""
 
@@ -327,34 +326,28 @@ class FusedBatch:
         self.available = like.grad.dtype == like.dtype and fused_available(like)
         self.device, self.hyper = like.device, hyper
         self.min_elements = PIECE_ELEMENTS.get(like.device.type, DEFAULT_PIECE_ELEMENTS)
-        self.gather_columns = GATHER_COLUMNS_ON.get(like.device.type, True)
         self.lists = ([], [], [], [])
         self.steps: List[torch.Tensor] = []
         self._step_tensors: Dict[int, torch.Tensor] = {}
 
-    def update(self, views, axis: Optional[int], mask: Optional[torch.Tensor], step: int) -> bool:
-        """AdamW at `step` on the units `mask` selects along `axis` of a [rows, cols] block (`views`: parameter,
-        gradient and moments; mask None: all of it), as views of long runs (batched for `run`) or as copies;
-        False (nothing done) where the fused kernel does not apply or the masked pass costs less (scattered
-        columns on the CPU)."""
+    def update(self, views, mask: Optional[torch.Tensor], step: int) -> bool:
+        """AdamW at `step` on the rows `mask` selects of a [rows, cols] block (`views`: parameter, gradient and
+        moments; mask None: all of it), as views of long runs (batched for `run`) or as copies; False (nothing
+        done) where the fused kernel does not apply."""
         if not self.available:
             return False
         if mask is None:
             self.add([[t] for t in views], step)
             return True
-        columns = axis == 1 and views[0].shape[0] > 1  # strided: never views
-        if not columns:
-            sizes = _runs(mask)
-            if views[0].numel() >= self.min_elements * (len(sizes) // 2):
-                self.add([list(t.split(sizes, dim=axis)[1::2]) for t in views], step)
-                return True
-        if columns and not self.gather_columns:
-            return False
+        sizes = _runs(mask)
+        if views[0].numel() >= self.min_elements * (len(sizes) // 2):
+            self.add([list(t.split(sizes)[1::2]) for t in views], step)
+            return True
         index = mask.nonzero().flatten().to(self.device, non_blocking=True)
-        copies = [t.index_select(axis, index) for t in views]
+        copies = [t.index_select(0, index) for t in views]
         fused_adamw_(*([c] for c in copies), [self._step_tensor(step)], self.hyper)
         for i in (0, 2, 3):  # parameter, exp_avg, exp_avg_sq (the gradient's copy is spent)
-            views[i].index_copy_(axis, index, copies[i])
+            views[i].index_copy_(0, index, copies[i])
         return True
 
     def add(self, pieces, step: int) -> None:
@@ -373,27 +366,26 @@ class FusedBatch:
             fused_adamw_(*self.lists, self.steps, self.hyper)
 
 
-def update_block(views, counts: torch.Tensor, axis: Optional[int], mask: Optional[torch.Tensor],
-                 span: Tuple[int, int], hyper, batch: FusedBatch) -> None:
-    """AdamW on the units of a block (`views`: parameter, gradient and moments, [rows, cols] or flat) that `mask`
-    selects along `axis` (None: all of them), each bias-corrected by its count in `counts` (`span`: the least and
+def update_block(views, counts: torch.Tensor, mask: Optional[torch.Tensor], span: Tuple[int, int], hyper,
+                 batch: FusedBatch) -> None:
+    """AdamW on the rows of a block (`views`: parameter, gradient and moments, [rows, cols] or flat) that `mask`
+    selects (None: all of them), each bias-corrected by its count in `counts` (`span`: the least and
     most count of the whole parameter). Where one correction serves them all, the fused kernel updates just them
     (`batch`: views of contiguous runs, or copies of scattered rows); else the masked multi-pass `adamw_` does."""
     step = uniform_step(*span, hyper, views[0].dtype)
     if step is None:  # the parameter's counts are too far apart (early in training): perhaps the block's are not
         selected = (counts if mask is None else counts[mask]).clamp(min=1)
         step = uniform_step(int(selected.min()), int(selected.max()), hyper, views[0].dtype)
-    shape = (-1, 1) if axis == 0 else (1, -1)
     if step is None:
-        corrections = tuple(c.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
+        corrections = tuple(c.to(views[0].dtype).view(-1, 1).to(views[0].device, non_blocking=True)
                             for c in bias_corrections(counts, hyper))
     else:
-        if batch.update(views, axis, mask, step):
+        if batch.update(views, mask, step):
             return
         corrections = step_corrections(step, hyper)
     weight = None
     if mask is not None:
-        weight = mask.to(views[0].dtype).view(shape).to(views[0].device, non_blocking=True)
+        weight = mask.to(views[0].dtype).view(-1, 1).to(views[0].device, non_blocking=True)
     adamw_(*views, weight, *corrections, hyper)
 
 
@@ -462,9 +454,9 @@ def fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, hyper) -> None:
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, weight, correction1, correction2_sqrt, hyper) -> None:
-    """One AdamW update in place. `weight`: None (every element trains) or 1/0 per row or column, broadcasting;
+    """One AdamW update in place. `weight`: None (every element trains) or 1/0 per row, broadcasting;
     where it is 0 every tensor keeps its exact value. The bias corrections are floats (then with no weight this is
-    torch.optim.AdamW's arithmetic exactly) or tensors broadcasting over rows or columns, one per unit. Either way
+    torch.optim.AdamW's arithmetic exactly) or tensors broadcasting over rows, one per row. Either way
     the update takes as many passes over memory as torch's."""
     lr, weight_decay, beta1, beta2, eps = hyper
     if weight_decay:
