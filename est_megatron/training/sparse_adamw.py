@@ -28,6 +28,7 @@ copied out, stepped by it and written back; unequal counts take a masked multi-p
 """
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -397,6 +398,7 @@ def _runs(mask: torch.Tensor) -> List[int]:
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
+@functools.lru_cache(maxsize=4096)  # a step asks the same few questions of every block
 def uniform_step(low: int, high: int, hyper, dtype: torch.dtype) -> Optional[int]:
     """A step count whose bias corrections give every count in [low, high] (all at least 1) exactly the update its
     own count gives, or None. AdamW, fused or not, uses lr / (1 - beta1^n) and sqrt(1 - beta2^n), computed in
