@@ -91,7 +91,6 @@ class SparseAdamW(torch.optim.Optimizer):
         self.counts: Dict[int, torch.Tensor] = {}  # id(param) -> int64 steps trained, one per unit (CPU)
         self.trained: Dict[int, object] = {}  # id(param) -> ALL | SKIP | sorted index of its trained rows (CPU)
         self.extremes: Dict[int, Tuple[int, int]] = {}  # id(param) -> (least, most) of its counts
-        self.spans: Dict[int, Tuple[int, int]] = {}  # the same, each at least 1
         self._counted = True  # the current plan's counts are in (set_plan clears it)
         self._tables: Dict[tuple, object] = {}  # this step's device copies (_device_indices, _device_corrections)
 
@@ -112,7 +111,7 @@ class SparseAdamW(torch.optim.Optimizer):
             shape = tuple(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the full shape aside
             self.units[id(param)] = unit = Unit(name, shape, axes.get(id(param)))
             self.counts.setdefault(id(param), torch.zeros(unit.size, dtype=torch.int64))
-            self._set_span(id(param), *(int(x) for x in torch.aminmax(self.counts[id(param)])))
+            self._measure(id(param))
         self.segments = segments
         self.localize = localize or self.localize
         self.set_plan(None)
@@ -139,16 +138,21 @@ class SparseAdamW(torch.optim.Optimizer):
         for key, trained in self.trained.items():
             if trained is ALL or self.bias_correction == "step":
                 self.counts[key] += 1
-                self._set_span(key, *(x + 1 for x in self.extremes[key]))  # every count moved up by one
+                self.extremes[key] = tuple(x + 1 for x in self.extremes[key])  # every count moved up by one
             elif trained is not SKIP:
                 self.counts[key][trained] += 1
-                self._set_span(key, *(int(x) for x in torch.aminmax(self.counts[key])))
+                self._measure(key)
         self._counted = True
         self._tables = {}
 
-    def _set_span(self, key: int, least: int, most: int) -> None:
-        self.extremes[key] = (least, most)
-        self.spans[key] = (max(least, 1), max(most, 1))  # a count never trained is 1 to bias_corrections
+    def _measure(self, key: int) -> None:
+        self.extremes[key] = tuple(int(x) for x in torch.aminmax(self.counts[key]))
+
+    def _span(self, key: int) -> Tuple[int, int]:
+        """The least and most of a parameter's counts, each at least 1 (a count never trained is 1 to
+        bias_corrections)."""
+        least, most = self.extremes[key]
+        return max(least, 1), max(most, 1)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -166,7 +170,7 @@ class SparseAdamW(torch.optim.Optimizer):
         """Replace the step counts of the parameters given (id(param) -> counts), e.g. from a checkpoint."""
         for key, count in counts.items():
             self.counts[key].copy_(count)
-            self._set_span(key, *(int(x) for x in torch.aminmax(count)))
+            self._measure(key)
         self._tables = {}  # device copies of the counts' corrections are stale now
 
     # ---- the step ----------------------------------------------------------------------------------------------
@@ -191,8 +195,9 @@ class SparseAdamW(torch.optim.Optimizer):
                 batch = batches[key]
                 segments = self.segments[id(flat)]
                 if batch.available and self._trains_whole(segments):  # one piece, if one correction does
-                    step = uniform_step(min(self.spans[s.param][0] for s in segments),
-                                        max(self.spans[s.param][1] for s in segments), hyper, flat.dtype)
+                    spans = [self._span(s.param) for s in segments]
+                    step = uniform_step(min(low for low, _ in spans), max(high for _, high in spans), hyper,
+                                        flat.dtype)
                     if step is not None:
                         batch.add([[t] for t in tensors], step)
                         continue
@@ -210,7 +215,7 @@ class SparseAdamW(torch.optim.Optimizer):
         trained = self.trained[segment.param]
         if trained is SKIP:
             return
-        unit, count, span = self.units[segment.param], self.counts[segment.param], self.spans[segment.param]
+        unit, count, span = self.units[segment.param], self.counts[segment.param], self._span(segment.param)
         parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
         if unit.axis is None:  # trains whole or not at all (SKIP, above)
             update_block(parts, count, None, span, hyper, batch)
@@ -237,7 +242,7 @@ class SparseAdamW(torch.optim.Optimizer):
         rows, with this step's device tables, so a block costs its selected elements and a few views of host
         work. (The masked and copying routes spend tens of small torch calls on every block; on a GPU that host
         work, not memory traffic, is what a sampled step costs.)"""
-        step = uniform_step(*self.spans[segment.param], hyper, parts[0].dtype)
+        step = uniform_step(*self._span(segment.param), hyper, parts[0].dtype)
         for start, rows, cols, row_slice in rectangles(segment.start, segment.numel, unit):
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
             index = self._selected_index(segment.param, trained, row_slice, unit, parts[0].device)
@@ -283,8 +288,8 @@ class SparseAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _to_device(host: Dict[int, torch.Tensor], device) -> Dict[int, torch.Tensor]:
-        if not host:
-            return {}
+        if not host or torch.device(device).type == "cpu":  # already there: no copy to make
+            return host
         moved = torch.cat(list(host.values())).to(device, non_blocking=True)
         return dict(zip(host, moved.split([t.numel() for t in host.values()])))
 
