@@ -46,7 +46,8 @@ def shard(name: str, full: torch.Tensor, cfg: ModelConfig, tp_rank: int, tp_size
     if _is_gate_up(name, cfg):  # [gate; up] -> [gate_local; up_local]
         halves = full.view(2, full.shape[0] // 2, *full.shape[1:])
         return halves.chunk(tp_size, dim=1)[tp_rank].reshape(-1, *full.shape[1:])
-    return full.chunk(tp_size, dim=0)[tp_rank]  # QKV is group-major: a rank holds whole groups
+    return full.chunk(tp_size, dim=0)[tp_rank]  # whole key/value groups (QKV is group-major), or input rows
+
 
 def unshard(name: str, parts: Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
     """The full (single-process) parameter `name` from its TP ranks' parts in rank order: the inverse of `shard`

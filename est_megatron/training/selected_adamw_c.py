@@ -106,7 +106,7 @@ def _load(compiler: str):
 
 
 def library():
-    """The kernel's ctypes function, or None (turned off, or no compiler: a warning says which)."""
+    """The kernel's ctypes function, or None: turned off, or it could not be built (a warning says why)."""
     global _library
     if _library is None:
         _library = False
