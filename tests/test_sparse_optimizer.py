@@ -63,8 +63,8 @@ def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, 
     scattered rows copied out and back), every run of rows as a view, or every block's rows copied."""
     if route == "kernel":
         used = []
-        monkeypatch.setattr(selected_adamw, "adamw_selected_",
-                            lambda *a, run=selected_adamw.adamw_selected_: used.append(1) or run(*a))
+        monkeypatch.setattr(selected_adamw, "adamw_blocks_",
+                            lambda *a, run=selected_adamw.adamw_blocks_: used.append(1) or run(*a))
     else:
         monkeypatch.setattr(selected_adamw, "available", lambda like: False)
     if route == "views":

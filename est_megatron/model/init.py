@@ -9,7 +9,6 @@ rank holds the whole model.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import re
 import sys
 import zlib
@@ -19,18 +18,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from est_megatron import host_heap
 from est_megatron.config import ModelConfig
 from est_megatron.model.layer import TransformerLayer
 from est_megatron.model.norms import build_norm
 from est_megatron.tensor_parallel.sharding import shard
-
-def release_freed_host_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; nothing elsewhere). Freed full-size draws
-    and ZeRO-3's construction copies otherwise stay resident, and the next draw lands on top of them."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _part_of(name: str) -> str:
@@ -103,7 +95,7 @@ def initialize_from_seed(named_parameters: Iterable[Tuple[str, nn.Parameter]], c
     for name, param in named_parameters:
         by_part.setdefault(_part_of(name), []).append((name, param))
     for part, params in by_part.items():
-        release_freed_host_memory()
+        host_heap.release_freed()  # the previous draw's freed pages
         full = full_part(cfg, part, seed)
         for name, param in params:
             assign(param, shard(name, full[name], cfg, tp_rank, tp_size))

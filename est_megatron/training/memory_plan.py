@@ -5,19 +5,21 @@ pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4):
 
 - weights: w P, or w P / N under ZeRO-3 plus the gathered weights: with N > 1 DeepSpeed keeps every gathered
   weight that is used again within stage3_max_reuse_distance, up to stage3_max_live_parameters (both 1e9 by
-  default), so the whole model below 1e9 parameters; with N = 1 a layer or two in flight;
+  default), so every weight a step runs below 1e9 parameters (an EST stage's skipped layers are never gathered);
+  with N = 1 a layer or two in flight;
 - gradients: w P (ZeRO-0/1), w P / N (ZeRO-2/3, ZeRO-3's preallocated flat partition buffer); ZeRO-1/2 allocate
   a contiguous reduce buffer of reduce_bucket_size elements in the first backward pass, ZeRO-3 (for any N) its
   reduce bucket, as many full-size gradients waiting for it and an all-gather prefetch bucket of the same size
   (ds_configs set reduce_bucket_size = stage3_prefetch_bucket_size);
 - optimizer: an fp32 master partition 4 P / N (ZeRO keeps one even for fp32 weights; ZeRO-0 with fp32 has none),
   Adam's two moments 8 P / N, and from the first step on the fp32 gradient of the master partition, 4 P / N
-  (measured, see tools/bench/memory.py); SparseAdamW adds one int64 step count per trained row or column (on
+  (measured, see tools/bench/memory.py); SparseAdamW adds one int64 step count per trained row (on
   the host);
 - deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
   moment (w P / N under ZeRO-3, which flattens only its partition), then creates the master partition and a
   zero-filled gradient partition; ZeRO-3's also gathers each weight whole, one at a time, to register its gradient
-  hook (`MemoryPlan.initialize_peak`, `zero3_hook_transient`);
+  hook: the largest weight at once (on the CPU the launcher has glibc return each freed one, est_megatron.host_heap)
+  (`MemoryPlan.initialize_peak`, `zero3_hook_transient`);
 - offload (ZeRO-Offload / -Infinity): the optimizer terms move to host memory, and under ZeRO-3 the weight
   partition too.
 
@@ -56,6 +58,9 @@ DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set red
 # assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
 # start on a 2-core box (torch + DeepSpeed + gloo).
 DEFAULT_OVERHEAD_GIB = {"cuda": 2.5, "cpu": 0.25}
+# Host memory that deepspeed.initialize's first use adds to a CPU run: modules imported by the first torch
+# optimizer (torch._dynamo) and by DeepSpeed's optimizer checks; measured, see zero3_hook_transient.
+SETUP_IMPORTS_GIB = 0.1
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def stage_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> List[int]:
 
 
 def trained_units(model: ModelConfig, tp: int = 1, pp: int = 1) -> int:
-    """SparseAdamW's units on the largest stage: a row or column per weight, one per bias or norm."""
+    """SparseAdamW's units on the largest stage: a row per weight, one per bias or norm."""
     hd = model.head_dim
     per_layer = (model.num_query_groups * (model.heads_per_group + 2) * hd + model.num_attention_heads * hd
                  + (3 if model.is_llama else 2) * model.ffn_hidden_size) // tp + 2 + (4 if model.bias else 0)
@@ -210,8 +215,7 @@ def activation_plan(model: ModelConfig, layout: Layout, counts: SubnetCounts) ->
     tokens = layout.micro_batch_size * layout.seq_length
     act = layout.weight_bytes
     shape = layer_shape(model, counts, layout.tp)
-    layers_here = model.num_layers // layout.pp
-    active = max(1, round(counts.layers / layout.pp)) if counts.layers < model.num_layers else layers_here
+    active = active_layers(model, layout, counts)
     full = (0 if layout.recompute != "full" else
             active if layout.recompute_num_layers is None else min(layout.recompute_num_layers, active))
     stored = layer_activation_bytes(model, shape, act, layout.recompute)
@@ -241,7 +245,7 @@ class MemoryPlan:
     layout: Layout
     parameters: int  # on the largest pipeline stage, after the tensor-parallel split
     weights: int  # this rank's own weights (its partition under ZeRO-3)
-    gathered: int  # ZeRO-3: whole weights gathered from the other ranks while training
+    gathered: int  # ZeRO-3: whole weights gathered from the other ranks while training (dense steps)
     gradients: int
     master: int
     moments: int
@@ -256,6 +260,7 @@ class MemoryPlan:
     hook_transient: int = 0  # ZeRO-3's initialize: each weight gathered whole in turn to register its hook
     device: str = "cuda"  # "cpu": peaks are RSS, and the heap keeps what was freed for the next allocations
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
+    stage_gathered: Dict[str, int] = field(default_factory=dict)  # stage name -> ZeRO-3's gathered weights
 
     @property
     def host_weights(self) -> int:
@@ -273,8 +278,8 @@ class MemoryPlan:
         (`first_step`); from then on they stay, and forward/backward is the largest training phase."""
         on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
         step_states = on_device(self.moments + self.fp32_partitions)
-        training = self.overhead + self.weights + self.gathered + self.gradients + self.reduce_buffer \
-            + on_device(self.master)
+        training = self.overhead + self.weights + self.stage_gathered.get(stage, self.gathered) + self.gradients \
+            + self.reduce_buffer + on_device(self.master)
         start_up = self.overhead + self.weights + self.init_transient
         return {
             "start-up": start_up,
@@ -362,19 +367,17 @@ def stage_counts(model: ModelConfig, schedule: str, subnet: Optional[SubnetConfi
     return out
 
 
-def zero3_hook_transient(model: ModelConfig, layout: Layout, parameters: int, device: str) -> int:
+def zero3_hook_transient(model: ModelConfig, layout: Layout, device: str) -> int:
     """What ZeRO-3's initialize adds while it registers gradient hooks, gathering each weight whole (every rank,
-    full size) and partitioning it again. On a GPU the caching allocator reuses the freed blocks: the largest weight
-    at once, beside the reduce bucket allocated just before (from the code; not measured). On the CPU the heap
-    holds about all of the gathered weights at its high-water mark: measured (tools/bench/memory.py, and RSS traced
-    around DeepSpeed's create_reduce_and_remove_grad_hooks) 0.71 of the rank's weights at 12 layers / hidden 512 /
-    vocab 32000 (1 and 2 ranks alike), 0.83 at 8 / 768 / 32000, 0.90 at 6 / 1024 / 16000, 1.10 at 4 / 512 / 16000,
-    about 0.5 at 12 / 1024 / 32000: planned as all of them, the high end."""
+    full size) and partitioning it again: the largest weight at once (the GPU's caching allocator reuses the freed
+    blocks; on the CPU the launcher has glibc return them, est_megatron.host_heap), beside the reduce bucket
+    allocated just before (on the CPU `torch.empty`, not resident until written). On the CPU also what the first
+    optimizer and DeepSpeed's ZeRO set-up import (RSS traced around them: 0.06 and 0.04 GiB)."""
     w = layout.weight_bytes
-    if device == "cpu":
-        return parameters * w
     largest = max(math.ceil(model.vocab_size / layout.tp), model.qkv_rows // layout.tp,
                   model.up_rows // layout.tp) * model.hidden_size
+    if device == "cpu":
+        return largest * w + int(SETUP_IMPORTS_GIB * GIB)
     return largest * w + layout.reduce_bucket * w
 
 
@@ -388,11 +391,8 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     partition = math.ceil(p / n) if layout.zero >= 1 else p
     bucket = layout.reduce_bucket * w
     if layout.zero == 3:
-        # Gathered weights stay while they will be used again within max_reuse_distance (the backward pass uses
-        # them all), up to max_live_parameters: the whole model below 1e9 parameters.
-        live = ZERO3_GATHER_LAYERS * model.layer_parameters(layout.tp) if n == 1 else ZERO3_MAX_LIVE
         weights = 0 if layout.offload_params else math.ceil(p / n) * w
-        gathered = min(p, live) * w
+        gathered = zero3_gathered(model, layout, p, SubnetCounts.dense(model))
     else:
         weights, gathered = p * w, 0
     gradients = p * w if layout.zero <= 1 else math.ceil(p / n) * w
@@ -415,7 +415,7 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     # update's two full-size temporaries, one block at a time: at most four fp32 copies of the largest sampled block.
     largest_block = model.hidden_size * max(model.qkv_rows, model.up_rows) // layout.tp
     step_transient = 4 * FP32 * min(largest_block, partition) if layout.sparse_optimizer else 0
-    hook_transient = zero3_hook_transient(model, layout, p, device) if layout.zero == 3 else 0
+    hook_transient = zero3_hook_transient(model, layout, device) if layout.zero == 3 else 0
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
     plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
@@ -423,4 +423,23 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
                       step_transient, hook_transient, device)
     for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
         plan.activations[name] = activation_plan(model, layout, counts)
+        plan.stage_gathered[name] = zero3_gathered(model, layout, p, counts) if layout.zero == 3 else 0
     return plan
+
+
+def active_layers(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> int:
+    """Layers a step of `counts` runs on the largest pipeline stage."""
+    layers_here = model.num_layers // layout.pp
+    return max(1, round(counts.layers / layout.pp)) if counts.layers < model.num_layers else layers_here
+
+
+def zero3_gathered(model: ModelConfig, layout: Layout, parameters: int, counts: SubnetCounts) -> int:
+    """ZeRO-3's whole weights gathered from the other ranks during a step of `counts`. Gathered weights stay while
+    they will be used again within max_reuse_distance (the backward pass uses them all), up to max_live_parameters:
+    below 1e9 parameters, every weight the step runs (a layer the plan skips is never gathered; sampled heads and
+    columns are picked from the whole weight). On one rank, the layer it runs and the one it prefetches."""
+    layer = model.layer_parameters(layout.tp)
+    if layout.dp == 1:
+        return min(parameters, ZERO3_GATHER_LAYERS * layer) * layout.weight_bytes
+    skipped = model.num_layers // layout.pp - active_layers(model, layout, counts)
+    return min(parameters - skipped * layer, ZERO3_MAX_LIVE) * layout.weight_bytes

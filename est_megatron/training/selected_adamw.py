@@ -6,12 +6,15 @@ reads and writes the whole block eight times, and copying the selected rows out 
 moves each selected element three times. The kernel reads parameter, gradient and both moments of the selected
 rows once and writes the three it updates once, the fused kernel's traffic over the selected part only; the rows'
 bias corrections come as scalars (one step count serves them all) or as one value per row (unequal counts, early
-in a run), so one kernel serves every case. Triton is used on CUDA when importable (it ships with torch's
+in a run), so one kernel serves every case. On the CPU one call takes a table of every block of a parameter
+group that the step trains in part: the host work per block is a table entry, not a call with a dozen
+arguments, and the threads share one parallel region. Triton is used on CUDA when importable (it ships with torch's
 CUDA builds); `TRITON_INTERPRET=1` runs the Triton kernel on the CPU, which is how the tests check it without a GPU.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -71,16 +74,37 @@ if triton is not None:
 Corrections = Tuple[Union[float, torch.Tensor], Union[float, torch.Tensor]]
 
 
-def adamw_selected_(views: Sequence[torch.Tensor], index: Optional[torch.Tensor], corrections: Corrections,
-                    hyper) -> None:
-    """AdamW in place on the rows `index` selects of a [rows, cols] block (`views`: parameter, gradient and both
-    moments, each contiguous; index None: every row); `corrections`: (1 - beta1^n, sqrt(1 - beta2^n)) as floats,
-    or as 1-D tensors with one value per row. Everything else of the block is neither read nor written."""
-    if not _triton_runs(views[0]):
-        selected_adamw_c.adamw_selected_(views, index, corrections, hyper)
+@dataclass(frozen=True)
+class Block:
+    """A [rows, cols] rectangle of flat optimizer tensors (`tensors`: parameter, gradient, both moments, contiguous;
+    the rectangle from element `offset`) and which of its rows train: `index` (int64, counted from the rectangle's
+    first row; None: every row) with `corrections`, (1 - beta1^n, sqrt(1 - beta2^n)) as floats, or as float32
+    tensors with one value per row of the rectangle."""
+
+    tensors: Tuple[torch.Tensor, ...]
+    offset: int
+    rows: int
+    cols: int
+    index: Optional[torch.Tensor]
+    corrections: Corrections
+
+
+def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
+    """AdamW in place on the trained rows of `blocks` (all on one device): one C call for all of them on the CPU,
+    one Triton launch per block on CUDA. Everything else of their tensors is neither read nor written."""
+    if not _triton_runs(blocks[0].tensors[0]):
+        selected_adamw_c.adamw_blocks_(blocks, hyper)
         return
+    for block in blocks:
+        views = [t.narrow(0, block.offset, block.rows * block.cols).view(block.rows, block.cols)
+                 for t in block.tensors]
+        _launch(views, block.index, block.corrections, hyper)
+
+
+def _launch(views: Sequence[torch.Tensor], index: Optional[torch.Tensor], corrections: Corrections, hyper) -> None:
+    """The Triton kernel on one [rows, cols] block (`views`: parameter, gradient and both moments)."""
     param = views[0]
-    rows, cols = param.shape if param.dim() == 2 else (param.numel(), 1)
+    rows, cols = param.shape
     lr, weight_decay, beta1, beta2, eps = hyper
     per_unit = torch.is_tensor(corrections[0])
     if per_unit:

@@ -46,20 +46,40 @@ static void update_row(float *restrict p, const float *restrict g, float *restri
     }
 }
 
-/* The rows `index` (n_index of them; NULL: all `rows`) of a contiguous [rows, cols] block. Bias corrections: one
-   per row (c1, c2_sqrt, indexed like the block's rows) or the scalars. */
-void adamw_selected_f32(float *p, const float *g, float *m, float *v, int64_t rows, int64_t cols,
-                        const int64_t *index, int64_t n_index, const float *c1, const float *c2_sqrt,
-                        double c1_scalar, double c2_sqrt_scalar, double lr, double weight_decay, double beta1,
-                        double beta2, double eps, int threads) {
+/* One rectangle: `rows` rows of `cols` elements of parameter, gradient and both moments from the pointers; the
+   rows `index` (n_index of them, counted from the rectangle's first row; NULL: all `rows`) train. Bias
+   corrections: one per row of the rectangle (c1, c2_sqrt) or the scalars. */
+typedef struct {
+    float *p;
+    const float *g;
+    float *m, *v;
+    int64_t rows, cols, n_index;
+    const int64_t *index;
+    const float *c1, *c2_sqrt;
+    double c1_scalar, c2_sqrt_scalar;
+} block_t;
+
+/* Every block in one parallel region: each thread takes its static share of every block's rows, with no barrier
+   between blocks (they are disjoint). */
+void adamw_blocks_f32(const block_t *blocks, int64_t n_blocks, double lr, double weight_decay, double beta1,
+                      double beta2, double eps, int threads) {
     const float decay = (float)(1.0 - lr * weight_decay);
-    const int64_t n_rows = index ? n_index : rows;
-#pragma omp parallel for num_threads(threads) schedule(static) if (n_rows > 1 && n_rows * cols >= 32768)
-    for (int64_t i = 0; i < n_rows; i++) {
-        const int64_t r = index ? index[i] : i;
-        const int64_t at = r * cols;
-        update_row(p + at, g + at, m + at, v + at, cols, (float)(lr / (c1 ? (double)c1[r] : c1_scalar)),
-                   (float)(c1 ? c2_sqrt[r] : c2_sqrt_scalar), decay, (float)beta1, (float)beta2, (float)eps);
+    int64_t work = 0;
+    for (int64_t b = 0; b < n_blocks; b++)
+        work += (blocks[b].index ? blocks[b].n_index : blocks[b].rows) * blocks[b].cols;
+#pragma omp parallel num_threads(threads) if (work >= 32768)
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const block_t *k = &blocks[b];
+        const int64_t n_rows = k->index ? k->n_index : k->rows;
+#pragma omp for schedule(static) nowait
+        for (int64_t i = 0; i < n_rows; i++) {
+            const int64_t r = k->index ? k->index[i] : i;
+            const int64_t at = r * k->cols;
+            update_row(k->p + at, k->g + at, k->m + at, k->v + at, k->cols,
+                       (float)(lr / (k->c1 ? (double)k->c1[r] : k->c1_scalar)),
+                       (float)(k->c1 ? k->c2_sqrt[r] : k->c2_sqrt_scalar), decay, (float)beta1, (float)beta2,
+                       (float)eps);
+        }
     }
 }
 """
@@ -99,7 +119,7 @@ def _build(compiler: str, flags) -> str:
 def _load(compiler: str):
     for flags in (FLAGS, WITHOUT_OPENMP):
         try:
-            return ctypes.CDLL(_build(compiler, flags)).adamw_selected_f32
+            return ctypes.CDLL(_build(compiler, flags)).adamw_blocks_f32
         except subprocess.CalledProcessError as error:
             failure = error
     raise failure
@@ -122,8 +142,8 @@ def library():
             warnings.warn(f"est_megatron: the CPU sparse-AdamW kernel could not be built ({str(detail).strip()[:200]});"
                           " the sparse step falls back to torch operations, correct but slower")
             return None
-        p, i64, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-        function.argtypes = [p, p, p, p, i64, i64, p, i64, p, p, d, d, d, d, d, d, d, ctypes.c_int]
+        i64, d = ctypes.c_int64, ctypes.c_double
+        function.argtypes = [ctypes.POINTER(BlockEntry), i64, d, d, d, d, d, ctypes.c_int]
         function.restype = None
         _library = function
     return _library or None
@@ -134,20 +154,32 @@ def available(like: torch.Tensor) -> bool:
     return like.device.type == "cpu" and like.dtype == torch.float32 and library() is not None
 
 
-def adamw_selected_(views, index: Optional[torch.Tensor], corrections, hyper) -> None:
-    """selected_adamw.adamw_selected_ on the CPU: the same arguments, the same result."""
-    param = views[0]
-    rows, cols = param.shape if param.dim() == 2 else (param.numel(), 1)
+class BlockEntry(ctypes.Structure):
+    """The C kernel's block_t."""
+
+    _fields_ = [("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("m", ctypes.c_void_p), ("v", ctypes.c_void_p),
+                ("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("n_index", ctypes.c_int64),
+                ("index", ctypes.c_void_p), ("c1", ctypes.c_void_p), ("c2_sqrt", ctypes.c_void_p),
+                ("c1_scalar", ctypes.c_double), ("c2_sqrt_scalar", ctypes.c_double)]
+
+
+def adamw_blocks_(blocks, hyper) -> None:
+    """selected_adamw.adamw_blocks_ on the CPU, in one call: the same arguments, the same result."""
+    entries = (BlockEntry * len(blocks))()
+    keep = []  # tensors whose memory the table points into, alive until the call returns
+    for entry, block in zip(entries, blocks):
+        assert all(t.is_contiguous() and t.dtype == torch.float32 for t in block.tensors)
+        at = block.offset * 4  # bytes: fp32
+        entry.p, entry.g, entry.m, entry.v = (t.data_ptr() + at for t in block.tensors)
+        entry.rows, entry.cols = block.rows, block.cols
+        if block.index is not None:
+            keep.append(block.index.to(torch.int64).contiguous())
+            entry.index, entry.n_index = keep[-1].data_ptr(), keep[-1].numel()
+        c1, c2 = block.corrections
+        if torch.is_tensor(c1):
+            keep += [c.to(torch.float32).contiguous() for c in (c1, c2)]
+            entry.c1, entry.c2_sqrt = keep[-2].data_ptr(), keep[-1].data_ptr()
+        else:
+            entry.c1_scalar, entry.c2_sqrt_scalar = c1, c2
     lr, weight_decay, beta1, beta2, eps = hyper
-    assert all(t.is_contiguous() and t.dtype == torch.float32 for t in views)
-    per_unit = torch.is_tensor(corrections[0])
-    if per_unit:
-        c1, c2 = (c.to(torch.float32).contiguous() for c in corrections)
-        tables, scalars = (c1.data_ptr(), c2.data_ptr()), (1.0, 1.0)
-    else:
-        tables, scalars = (None, None), corrections
-    if index is not None:
-        index = index.to(torch.int64).contiguous()
-    library()(*(t.data_ptr() for t in views), rows, cols, None if index is None else index.data_ptr(),
-              0 if index is None else index.numel(), *tables, *scalars, lr, weight_decay, beta1, beta2, eps,
-              torch.get_num_threads())
+    library()(entries, len(blocks), lr, weight_decay, beta1, beta2, eps, torch.get_num_threads())

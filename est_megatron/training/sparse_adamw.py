@@ -181,6 +181,7 @@ class SparseAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             hyper = (group["lr"], group["weight_decay"], *group["betas"], group["eps"])
             batches: Dict[tuple, FusedBatch] = {}
+            blocks: List[selected_adamw.Block] = []  # the kernel route's, for one call per group
             for flat in group["params"]:
                 if flat.grad is None:
                     continue
@@ -202,8 +203,11 @@ class SparseAdamW(torch.optim.Optimizer):
                         batch.add([[t] for t in tensors], step)
                         continue
                 tensors = tuple(t.view(-1) for t in tensors)
+                kernel = selected_adamw.available(flat)
                 for segment in segments:
-                    self._update_segment(tensors, segment, hyper, batch)
+                    self._update_segment(tensors, segment, hyper, batch, blocks if kernel else None)
+            if blocks:
+                selected_adamw.adamw_blocks_(blocks, hyper)
             for batch in batches.values():
                 batch.run()
         return loss
@@ -211,17 +215,18 @@ class SparseAdamW(torch.optim.Optimizer):
     def _trains_whole(self, segments: List[Segment]) -> bool:
         return all(self.trained[segment.param] is ALL for segment in segments)
 
-    def _update_segment(self, tensors, segment: Segment, hyper, batch: FusedBatch) -> None:
+    def _update_segment(self, tensors, segment: Segment, hyper, batch: FusedBatch,
+                        blocks: Optional[List[selected_adamw.Block]]) -> None:
         trained = self.trained[segment.param]
         if trained is SKIP:
             return
         unit, count, span = self.units[segment.param], self.counts[segment.param], self._span(segment.param)
+        if unit.axis is not None and blocks is not None:
+            self._select_blocks(tensors, segment, unit, trained, hyper, batch, blocks)
+            return
         parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
         if unit.axis is None:  # trains whole or not at all (SKIP, above)
             update_block(parts, count, None, span, hyper, batch)
-            return
-        if selected_adamw.available(parts[0]):
-            self._update_selected(parts, segment, unit, trained, hyper, batch)
             return
         mask = None
         if trained is not ALL:
@@ -237,26 +242,27 @@ class SparseAdamW(torch.optim.Optimizer):
             views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
             update_block(views, count[row_slice], piece_mask, span, hyper, batch)
 
-    def _update_selected(self, parts, segment: Segment, unit: Unit, trained, hyper, batch: FusedBatch) -> None:
-        """The kernel route (selected_adamw): each rectangle of the segment in one call over just its trained
-        rows, with this step's device tables, so a block costs its selected elements and a few views of host
-        work. (The masked and copying routes spend tens of small torch calls on every block; on a GPU that host
-        work, not memory traffic, is what a sampled step costs.)"""
-        step = uniform_step(*self._span(segment.param), hyper, parts[0].dtype)
+    def _select_blocks(self, tensors, segment: Segment, unit: Unit, trained, hyper, batch: FusedBatch,
+                       blocks: List[selected_adamw.Block]) -> None:
+        """The kernel route (selected_adamw): each rectangle of the segment becomes a block of the group's one
+        kernel call, its trained rows with this step's device tables, so a block costs its selected elements and a
+        table entry of host work. (The masked and copying routes spend tens of small torch calls on every block;
+        on a GPU that host work, not memory traffic, is what a sampled step costs.)"""
+        step = uniform_step(*self._span(segment.param), hyper, tensors[0].dtype)
         for start, rows, cols, row_slice in rectangles(segment.start, segment.numel, unit):
-            views = [t.narrow(0, start, rows * cols).view(rows, cols) for t in parts]
-            index = self._selected_index(segment.param, trained, row_slice, unit, parts[0].device)
+            index = self._selected_index(segment.param, trained, row_slice, unit, tensors[0].device)
             if index is not None and index.numel() == 0:
                 continue
+            offset = segment.offset + start
             if index is None and step is not None:
-                batch.add([[v] for v in views], step)
+                batch.add([[t.narrow(0, offset, rows * cols)] for t in tensors], step)
                 continue
             if step is not None:
                 corrections = step_corrections(step, hyper)
             else:
                 corrections = tuple(table[segment.param][row_slice]
-                                    for table in self._device_corrections(parts[0].device, hyper))
-            selected_adamw.adamw_selected_(views, index, corrections, hyper)
+                                    for table in self._device_corrections(tensors[0].device, hyper))
+            blocks.append(selected_adamw.Block(tensors, offset, rows, cols, index, corrections))
 
     def _selected_index(self, key: int, trained, row_slice: slice, unit: Unit, device) -> Optional[torch.Tensor]:
         """The trained rows inside `row_slice`, on `device`, counted from the slice's start (None: all of them)."""

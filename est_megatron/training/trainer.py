@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from est_megatron import host_heap
 from est_megatron.config import ModelConfig, model_preset, MODEL_PRESETS
 from est_megatron.data.sampler import PretrainingSampler
 from est_megatron.errors import UsageError
@@ -145,10 +146,11 @@ class Trainer:
                                         full_state, Recompute.from_args(args), ds_config)
         self.pipe_step_plan = pipe_step_plan if pp > 1 else None
         optimizer = build_optimizer(model, args)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                    lr_scheduler=build_lr_scheduler(optimizer, args),
-                                                    config=ds_config, dist_init_required=False,
-                                                    mpu=None if pp > 1 else self.layout)
+        with host_heap.large_frees_returned(self.zero_stage == 3):  # ZeRO-3 gathers each weight whole in turn
+            self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                        lr_scheduler=build_lr_scheduler(optimizer, args),
+                                                        config=ds_config, dist_init_required=False,
+                                                        mpu=None if pp > 1 else self.layout)
         self.sparse_optimizer = optimizer if isinstance(optimizer, SparseAdamW) else None
         if self.sparse_optimizer is not None:
             bind_sparse_optimizer(optimizer, self.engine, model, self.model_cfg, self.layout)

@@ -78,6 +78,7 @@ def worker(args) -> None:
     from est_megatron.model.recompute import Recompute
     from est_megatron.parallel.state import initialize_model_parallel
     import deepspeed
+    from est_megatron import host_heap
     from est_megatron.config import SubnetConfig
     from est_megatron.parallel.build import build_model
     from est_megatron.subnet.plan import PlanSampler
@@ -93,8 +94,9 @@ def worker(args) -> None:
     model, _ = build_model(cfg, state, 1234, zero_stage=args.zero, ds_config=ds_config,
                            recompute=Recompute.from_args(targs))
     marks["start-up"] = peak_rss()
-    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, targs), config=ds_config,
-                                      mpu=state)
+    with host_heap.large_frees_returned(args.zero == 3):  # as training does
+        engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, targs), config=ds_config,
+                                          mpu=state)
     marks["initialize"] = peak_rss()
     gen = torch.Generator().manual_seed(dist.get_rank())
     for name, rates in STAGES:
