@@ -239,6 +239,25 @@ def test_gpu_route_under_the_triton_interpreter():
     assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (in torch's CUDA builds)")
+@pytest.mark.parametrize("param_dtype,grad_dtype", [("fp32", "fp32"), ("bf16", "bf16"), ("fp32", "bf16")])
+def test_gpu_kernel_compiles_for_a_hopper_gpu(param_dtype, grad_dtype):
+    """What the interpreter does not check: Triton compiles the kernel to a cubin (sm_90), no GPU needed."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {"blocks": "*i64", "scalars": "*fp32", "tiles": "*i64", "lr": "fp32", "weight_decay": "fp32",
+                 "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
+                 "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+    dtypes = {"fp32": tl.float32, "bf16": tl.bfloat16}
+    source = ASTSource(fn=selected_adamw._adamw_blocks_kernel, signature=signature,
+                       constexprs={"P_DTYPE": dtypes[param_dtype], "G_DTYPE": dtypes[grad_dtype],
+                                   "BLOCK_R": selected_adamw.BLOCK_ROWS, "BLOCK_C": selected_adamw.BLOCK_COLS})
+    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+
+
 def test_without_a_c_compiler_the_cpu_kernel_warns_and_steps_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
     monkeypatch.setenv("EST_MEGATRON_KERNEL_CACHE", str(tmp_path))

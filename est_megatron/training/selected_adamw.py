@@ -1,15 +1,16 @@
-"""AdamW on the selected rows of a block in one pass over just those elements: a Triton kernel on CUDA, its C
-twin on the CPU (est_megatron.training.selected_adamw_c).
+"""AdamW on the selected rows of blocks in one pass over just those elements: a Triton kernel on CUDA, its C twin
+on the CPU (est_megatron.training.selected_adamw_c).
 
 Without a kernel the sparse step's alternatives both cost more than AdamW over the whole model: the masked update
 reads and writes the whole block eight times, and copying the selected rows out and back for torch's fused kernel
 moves each selected element three times. The kernel reads parameter, gradient and both moments of the selected
 rows once and writes the three it updates once, the fused kernel's traffic over the selected part only; the rows'
 bias corrections come as scalars (one step count serves them all) or as one value per row (unequal counts, early
-in a run), so one kernel serves every case. On the CPU one call takes a table of every block of a parameter
-group that the step trains in part: the host work per block is a table entry, not a call with a dozen
-arguments, and the threads share one parallel region. Triton is used on CUDA when importable (it ships with torch's
-CUDA builds); `TRITON_INTERPRET=1` runs the Triton kernel on the CPU, which is how the tests check it without a GPU.
+in a run), so one kernel serves every case. One call takes a table of every partly trained block of a parameter
+group (pointers, rows, index, corrections), as multi-tensor and grouped-GEMM kernels do: the host work per block
+is a table entry, not a call or a launch (on a GPU the launches, not the memory traffic, were what a sampled step
+cost). Triton is used on CUDA when importable (it ships with torch's CUDA builds); `TRITON_INTERPRET=1` runs the
+Triton kernel on the CPU, which is how the tests check it without a GPU.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ except ImportError:  # the CPU build of torch comes without Triton
     triton = None
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-BLOCK_ROWS, BLOCK_COLS = 4, 256
+BLOCK_ROWS, BLOCK_COLS = 8, 256
 
 
 def _triton_runs(like: torch.Tensor) -> bool:
@@ -42,33 +43,57 @@ def available(like: torch.Tensor) -> bool:
 
 
 if triton is not None:
-    # the selected counts change every step: specialising on them (==1, %16) would compile new variants mid-run
-    @triton.jit(do_not_specialize=["row_index", "corr1", "corr2", "n_rows", "n_cols"])
-    def _adamw_selected_kernel(param, grad, exp_avg, exp_avg_sq, row_index, corr1, corr2, n_rows, n_cols,
-                               lr, weight_decay, beta1, beta2, eps, scalar1, scalar2, ROWS_INDEXED: tl.constexpr,
-                               PER_ROW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        r_ok, c_ok = r < n_rows, c < n_cols
-        rows = tl.load(row_index + r, mask=r_ok, other=0) if ROWS_INDEXED else r
-        offsets = rows.to(tl.int64)[:, None] * n_cols + c.to(tl.int64)[None, :]
-        ok = r_ok[:, None] & c_ok[None, :]
-        p = tl.load(param + offsets, mask=ok).to(tl.float32)
-        g = tl.load(grad + offsets, mask=ok).to(tl.float32)
-        m = tl.load(exp_avg + offsets, mask=ok).to(tl.float32)
-        v = tl.load(exp_avg_sq + offsets, mask=ok).to(tl.float32)
-        if PER_ROW:
-            c1 = tl.load(corr1 + rows, mask=r_ok, other=1.0)[:, None]
-            c2 = tl.load(corr2 + rows, mask=r_ok, other=1.0)[:, None]
+    # The block table: one row of int64 fields per block (what _launch writes): the addresses of the rectangle's
+    # first element in parameter, gradient and both moments, its trained rows, its row length, the addresses of its
+    # row index (0: every row) and of its per-row corrections (0: the block's scalars, in the float table).
+    PARAM, GRAD, EXP_AVG, EXP_AVG_SQ = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
+    N_ROWS, COLS, INDEX, CORR1, CORR2 = tl.constexpr(4), tl.constexpr(5), tl.constexpr(6), tl.constexpr(7), \
+        tl.constexpr(8)
+    FIELDS = tl.constexpr(9)
+    TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+    @triton.jit
+    def _adamw_blocks_kernel(blocks, scalars, tiles, lr, weight_decay, beta1, beta2, eps, P_DTYPE: tl.constexpr,
+                             G_DTYPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """One program per tile (`tiles`: block number, first of its BLOCK_R trained rows), as grouped GEMMs
+        address their groups: the block table gives the pointers."""
+        b = tl.load(tiles + 2 * tl.program_id(0))
+        entry = blocks + b * FIELDS
+        r = tl.load(tiles + 2 * tl.program_id(0) + 1) + tl.arange(0, BLOCK_R)
+        r_ok = r < tl.load(entry + N_ROWS)
+        cols = tl.load(entry + COLS)
+        index = tl.load(entry + INDEX)
+        if index != 0:
+            rows = tl.load(index.to(tl.pointer_type(tl.int64)) + r, mask=r_ok, other=0)
         else:
-            c1, c2 = scalar1, scalar2
-        p = p * (1.0 - lr * weight_decay)
-        m = m + (1.0 - beta1) * (g - m)
-        v = beta2 * v + (1.0 - beta2) * g * g
-        p = p - (lr / c1) * m / (tl.sqrt(v) / c2 + eps)
-        tl.store(param + offsets, p.to(param.dtype.element_ty), mask=ok)
-        tl.store(exp_avg + offsets, m.to(exp_avg.dtype.element_ty), mask=ok)
-        tl.store(exp_avg_sq + offsets, v.to(exp_avg_sq.dtype.element_ty), mask=ok)
+            rows = r.to(tl.int64)
+        corr1 = tl.load(entry + CORR1)
+        if corr1 != 0:
+            c1 = tl.load(corr1.to(tl.pointer_type(tl.float32)) + rows, mask=r_ok, other=1.0)
+            c2 = tl.load(tl.load(entry + CORR2).to(tl.pointer_type(tl.float32)) + rows, mask=r_ok, other=1.0)
+        else:
+            c1 = tl.zeros([BLOCK_R], dtype=tl.float32) + tl.load(scalars + 2 * b)
+            c2 = tl.zeros([BLOCK_R], dtype=tl.float32) + tl.load(scalars + 2 * b + 1)
+        step_size, c2 = (lr / c1)[:, None], c2[:, None]
+        param = tl.load(entry + PARAM).to(tl.pointer_type(P_DTYPE))
+        grad = tl.load(entry + GRAD).to(tl.pointer_type(G_DTYPE))
+        exp_avg = tl.load(entry + EXP_AVG).to(tl.pointer_type(P_DTYPE))
+        exp_avg_sq = tl.load(entry + EXP_AVG_SQ).to(tl.pointer_type(P_DTYPE))
+        for start in range(0, cols, BLOCK_C):
+            c = start + tl.arange(0, BLOCK_C)
+            offsets = rows[:, None] * cols + c.to(tl.int64)[None, :]
+            ok = r_ok[:, None] & (c < cols)[None, :]
+            p = tl.load(param + offsets, mask=ok).to(tl.float32)
+            g = tl.load(grad + offsets, mask=ok).to(tl.float32)
+            m = tl.load(exp_avg + offsets, mask=ok).to(tl.float32)
+            v = tl.load(exp_avg_sq + offsets, mask=ok).to(tl.float32)
+            p = p * (1.0 - lr * weight_decay)
+            m = m + (1.0 - beta1) * (g - m)
+            v = beta2 * v + (1.0 - beta2) * g * g
+            p = p - step_size * m / (tl.sqrt(v) / c2 + eps)
+            tl.store(param + offsets, p.to(P_DTYPE), mask=ok)
+            tl.store(exp_avg + offsets, m.to(P_DTYPE), mask=ok)
+            tl.store(exp_avg_sq + offsets, v.to(P_DTYPE), mask=ok)
 
 
 Corrections = Tuple[Union[float, torch.Tensor], Union[float, torch.Tensor]]
@@ -91,34 +116,53 @@ class Block:
 
 def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
     """AdamW in place on the trained rows of `blocks` (all on one device): one C call for all of them on the CPU,
-    one Triton launch per block on CUDA. Everything else of their tensors is neither read nor written."""
+    one Triton launch per (parameter, gradient) dtype pair on CUDA. Everything else of their tensors is neither
+    read nor written."""
     if not _triton_runs(blocks[0].tensors[0]):
         selected_adamw_c.adamw_blocks_(blocks, hyper)
         return
+    by_dtype = {}
     for block in blocks:
-        views = [t.narrow(0, block.offset, block.rows * block.cols).view(block.rows, block.cols)
-                 for t in block.tensors]
-        _launch(views, block.index, block.corrections, hyper)
+        by_dtype.setdefault((block.tensors[0].dtype, block.tensors[1].dtype), []).append(block)
+    for (param_dtype, grad_dtype), same in by_dtype.items():
+        _launch(same, param_dtype, grad_dtype, hyper)
 
 
-def _launch(views: Sequence[torch.Tensor], index: Optional[torch.Tensor], corrections: Corrections, hyper) -> None:
-    """The Triton kernel on one [rows, cols] block (`views`: parameter, gradient and both moments)."""
-    param = views[0]
-    rows, cols = param.shape
-    lr, weight_decay, beta1, beta2, eps = hyper
-    per_unit = torch.is_tensor(corrections[0])
-    if per_unit:
-        corr1, corr2 = (c.to(device=param.device, dtype=torch.float32).contiguous() for c in corrections)
-        scalar1 = scalar2 = 1.0
-    else:
-        corr1 = corr2 = param  # unused: the scalars serve
-        scalar1, scalar2 = corrections
-    index = None if index is None else index.to(param.device, non_blocking=True)
-    n_rows = rows if index is None else index.numel()
-    if n_rows == 0 or cols == 0:
+def _launch(blocks: Sequence[Block], param_dtype: torch.dtype, grad_dtype: torch.dtype, hyper) -> None:
+    """The Triton kernel over `blocks`: their table, scalar corrections and tiles built on the host, moved in one
+    copy, one launch."""
+    device = blocks[0].tensors[0].device
+    table, scalars, trained_rows, keep = [], [], [], []
+    for block in blocks:
+        assert all(t.is_contiguous() for t in block.tensors)
+        pointers = [t.data_ptr() + block.offset * t.element_size() for t in block.tensors]
+        n_rows, index = block.rows, 0
+        if block.index is not None:
+            keep.append(block.index.to(device=device, dtype=torch.int64).contiguous())
+            n_rows, index = keep[-1].numel(), keep[-1].data_ptr()
+        c1, c2 = block.corrections
+        if torch.is_tensor(c1):
+            keep += [c.to(device=device, dtype=torch.float32).contiguous() for c in (c1, c2)]
+            corrections, scalars_here = [keep[-2].data_ptr(), keep[-1].data_ptr()], [1.0, 1.0]
+        else:
+            corrections, scalars_here = [0, 0], [c1, c2]
+        table += pointers + [n_rows, block.cols, index] + corrections
+        scalars += scalars_here
+        trained_rows.append(n_rows)
+    tiles = _tiles(torch.tensor(trained_rows))
+    if tiles.numel() == 0:
         return
-    grid = (triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(cols, BLOCK_COLS))
-    _adamw_selected_kernel[grid](
-        *views, param if index is None else index, corr1, corr2, n_rows, cols, lr, weight_decay, beta1, beta2,
-        eps, scalar1, scalar2, ROWS_INDEXED=index is not None, PER_ROW=per_unit, BLOCK_R=BLOCK_ROWS,
-        BLOCK_C=BLOCK_COLS)
+    lr, weight_decay, beta1, beta2, eps = hyper
+    packed = torch.cat([torch.tensor(table, dtype=torch.int64), tiles.flatten()]).to(device)
+    _adamw_blocks_kernel[(tiles.shape[0],)](
+        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):], lr, weight_decay,
+        beta1, beta2, eps, P_DTYPE=TRITON_DTYPES[param_dtype], G_DTYPE=TRITON_DTYPES[grad_dtype],
+        BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_COLS)
+
+
+def _tiles(trained_rows: torch.Tensor) -> torch.Tensor:
+    """[tiles, 2] int64: (block number, first row) of every BLOCK_ROWS trained rows of each block."""
+    per_block = (trained_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    block = torch.repeat_interleave(torch.arange(len(per_block)), per_block)
+    starts = torch.cumsum(per_block, 0) - per_block  # each block's first tile
+    return torch.stack([block, (torch.arange(len(block)) - starts[block]) * BLOCK_ROWS], 1)

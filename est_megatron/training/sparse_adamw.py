@@ -21,10 +21,10 @@ The optimizer runs on whatever tensors DeepSpeed hands it (the flat fp32 partiti
 parameters themselves): `bind` learns, through est_megatron.training.optimizer_layout, which element range of which
 parameter each range of those tensors holds. Untrained layers are skipped outright, so a sampled step costs less than
 a dense one; a range the plan trains whole, with one bias correction, is one plain AdamW update (torch's fused
-kernel). A partly trained range takes one kernel call per block that reads and writes just the trained rows
-(est_megatron.training.selected_adamw: Triton on CUDA, C on the CPU). Where no kernel runs (no Triton on a GPU, no
-C compiler, a dtype the C kernel lacks) runs of trained rows go to the fused kernel as views and scattered ones are
-copied out, stepped by it and written back; unequal counts take a masked multi-pass update.
+kernel). Every partly trained block of a parameter group goes to one kernel call that reads and writes just
+the trained rows (est_megatron.training.selected_adamw: Triton on CUDA, C on the CPU). Where no kernel runs (no
+Triton on a GPU, no C compiler, a dtype the C kernel lacks) runs of trained rows go to the fused kernel as views
+and scattered ones are copied out, stepped by it and written back; unequal counts take a masked multi-pass update.
 """
 from __future__ import annotations
 
