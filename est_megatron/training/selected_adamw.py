@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -30,6 +30,7 @@ except ImportError:  # the CPU build of torch comes without Triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_ROWS, BLOCK_COLS = 8, 256
+INT_FIELDS = 9  # an entry's int64 fields (_entries), then its two scalar corrections
 
 
 def _triton_runs(like: torch.Tensor) -> bool:
@@ -49,7 +50,7 @@ if triton is not None:
     PARAM, GRAD, EXP_AVG, EXP_AVG_SQ = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
     N_ROWS, COLS, INDEX, CORR1, CORR2 = tl.constexpr(4), tl.constexpr(5), tl.constexpr(6), tl.constexpr(7), \
         tl.constexpr(8)
-    FIELDS = tl.constexpr(9)
+    FIELDS = tl.constexpr(INT_FIELDS)
     TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
@@ -118,21 +119,24 @@ def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
     """AdamW in place on the trained rows of `blocks` (all on one device): one C call for all of them on the CPU,
     one Triton launch per (parameter, gradient) dtype pair on CUDA. Everything else of their tensors is neither
     read nor written."""
+    keep = []  # tensors the entries point into, alive until the kernels have been called
     if not _triton_runs(blocks[0].tensors[0]):
-        selected_adamw_c.adamw_blocks_(blocks, hyper)
+        assert all(t.dtype == torch.float32 for block in blocks for t in block.tensors)
+        selected_adamw_c.adamw_entries_(_entries(blocks, keep), hyper)
         return
     by_dtype = {}
     for block in blocks:
         by_dtype.setdefault((block.tensors[0].dtype, block.tensors[1].dtype), []).append(block)
     for (param_dtype, grad_dtype), same in by_dtype.items():
-        _launch(same, param_dtype, grad_dtype, hyper)
+        _launch(_entries(same, keep), same[0].tensors[0].device, param_dtype, grad_dtype, hyper)
 
 
-def _launch(blocks: Sequence[Block], param_dtype: torch.dtype, grad_dtype: torch.dtype, hyper) -> None:
-    """The Triton kernel over `blocks`: their table, scalar corrections and tiles built on the host, moved in one
-    copy, one launch."""
+def _entries(blocks: Sequence[Block], keep: list) -> List[tuple]:
+    """What both kernels read of each block: the addresses of its first element in parameter, gradient and both
+    moments, its trained rows, its row length, the addresses of its row index (0: every row) and of its per-row
+    corrections (0: none), and its scalar corrections. The tensors the addresses point into go to `keep`."""
     device = blocks[0].tensors[0].device
-    table, scalars, trained_rows, keep = [], [], [], []
+    entries = []
     for block in blocks:
         assert all(t.is_contiguous() for t in block.tensors)
         pointers = [t.data_ptr() + block.offset * t.element_size() for t in block.tensors]
@@ -143,13 +147,20 @@ def _launch(blocks: Sequence[Block], param_dtype: torch.dtype, grad_dtype: torch
         c1, c2 = block.corrections
         if torch.is_tensor(c1):
             keep += [c.to(device=device, dtype=torch.float32).contiguous() for c in (c1, c2)]
-            corrections, scalars_here = [keep[-2].data_ptr(), keep[-1].data_ptr()], [1.0, 1.0]
+            tables, scalars = [keep[-2].data_ptr(), keep[-1].data_ptr()], [1.0, 1.0]
         else:
-            corrections, scalars_here = [0, 0], [c1, c2]
-        table += pointers + [n_rows, block.cols, index] + corrections
-        scalars += scalars_here
-        trained_rows.append(n_rows)
-    tiles = _tiles(torch.tensor(trained_rows))
+            tables, scalars = [0, 0], [c1, c2]
+        entries.append((*pointers, n_rows, block.cols, index, *tables, *scalars))
+    return entries
+
+
+def _launch(entries: Sequence[tuple], device: torch.device, param_dtype: torch.dtype, grad_dtype: torch.dtype,
+            hyper) -> None:
+    """The Triton kernel over `entries` (_entries): their table, scalar corrections and tiles built on the host,
+    moved in one copy, one launch."""
+    table = [field for entry in entries for field in entry[:INT_FIELDS]]
+    scalars = [value for entry in entries for value in entry[INT_FIELDS:]]
+    tiles = _tiles(torch.tensor(table[4::INT_FIELDS]))  # each entry's trained rows
     if tiles.numel() == 0:
         return
     lr, weight_decay, beta1, beta2, eps = hyper

@@ -46,14 +46,14 @@ static void update_row(float *restrict p, const float *restrict g, float *restri
     }
 }
 
-/* One rectangle: `rows` rows of `cols` elements of parameter, gradient and both moments from the pointers; the
-   rows `index` (n_index of them, counted from the rectangle's first row; NULL: all `rows`) train. Bias
-   corrections: one per row of the rectangle (c1, c2_sqrt) or the scalars. */
+/* One rectangle (selected_adamw._entries): parameter, gradient and both moments from the pointers, rows of `cols`
+   elements; the rows `index` (n_rows of them, counted from the rectangle's first row; NULL: the first n_rows)
+   train. Bias corrections: one per row of the rectangle (c1, c2_sqrt) or the scalars. */
 typedef struct {
     float *p;
     const float *g;
     float *m, *v;
-    int64_t rows, cols, n_index;
+    int64_t n_rows, cols;
     const int64_t *index;
     const float *c1, *c2_sqrt;
     double c1_scalar, c2_sqrt_scalar;
@@ -66,13 +66,12 @@ void adamw_blocks_f32(const block_t *blocks, int64_t n_blocks, double lr, double
     const float decay = (float)(1.0 - lr * weight_decay);
     int64_t work = 0;
     for (int64_t b = 0; b < n_blocks; b++)
-        work += (blocks[b].index ? blocks[b].n_index : blocks[b].rows) * blocks[b].cols;
+        work += blocks[b].n_rows * blocks[b].cols;
 #pragma omp parallel num_threads(threads) if (work >= 32768)
     for (int64_t b = 0; b < n_blocks; b++) {
         const block_t *k = &blocks[b];
-        const int64_t n_rows = k->index ? k->n_index : k->rows;
 #pragma omp for schedule(static) nowait
-        for (int64_t i = 0; i < n_rows; i++) {
+        for (int64_t i = 0; i < k->n_rows; i++) {
             const int64_t r = k->index ? k->index[i] : i;
             const int64_t at = r * k->cols;
             update_row(k->p + at, k->g + at, k->m + at, k->v + at, k->cols,
@@ -155,31 +154,16 @@ def available(like: torch.Tensor) -> bool:
 
 
 class BlockEntry(ctypes.Structure):
-    """The C kernel's block_t."""
+    """The C kernel's block_t: the fields of selected_adamw._entries, in order."""
 
     _fields_ = [("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("m", ctypes.c_void_p), ("v", ctypes.c_void_p),
-                ("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("n_index", ctypes.c_int64),
-                ("index", ctypes.c_void_p), ("c1", ctypes.c_void_p), ("c2_sqrt", ctypes.c_void_p),
-                ("c1_scalar", ctypes.c_double), ("c2_sqrt_scalar", ctypes.c_double)]
+                ("n_rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("index", ctypes.c_void_p),
+                ("c1", ctypes.c_void_p), ("c2_sqrt", ctypes.c_void_p), ("c1_scalar", ctypes.c_double),
+                ("c2_sqrt_scalar", ctypes.c_double)]
 
 
-def adamw_blocks_(blocks, hyper) -> None:
-    """selected_adamw.adamw_blocks_ on the CPU, in one call: the same arguments, the same result."""
-    entries = (BlockEntry * len(blocks))()
-    keep = []  # tensors whose memory the table points into, alive until the call returns
-    for entry, block in zip(entries, blocks):
-        assert all(t.is_contiguous() and t.dtype == torch.float32 for t in block.tensors)
-        at = block.offset * 4  # bytes: fp32
-        entry.p, entry.g, entry.m, entry.v = (t.data_ptr() + at for t in block.tensors)
-        entry.rows, entry.cols = block.rows, block.cols
-        if block.index is not None:
-            keep.append(block.index.to(torch.int64).contiguous())
-            entry.index, entry.n_index = keep[-1].data_ptr(), keep[-1].numel()
-        c1, c2 = block.corrections
-        if torch.is_tensor(c1):
-            keep += [c.to(torch.float32).contiguous() for c in (c1, c2)]
-            entry.c1, entry.c2_sqrt = keep[-2].data_ptr(), keep[-1].data_ptr()
-        else:
-            entry.c1_scalar, entry.c2_sqrt_scalar = c1, c2
+def adamw_entries_(entries, hyper) -> None:
+    """selected_adamw.adamw_blocks_ on the CPU, in one call over the blocks' entries (fp32 tensors)."""
     lr, weight_decay, beta1, beta2, eps = hyper
-    library()(entries, len(blocks), lr, weight_decay, beta1, beta2, eps, torch.get_num_threads())
+    table = (BlockEntry * len(entries))(*(BlockEntry(*entry) for entry in entries))
+    library()(table, len(entries), lr, weight_decay, beta1, beta2, eps, torch.get_num_threads())

@@ -220,10 +220,11 @@ class SparseAdamW(torch.optim.Optimizer):
         trained = self.trained[segment.param]
         if trained is SKIP:
             return
-        unit, count, span = self.units[segment.param], self.counts[segment.param], self._span(segment.param)
+        unit = self.units[segment.param]
         if unit.axis is not None and blocks is not None:
             self._select_blocks(tensors, segment, unit, trained, hyper, batch, blocks)
             return
+        count, span = self.counts[segment.param], self._span(segment.param)
         parts = [t.narrow(0, segment.offset, segment.numel) for t in tensors]
         if unit.axis is None:  # trains whole or not at all (SKIP, above)
             update_block(parts, count, None, span, hyper, batch)
