@@ -36,6 +36,23 @@ def decay_groups(model, weight_decay):
             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
 
 
+def lr_factors(model, plan, power):
+    """{name: learning-rate multiplier} of the sparse step's `power`: (fraction of the parameter's rows the plan
+    trains) x (fraction of layers it runs), to the power, for the layer parameters a sampled plan trains."""
+    if plan is None or plan.is_dense or not power:
+        return {}
+    masks = trained_masks(model, plan)
+    layers_run = sum(layer.active for layer in plan.layers) / len(plan.layers)
+    factors = {}
+    for name, mask in masks.items():
+        if name.startswith("layers.") and mask.any():
+            rows = mask.reshape(mask.shape[0], -1).any(1) if mask.ndim > 1 else mask
+            rate = rows.double().mean().item() * layers_run
+            if rate < 1:
+                factors[name] = rate ** power
+    return factors
+
+
 class MaskedAdamW:
     """AdamW where only masked elements step; each element's bias correction uses its own step count."""
 
@@ -45,10 +62,11 @@ class MaskedAdamW:
                       for name, p in model.named_parameters()}
 
     @torch.no_grad()
-    def step(self, masks, lr=None):
-        lr = self.lr if lr is None else lr
+    def step(self, masks, lr=None, factors=None):
+        """`factors`: {name: multiplier of the learning rate} (lr_factors)."""
         beta1, beta2 = self.betas
         for name, p in self.model.named_parameters():
+            unit_lr = (self.lr if lr is None else lr) * (factors or {}).get(name, 1.0)
             grad = torch.zeros_like(p) if p.grad is None else p.grad
             m, v, count = self.state[name]
             mask = masks[name]
@@ -59,7 +77,7 @@ class MaskedAdamW:
             safe = count.clamp(min=1)
             m_hat = new_m / (1 - beta1 ** safe)
             v_hat = new_v / (1 - beta2 ** safe)
-            new_p = p * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + self.eps)
+            new_p = p * (1 - unit_lr * wd) - unit_lr * m_hat / (v_hat.sqrt() + self.eps)
             m.copy_(torch.where(mask, new_m, m))
             v.copy_(torch.where(mask, new_v, v))
             p.copy_(torch.where(mask, new_p, p))

@@ -37,7 +37,8 @@ SEED, SEQ, MICRO, GLOBAL = 11, 16, 2, 4
 
 
 def options():
-    return SimpleNamespace(method="est", est_optimizer="sparse", est_bias_correction="unit", lr=1e-2, min_lr=1e-2,
+    return SimpleNamespace(method="est", est_optimizer="sparse", est_bias_correction="unit", est_lr_power=0.0,
+                           lr=1e-2, min_lr=1e-2,
                            adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-6, weight_decay=0.1,
                            global_batch_size=GLOBAL, micro_batch_size=MICRO, clip_grad=0.0)
 

@@ -18,7 +18,7 @@ from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.training import selected_adamw, selected_adamw_c, sparse_adamw
 from est_megatron.training.optimizer_layout import own_segments
 from est_megatron.training.sparse_adamw import Segment, SparseAdamW, Unit, rectangles
-from reference_training import MaskedAdamW, decay_groups, trained_masks
+from reference_training import MaskedAdamW, decay_groups, lr_factors, trained_masks
 
 HYPER = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
 
@@ -31,8 +31,8 @@ def tiny_setup(seed=5, bias=False):
     return cfg, sampler, tokens
 
 
-def sparse_optimizer(model, segments=None, groups=None):
-    opt = SparseAdamW(groups or decay_groups(model, 0.1), weight_decay=0.1, **HYPER)
+def sparse_optimizer(model, segments=None, groups=None, lr_power=0.0):
+    opt = SparseAdamW(groups or decay_groups(model, 0.1), weight_decay=0.1, lr_power=lr_power, **HYPER)
     opt.bind(list(model.named_parameters()), list(model.layers), segments or own_segments(list(model.parameters())))
     return opt
 
@@ -106,12 +106,14 @@ def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, 
     assert untouched > 0.4 * sum(p.numel() for name, p in model.named_parameters() if name.startswith("layers"))
 
 
-def test_per_unit_counts_equal_a_per_element_reference_over_stages():
-    """Eight steps through all three stages: every element equals MaskedAdamW (per-element counts)."""
+@pytest.mark.parametrize("lr_power", [0.0, 0.5])
+def test_per_unit_counts_equal_a_per_element_reference_over_stages(lr_power):
+    """Eight steps through all three stages: every element equals MaskedAdamW (per-element counts), with the
+    learning rate of sampled units scaled by their sampling rate to `lr_power` or not."""
     cfg, sampler, _ = tiny_setup(seed=9)
     model = Transformer(cfg, None, 4)
     reference = copy.deepcopy(model)
-    opt = sparse_optimizer(model)
+    opt = sparse_optimizer(model, lr_power=lr_power)
     masked = MaskedAdamW(reference, weight_decay=0.1, **HYPER)
     for step in range(8):
         plan = sampler.plan(step)
@@ -119,7 +121,7 @@ def test_per_unit_counts_equal_a_per_element_reference_over_stages():
         synthetic_grads(reference, plan, step)
         opt.set_plan(plan)
         opt.step()
-        masked.step(trained_masks(reference, plan))
+        masked.step(trained_masks(reference, plan), factors=lr_factors(reference, plan, lr_power))
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
         torch.testing.assert_close(opt.state[p]["exp_avg"], masked.state[name][0], rtol=1e-5, atol=1e-9, msg=name)
@@ -236,7 +238,7 @@ def test_gpu_route_under_the_triton_interpreter():
     selection = "(one_step and cpu and kernel) or per_unit_counts or partitions_cut_mid_row"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.returncode == 0 and "5 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (in torch's CUDA builds)")
@@ -248,7 +250,7 @@ def test_gpu_kernel_compiles_for_a_hopper_gpu(param_dtype, grad_dtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature = {"blocks": "*i64", "scalars": "*fp32", "tiles": "*i64", "lr": "fp32", "weight_decay": "fp32",
+    signature = {"blocks": "*i64", "scalars": "*fp32", "tiles": "*i64", "weight_decay": "fp32",
                  "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
                  "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
     dtypes = {"fp32": tl.float32, "bf16": tl.bfloat16}

@@ -18,7 +18,11 @@ from est_megatron.subnet.est import EstMethod
 from est_megatron.subnet.method import DenseMethod, SubnetMethod
 from est_megatron.subnet.raptr import DEFAULT_RAPTR_SCHEDULE, RAPTR_PRESETS, RaptrPlanner, parse_raptr_schedule
 from est_megatron.subnet.sat import METRICS, SELECTIONS, SatConfig, SatMethod, SatPlanner
+
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule
+
+# The sparse step's learning-rate power: 0 until measured otherwise (README, "EST against dense, measured").
+DEFAULT_LR_POWER = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
     g.add_argument("--est-bias-correction", default="unit", choices=("unit", "step"),
                    help="Adam bias correction of the sparse step: unit corrects each row/column by the steps that "
                         "trained it; step by the optimizer's step count for all (an ablation)")
+    g.add_argument("--est-lr-power", type=float, default=DEFAULT_LR_POWER, metavar="POWER",
+                   help="sparse step: a row (head, MLP column) or layer norm that a sampled step trains steps at "
+                        "learning rate lr * p^POWER, p the fraction of its rows the step trains times the fraction "
+                        "of layers it runs; 0 gives everything lr (see README 'EST against dense, measured')")
     g.add_argument("--est-whole-groups", action="store_true",
                    help="sample whole key/value groups instead of query heads inside every group")
     g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")

@@ -51,7 +51,7 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
               {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
     if args.method != "dense" and args.est_optimizer == "sparse":
-        return SparseAdamW(groups, bias_correction=args.est_bias_correction, **kwargs)
+        return SparseAdamW(groups, bias_correction=args.est_bias_correction, lr_power=args.est_lr_power, **kwargs)
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype in this torch build

@@ -30,7 +30,8 @@ except ImportError:  # the CPU build of torch comes without Triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_ROWS, BLOCK_COLS = 8, 256
-INT_FIELDS = 9  # an entry's int64 fields (_entries), then its two scalar corrections
+INT_FIELDS = 9  # an entry's int64 fields (_entries), then its two scalar corrections and its learning rate
+FLOAT_FIELDS = 3
 
 
 def _triton_runs(like: torch.Tensor) -> bool:
@@ -46,15 +47,16 @@ def available(like: torch.Tensor) -> bool:
 if triton is not None:
     # The block table: one row of int64 fields per block (what _launch writes): the addresses of the rectangle's
     # first element in parameter, gradient and both moments, its trained rows, its row length, the addresses of its
-    # row index (0: every row) and of its per-row corrections (0: the block's scalars, in the float table).
+    # row index (0: every row) and of its per-row corrections (0: the block's scalars, in the float table, which
+    # also holds each block's learning rate).
     PARAM, GRAD, EXP_AVG, EXP_AVG_SQ = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
     N_ROWS, COLS, INDEX, CORR1, CORR2 = tl.constexpr(4), tl.constexpr(5), tl.constexpr(6), tl.constexpr(7), \
         tl.constexpr(8)
-    FIELDS = tl.constexpr(INT_FIELDS)
+    FIELDS, FLOATS = tl.constexpr(INT_FIELDS), tl.constexpr(FLOAT_FIELDS)
     TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
-    def _adamw_blocks_kernel(blocks, scalars, tiles, lr, weight_decay, beta1, beta2, eps, P_DTYPE: tl.constexpr,
+    def _adamw_blocks_kernel(blocks, scalars, tiles, weight_decay, beta1, beta2, eps, P_DTYPE: tl.constexpr,
                              G_DTYPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         """One program per tile (`tiles`: block number, first of its BLOCK_R trained rows), as grouped GEMMs
         address their groups: the block table gives the pointers."""
@@ -73,8 +75,9 @@ if triton is not None:
             c1 = tl.load(corr1.to(tl.pointer_type(tl.float32)) + rows, mask=r_ok, other=1.0)
             c2 = tl.load(tl.load(entry + CORR2).to(tl.pointer_type(tl.float32)) + rows, mask=r_ok, other=1.0)
         else:
-            c1 = tl.zeros([BLOCK_R], dtype=tl.float32) + tl.load(scalars + 2 * b)
-            c2 = tl.zeros([BLOCK_R], dtype=tl.float32) + tl.load(scalars + 2 * b + 1)
+            c1 = tl.zeros([BLOCK_R], dtype=tl.float32) + tl.load(scalars + FLOATS * b)
+            c2 = tl.zeros([BLOCK_R], dtype=tl.float32) + tl.load(scalars + FLOATS * b + 1)
+        lr = tl.load(scalars + FLOATS * b + 2)
         step_size, c2 = (lr / c1)[:, None], c2[:, None]
         param = tl.load(entry + PARAM).to(tl.pointer_type(P_DTYPE))
         grad = tl.load(entry + GRAD).to(tl.pointer_type(G_DTYPE))
@@ -105,7 +108,7 @@ class Block:
     """A [rows, cols] rectangle of flat optimizer tensors (`tensors`: parameter, gradient, both moments, contiguous;
     the rectangle from element `offset`) and which of its rows train: `index` (int64, counted from the rectangle's
     first row; None: every row) with `corrections`, (1 - beta1^n, sqrt(1 - beta2^n)) as floats, or as float32
-    tensors with one value per row of the rectangle."""
+    tensors with one value per row of the rectangle; `lr`: the block's learning rate (None: the call's)."""
 
     tensors: Tuple[torch.Tensor, ...]
     offset: int
@@ -113,6 +116,7 @@ class Block:
     cols: int
     index: Optional[torch.Tensor]
     corrections: Corrections
+    lr: Optional[float] = None
 
 
 def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
@@ -122,19 +126,20 @@ def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
     keep = []  # tensors the entries point into, alive until the kernels have been called
     if not _triton_runs(blocks[0].tensors[0]):
         assert all(t.dtype == torch.float32 for block in blocks for t in block.tensors)
-        selected_adamw_c.adamw_entries_(_entries(blocks, keep), hyper)
+        selected_adamw_c.adamw_entries_(_entries(blocks, hyper[0], keep), hyper)
         return
     by_dtype = {}
     for block in blocks:
         by_dtype.setdefault((block.tensors[0].dtype, block.tensors[1].dtype), []).append(block)
     for (param_dtype, grad_dtype), same in by_dtype.items():
-        _launch(_entries(same, keep), same[0].tensors[0].device, param_dtype, grad_dtype, hyper)
+        _launch(_entries(same, hyper[0], keep), same[0].tensors[0].device, param_dtype, grad_dtype, hyper)
 
 
-def _entries(blocks: Sequence[Block], keep: list) -> List[tuple]:
+def _entries(blocks: Sequence[Block], lr: float, keep: list) -> List[tuple]:
     """What both kernels read of each block: the addresses of its first element in parameter, gradient and both
     moments, its trained rows, its row length, the addresses of its row index (0: every row) and of its per-row
-    corrections (0: none), and its scalar corrections. The tensors the addresses point into go to `keep`."""
+    corrections (0: none), its scalar corrections and its learning rate (`lr` where the block has none). The
+    tensors the addresses point into go to `keep`."""
     device = blocks[0].tensors[0].device
     entries = []
     for block in blocks:
@@ -150,7 +155,7 @@ def _entries(blocks: Sequence[Block], keep: list) -> List[tuple]:
             tables, scalars = [keep[-2].data_ptr(), keep[-1].data_ptr()], [1.0, 1.0]
         else:
             tables, scalars = [0, 0], [c1, c2]
-        entries.append((*pointers, n_rows, block.cols, index, *tables, *scalars))
+        entries.append((*pointers, n_rows, block.cols, index, *tables, *scalars, lr if block.lr is None else block.lr))
     return entries
 
 
@@ -163,10 +168,10 @@ def _launch(entries: Sequence[tuple], device: torch.device, param_dtype: torch.d
     tiles = _tiles(torch.tensor(table[4::INT_FIELDS]))  # each entry's trained rows
     if tiles.numel() == 0:
         return
-    lr, weight_decay, beta1, beta2, eps = hyper
+    _, weight_decay, beta1, beta2, eps = hyper
     packed = torch.cat([torch.tensor(table, dtype=torch.int64), tiles.flatten()]).to(device)
     _adamw_blocks_kernel[(tiles.shape[0],)](
-        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):], lr, weight_decay,
+        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):], weight_decay,
         beta1, beta2, eps, P_DTYPE=TRITON_DTYPES[param_dtype], G_DTYPE=TRITON_DTYPES[grad_dtype],
         BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_COLS)
 

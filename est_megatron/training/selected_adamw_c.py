@@ -48,7 +48,7 @@ static void update_row(float *restrict p, const float *restrict g, float *restri
 
 /* One rectangle (selected_adamw._entries): parameter, gradient and both moments from the pointers, rows of `cols`
    elements; the rows `index` (n_rows of them, counted from the rectangle's first row; NULL: the first n_rows)
-   train. Bias corrections: one per row of the rectangle (c1, c2_sqrt) or the scalars. */
+   train, at learning rate lr. Bias corrections: one per row of the rectangle (c1, c2_sqrt) or the scalars. */
 typedef struct {
     float *p;
     const float *g;
@@ -56,26 +56,26 @@ typedef struct {
     int64_t n_rows, cols;
     const int64_t *index;
     const float *c1, *c2_sqrt;
-    double c1_scalar, c2_sqrt_scalar;
+    double c1_scalar, c2_sqrt_scalar, lr;
 } block_t;
 
 /* Every block in one parallel region: each thread takes its static share of every block's rows, with no barrier
    between blocks (they are disjoint). */
-void adamw_blocks_f32(const block_t *blocks, int64_t n_blocks, double lr, double weight_decay, double beta1,
-                      double beta2, double eps, int threads) {
-    const float decay = (float)(1.0 - lr * weight_decay);
+void adamw_blocks_f32(const block_t *blocks, int64_t n_blocks, double weight_decay, double beta1, double beta2,
+                      double eps, int threads) {
     int64_t work = 0;
     for (int64_t b = 0; b < n_blocks; b++)
         work += blocks[b].n_rows * blocks[b].cols;
 #pragma omp parallel num_threads(threads) if (work >= 32768)
     for (int64_t b = 0; b < n_blocks; b++) {
         const block_t *k = &blocks[b];
+        const float decay = (float)(1.0 - k->lr * weight_decay);
 #pragma omp for schedule(static) nowait
         for (int64_t i = 0; i < k->n_rows; i++) {
             const int64_t r = k->index ? k->index[i] : i;
             const int64_t at = r * k->cols;
             update_row(k->p + at, k->g + at, k->m + at, k->v + at, k->cols,
-                       (float)(lr / (k->c1 ? (double)k->c1[r] : k->c1_scalar)),
+                       (float)(k->lr / (k->c1 ? (double)k->c1[r] : k->c1_scalar)),
                        (float)(k->c1 ? k->c2_sqrt[r] : k->c2_sqrt_scalar), decay, (float)beta1, (float)beta2,
                        (float)eps);
         }
@@ -142,7 +142,7 @@ def library():
                           " the sparse step falls back to torch operations, correct but slower")
             return None
         i64, d = ctypes.c_int64, ctypes.c_double
-        function.argtypes = [ctypes.POINTER(BlockEntry), i64, d, d, d, d, d, ctypes.c_int]
+        function.argtypes = [ctypes.POINTER(BlockEntry), i64, d, d, d, d, ctypes.c_int]
         function.restype = None
         _library = function
     return _library or None
@@ -159,11 +159,12 @@ class BlockEntry(ctypes.Structure):
     _fields_ = [("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("m", ctypes.c_void_p), ("v", ctypes.c_void_p),
                 ("n_rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("index", ctypes.c_void_p),
                 ("c1", ctypes.c_void_p), ("c2_sqrt", ctypes.c_void_p), ("c1_scalar", ctypes.c_double),
-                ("c2_sqrt_scalar", ctypes.c_double)]
+                ("c2_sqrt_scalar", ctypes.c_double), ("lr", ctypes.c_double)]
 
 
 def adamw_entries_(entries, hyper) -> None:
-    """selected_adamw.adamw_blocks_ on the CPU, in one call over the blocks' entries (fp32 tensors)."""
-    lr, weight_decay, beta1, beta2, eps = hyper
+    """selected_adamw.adamw_blocks_ on the CPU, in one call over the blocks' entries (fp32 tensors; each entry
+    carries its learning rate, so `hyper`'s is not read)."""
+    _, weight_decay, beta1, beta2, eps = hyper
     table = (BlockEntry * len(entries))(*(BlockEntry(*entry) for entry in entries))
-    library()(table, len(entries), lr, weight_decay, beta1, beta2, eps, torch.get_num_threads())
+    library()(table, len(entries), weight_decay, beta1, beta2, eps, torch.get_num_threads())

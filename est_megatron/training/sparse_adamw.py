@@ -77,13 +77,16 @@ class SparseAdamW(torch.optim.Optimizer):
     `set_plan` before every optimizer step; with no plan set (or a dense one) every unit trains."""
 
     def __init__(self, params, lr: float, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0, bias_correction: str = "unit"):
+                 weight_decay: float = 0.0, bias_correction: str = "unit", lr_power: float = 0.0):
         """`bias_correction`: "unit" corrects each row by the steps that trained it; "step" by the optimizer's
-        step count for everything (as TensorFlow's LazyAdam does), an ablation."""
+        step count for everything (as TensorFlow's LazyAdam does), an ablation. `lr_power`: a unit that a sampled
+        plan trains at rate p (set_plan) steps at learning rate lr * p^lr_power (0: lr for all)."""
         if bias_correction not in ("unit", "step"):
             raise ValueError(f"bias_correction {bias_correction!r}: use 'unit' or 'step'")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.bias_correction = bias_correction
+        self.lr_power = lr_power
+        self.lr_scales: Dict[int, float] = {}  # id(param) -> this step's learning-rate factor (absent: 1)
         self.units: Dict[int, Unit] = {}
         self.layers: Dict[int, object] = {}  # global layer number -> module with trained_slices(layer_plan)
         self.segments: Dict[int, List[Segment]] = {}  # id(optimizer tensor) -> its parameters' ranges
@@ -117,8 +120,11 @@ class SparseAdamW(torch.optim.Optimizer):
         self.set_plan(None)
 
     def set_plan(self, plan: Optional[StepPlan]) -> None:
-        """What the next optimizer step trains: a global plan (None: the dense model, everything)."""
+        """What the next optimizer step trains: a global plan (None: the dense model, everything). A unit of a
+        layer the plan runs trains at rate p = (the fraction of the parameter's rows the plan trains) x (the
+        fraction of layers it runs), and under `lr_power` at learning rate lr * p^lr_power."""
         self.trained = {key: ALL for key in self.units}
+        self.lr_scales = {}
         if plan is not None and not plan.is_dense:
             local = self.localize(plan)
             for number, layer in self.layers.items():
@@ -126,8 +132,12 @@ class SparseAdamW(torch.optim.Optimizer):
                 for param, _, index in layer.trained_slices(layer_plan if layer_plan.active else None):
                     if not layer_plan.active:
                         self.trained[id(param)] = SKIP
-                    elif index is not None:
+                        continue
+                    if index is not None:
                         self.trained[id(param)] = index.cpu()
+                    rate = plan.rates[2] * (1.0 if index is None else index.numel() / self.units[id(param)].size)
+                    if self.lr_power and rate < 1.0:
+                        self.lr_scales[id(param)] = rate ** self.lr_power
         self._counted = False
 
     # ---- state -------------------------------------------------------------------------------------------------
@@ -190,22 +200,27 @@ class SparseAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                 tensors = (flat, flat.grad, state["exp_avg"], state["exp_avg_sq"])
-                key = (flat.device, flat.dtype, flat.grad.dtype)
-                if key not in batches:
-                    batches[key] = FusedBatch(flat, hyper)
-                batch = batches[key]
+
+                def batch_of(scale: float, flat=flat) -> FusedBatch:
+                    """The fused kernel's batch for `flat`'s device and dtypes at learning rate lr * scale."""
+                    key = (flat.device, flat.dtype, flat.grad.dtype, scale)
+                    if key not in batches:
+                        batches[key] = FusedBatch(flat, scaled_lr(hyper, scale))
+                    return batches[key]
                 segments = self.segments[id(flat)]
-                if batch.available and self._trains_whole(segments):  # one piece, if one correction does
+                scales = {self.lr_scales.get(s.param, 1.0) for s in segments}
+                if len(scales) == 1 and self._trains_whole(segments):  # one piece, if one correction does
+                    batch = batch_of(*scales)
                     spans = [self._span(s.param) for s in segments]
-                    step = uniform_step(min(low for low, _ in spans), max(high for _, high in spans), hyper,
+                    step = uniform_step(min(low for low, _ in spans), max(high for _, high in spans), batch.hyper,
                                         flat.dtype)
-                    if step is not None:
+                    if batch.available and step is not None:
                         batch.add([[t] for t in tensors], step)
                         continue
                 tensors = tuple(t.view(-1) for t in tensors)
                 kernel = selected_adamw.available(flat)
                 for segment in segments:
-                    self._update_segment(tensors, segment, hyper, batch, blocks if kernel else None)
+                    self._update_segment(tensors, segment, hyper, batch_of, blocks if kernel else None)
             if blocks:
                 selected_adamw.adamw_blocks_(blocks, hyper)
             for batch in batches.values():
@@ -215,11 +230,13 @@ class SparseAdamW(torch.optim.Optimizer):
     def _trains_whole(self, segments: List[Segment]) -> bool:
         return all(self.trained[segment.param] is ALL for segment in segments)
 
-    def _update_segment(self, tensors, segment: Segment, hyper, batch: FusedBatch,
+    def _update_segment(self, tensors, segment: Segment, hyper, batch_of,
                         blocks: Optional[List[selected_adamw.Block]]) -> None:
         trained = self.trained[segment.param]
         if trained is SKIP:
             return
+        scale = self.lr_scales.get(segment.param, 1.0)
+        hyper, batch = scaled_lr(hyper, scale), batch_of(scale)
         unit = self.units[segment.param]
         if unit.axis is not None and blocks is not None:
             self._select_blocks(tensors, segment, unit, trained, hyper, batch, blocks)
@@ -263,7 +280,7 @@ class SparseAdamW(torch.optim.Optimizer):
             else:
                 corrections = tuple(table[segment.param][row_slice]
                                     for table in self._device_corrections(tensors[0].device, hyper))
-            blocks.append(selected_adamw.Block(tensors, offset, rows, cols, index, corrections))
+            blocks.append(selected_adamw.Block(tensors, offset, rows, cols, index, corrections, hyper[0]))
 
     def _selected_index(self, key: int, trained, row_slice: slice, unit: Unit, device) -> Optional[torch.Tensor]:
         """The trained rows inside `row_slice`, on `device`, counted from the slice's start (None: all of them)."""
@@ -299,6 +316,11 @@ class SparseAdamW(torch.optim.Optimizer):
             return host
         moved = torch.cat(list(host.values())).to(device, non_blocking=True)
         return dict(zip(host, moved.split([t.numel() for t in host.values()])))
+
+
+def scaled_lr(hyper, scale: float) -> tuple:
+    """`hyper` (lr, weight decay, beta1, beta2, eps) with the learning rate times `scale`."""
+    return hyper if scale == 1.0 else (hyper[0] * scale, *hyper[1:])
 
 
 def rectangles(start: int, numel: int, unit: Unit):
