@@ -250,7 +250,7 @@ def test_gpu_kernel_compiles_for_a_hopper_gpu(param_dtype, grad_dtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature = {"blocks": "*i64", "scalars": "*fp32", "tiles": "*i64", "weight_decay": "fp32",
+    signature = {"blocks": "*i64", "scalars": "*fp32", "tiles": "*i64", "decay": "fp32",
                  "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
                  "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
     dtypes = {"fp32": tl.float32, "bf16": tl.bfloat16}

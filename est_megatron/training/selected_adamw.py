@@ -30,7 +30,7 @@ except ImportError:  # the CPU build of torch comes without Triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_ROWS, BLOCK_COLS = 8, 256
-INT_FIELDS = 9  # an entry's int64 fields (_entries), then its two scalar corrections and its learning rate
+INT_FIELDS = 9  # an entry's int64 fields (_entries), then its two scalar corrections and its step's learning rate
 FLOAT_FIELDS = 3
 
 
@@ -48,7 +48,7 @@ if triton is not None:
     # The block table: one row of int64 fields per block (what _launch writes): the addresses of the rectangle's
     # first element in parameter, gradient and both moments, its trained rows, its row length, the addresses of its
     # row index (0: every row) and of its per-row corrections (0: the block's scalars, in the float table, which
-    # also holds each block's learning rate).
+    # also holds the learning rate of each block's step size).
     PARAM, GRAD, EXP_AVG, EXP_AVG_SQ = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
     N_ROWS, COLS, INDEX, CORR1, CORR2 = tl.constexpr(4), tl.constexpr(5), tl.constexpr(6), tl.constexpr(7), \
         tl.constexpr(8)
@@ -56,7 +56,7 @@ if triton is not None:
     TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
-    def _adamw_blocks_kernel(blocks, scalars, tiles, weight_decay, beta1, beta2, eps, P_DTYPE: tl.constexpr,
+    def _adamw_blocks_kernel(blocks, scalars, tiles, decay, beta1, beta2, eps, P_DTYPE: tl.constexpr,
                              G_DTYPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         """One program per tile (`tiles`: block number, first of its BLOCK_R trained rows), as grouped GEMMs
         address their groups: the block table gives the pointers."""
@@ -91,7 +91,7 @@ if triton is not None:
             g = tl.load(grad + offsets, mask=ok).to(tl.float32)
             m = tl.load(exp_avg + offsets, mask=ok).to(tl.float32)
             v = tl.load(exp_avg_sq + offsets, mask=ok).to(tl.float32)
-            p = p * (1.0 - lr * weight_decay)
+            p = p * decay
             m = m + (1.0 - beta1) * (g - m)
             v = beta2 * v + (1.0 - beta2) * g * g
             p = p - step_size * m / (tl.sqrt(v) / c2 + eps)
@@ -108,7 +108,8 @@ class Block:
     """A [rows, cols] rectangle of flat optimizer tensors (`tensors`: parameter, gradient, both moments, contiguous;
     the rectangle from element `offset`) and which of its rows train: `index` (int64, counted from the rectangle's
     first row; None: every row) with `corrections`, (1 - beta1^n, sqrt(1 - beta2^n)) as floats, or as float32
-    tensors with one value per row of the rectangle; `lr`: the block's learning rate (None: the call's)."""
+    tensors with one value per row of the rectangle; `lr`: the learning rate of the block's step size (None: the
+    call's; decoupled weight decay is always the call's, lr * weight_decay)."""
 
     tensors: Tuple[torch.Tensor, ...]
     offset: int
@@ -168,10 +169,10 @@ def _launch(entries: Sequence[tuple], device: torch.device, param_dtype: torch.d
     tiles = _tiles(torch.tensor(table[4::INT_FIELDS]))  # each entry's trained rows
     if tiles.numel() == 0:
         return
-    _, weight_decay, beta1, beta2, eps = hyper
+    lr, weight_decay, beta1, beta2, eps = hyper
     packed = torch.cat([torch.tensor(table, dtype=torch.int64), tiles.flatten()]).to(device)
     _adamw_blocks_kernel[(tiles.shape[0],)](
-        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):], weight_decay,
+        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):], 1.0 - lr * weight_decay,
         beta1, beta2, eps, P_DTYPE=TRITON_DTYPES[param_dtype], G_DTYPE=TRITON_DTYPES[grad_dtype],
         BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_COLS)
 

@@ -48,7 +48,8 @@ static void update_row(float *restrict p, const float *restrict g, float *restri
 
 /* One rectangle (selected_adamw._entries): parameter, gradient and both moments from the pointers, rows of `cols`
    elements; the rows `index` (n_rows of them, counted from the rectangle's first row; NULL: the first n_rows)
-   train, at learning rate lr. Bias corrections: one per row of the rectangle (c1, c2_sqrt) or the scalars. */
+   train, with step size lr / c1 (decoupled weight decay is the call's). Bias corrections: one per row of the
+   rectangle (c1, c2_sqrt) or the scalars. */
 typedef struct {
     float *p;
     const float *g;
@@ -61,15 +62,15 @@ typedef struct {
 
 /* Every block in one parallel region: each thread takes its static share of every block's rows, with no barrier
    between blocks (they are disjoint). */
-void adamw_blocks_f32(const block_t *blocks, int64_t n_blocks, double weight_decay, double beta1, double beta2,
-                      double eps, int threads) {
+void adamw_blocks_f32(const block_t *blocks, int64_t n_blocks, double lr, double weight_decay, double beta1,
+                      double beta2, double eps, int threads) {
+    const float decay = (float)(1.0 - lr * weight_decay);
     int64_t work = 0;
     for (int64_t b = 0; b < n_blocks; b++)
         work += blocks[b].n_rows * blocks[b].cols;
 #pragma omp parallel num_threads(threads) if (work >= 32768)
     for (int64_t b = 0; b < n_blocks; b++) {
         const block_t *k = &blocks[b];
-        const float decay = (float)(1.0 - k->lr * weight_decay);
 #pragma omp for schedule(static) nowait
         for (int64_t i = 0; i < k->n_rows; i++) {
             const int64_t r = k->index ? k->index[i] : i;
@@ -142,7 +143,7 @@ def library():
                           " the sparse step falls back to torch operations, correct but slower")
             return None
         i64, d = ctypes.c_int64, ctypes.c_double
-        function.argtypes = [ctypes.POINTER(BlockEntry), i64, d, d, d, d, ctypes.c_int]
+        function.argtypes = [ctypes.POINTER(BlockEntry), i64, d, d, d, d, d, ctypes.c_int]
         function.restype = None
         _library = function
     return _library or None
@@ -164,7 +165,7 @@ class BlockEntry(ctypes.Structure):
 
 def adamw_entries_(entries, hyper) -> None:
     """selected_adamw.adamw_blocks_ on the CPU, in one call over the blocks' entries (fp32 tensors; each entry
-    carries its learning rate, so `hyper`'s is not read)."""
-    _, weight_decay, beta1, beta2, eps = hyper
+    carries the learning rate of its step size, `hyper`'s gives the weight decay)."""
+    lr, weight_decay, beta1, beta2, eps = hyper
     table = (BlockEntry * len(entries))(*(BlockEntry(*entry) for entry in entries))
-    library()(table, len(entries), weight_decay, beta1, beta2, eps, torch.get_num_threads())
+    library()(table, len(entries), lr, weight_decay, beta1, beta2, eps, torch.get_num_threads())

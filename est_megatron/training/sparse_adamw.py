@@ -80,7 +80,8 @@ class SparseAdamW(torch.optim.Optimizer):
                  weight_decay: float = 0.0, bias_correction: str = "unit", lr_power: float = 0.0):
         """`bias_correction`: "unit" corrects each row by the steps that trained it; "step" by the optimizer's
         step count for everything (as TensorFlow's LazyAdam does), an ablation. `lr_power`: a unit that a sampled
-        plan trains at rate p (set_plan) steps at learning rate lr * p^lr_power (0: lr for all)."""
+        plan trains at rate p (set_plan) takes steps of learning rate lr * p^lr_power (0: lr for all); its
+        decoupled weight decay stays lr * weight_decay per step it trains."""
         if bias_correction not in ("unit", "step"):
             raise ValueError(f"bias_correction {bias_correction!r}: use 'unit' or 'step'")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -122,7 +123,7 @@ class SparseAdamW(torch.optim.Optimizer):
     def set_plan(self, plan: Optional[StepPlan]) -> None:
         """What the next optimizer step trains: a global plan (None: the dense model, everything). A unit of a
         layer the plan runs trains at rate p = (the fraction of the parameter's rows the plan trains) x (the
-        fraction of layers it runs), and under `lr_power` at learning rate lr * p^lr_power."""
+        fraction of layers it runs), and under `lr_power` its step size has learning rate lr * p^lr_power."""
         self.trained = {key: ALL for key in self.units}
         self.lr_scales = {}
         if plan is not None and not plan.is_dense:
@@ -319,8 +320,10 @@ class SparseAdamW(torch.optim.Optimizer):
 
 
 def scaled_lr(hyper, scale: float) -> tuple:
-    """`hyper` (lr, weight decay, beta1, beta2, eps) with the learning rate times `scale`."""
-    return hyper if scale == 1.0 else (hyper[0] * scale, *hyper[1:])
+    """`hyper` (lr, weight decay, beta1, beta2, eps) with the step size's learning rate times `scale` and the
+    decoupled weight decay per step, lr * weight_decay, as it was."""
+    lr, weight_decay, *rest = hyper
+    return hyper if scale == 1.0 else (lr * scale, weight_decay / scale, *rest)
 
 
 def rectangles(start: int, numel: int, unit: Unit):
