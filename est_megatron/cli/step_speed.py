@@ -40,6 +40,7 @@ from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.flops import dense_step_flops, step_flops
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.training.methods import DEFAULT_LR_POWER
 from est_megatron.training.metrics import peak_tflops
 from est_megatron.training.optimizer_layout import own_segments
 from est_megatron.training.sparse_adamw import SparseAdamW
@@ -105,7 +106,7 @@ class Stepper:
         self.dense_optimizer = build_optimizer(self.model, device)
         self.optimizer = self.dense_optimizer
         if sparse:  # training's default for a subnetwork method
-            self.optimizer = SparseAdamW(self.params, lr=1e-4, weight_decay=0.1)
+            self.optimizer = SparseAdamW(self.params, lr=1e-4, weight_decay=0.1, lr_power=DEFAULT_LR_POWER)
             self.optimizer.bind(list(self.model.named_parameters()), list(self.model.layers),
                                 own_segments(self.params))
         self.optimizer_time = 0.0  # seconds of the last step's optimizer step
