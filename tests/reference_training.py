@@ -87,9 +87,11 @@ class MaskedAdamW:
             p.grad = None
 
 
-def reference_losses(cfg, seed, dataset, plan_of, steps, global_batch, micro_batch, lr_of, clip, optimizer):
+def reference_losses(cfg, seed, dataset, plan_of, steps, global_batch, micro_batch, lr_of, clip, optimizer,
+                     lr_power=0.0):
     """Per-step mean training loss of the plain loop. `plan_of(step)` -> StepPlan or None; `lr_of(step)` -> lr;
-    `optimizer`: "adamw" (torch, zero-filled gradients outside the plan) or "masked" (MaskedAdamW)."""
+    `optimizer`: "adamw" (torch, zero-filled gradients outside the plan) or "masked" (MaskedAdamW, with the
+    sparse step's learning-rate power `lr_power`)."""
     model = Transformer(cfg, None, seed)
     hyper = dict(lr=1.0, betas=(0.9, 0.95), eps=1e-8)
     if optimizer == "adamw":
@@ -116,7 +118,7 @@ def reference_losses(cfg, seed, dataset, plan_of, steps, global_batch, micro_bat
                 group["lr"] = lr
             opt.step()
         else:
-            opt.step(trained_masks(model, plan), lr)
+            opt.step(trained_masks(model, plan), lr, lr_factors(model, plan, lr_power))
         losses.append(total / (global_batch // micro_batch))
         assert math.isfinite(losses[-1])
     return losses

@@ -1,7 +1,8 @@
 """The DeepSpeed training loop equals a plain PyTorch loop step by step (tests/reference_training.py): same data
 order, plans, LR schedule and clipping; dense, EST with the sparse optimizer step (against MaskedAdamW, per-element
-counts) and EST with the dense AdamW step (against torch AdamW over zero-filled gradients); ZeRO-1/2/3 on 1 and 2
-processes. A difference here is DeepSpeed (or our wiring of it) training something other than the method."""
+counts, the default learning-rate power) and EST with the dense AdamW step (against torch AdamW over zero-filled
+gradients); ZeRO-1/2/3 on 1 and 2 processes. A difference here is DeepSpeed (or our wiring of it) training
+something other than the method."""
 import pytest
 
 from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
@@ -34,7 +35,7 @@ def plain_loop(argv, method, est_optimizer):
     return reference_losses(cfg, args.seed, train, (lambda step: None) if method == "dense" else sampler.plan,
                             args.train_steps, args.global_batch_size, args.micro_batch_size,
                             lambda step: args.lr * multiplier(step), args.clip_grad,
-                            "masked" if method == "est" and est_optimizer == "sparse" else "adamw")
+                            "masked" if method == "est" and est_optimizer == "sparse" else "adamw", args.est_lr_power)
 
 
 @pytest.mark.parametrize("method,est_optimizer,zero,nproc", CASES)
