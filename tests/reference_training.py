@@ -65,8 +65,9 @@ class MaskedAdamW:
     def step(self, masks, lr=None, factors=None):
         """`factors`: {name: multiplier of the step size's learning rate} (lr_factors); weight decay is lr * wd."""
         beta1, beta2 = self.betas
+        base_lr = self.lr if lr is None else lr
         for name, p in self.model.named_parameters():
-            unit_lr = (self.lr if lr is None else lr) * (factors or {}).get(name, 1.0)
+            unit_lr = base_lr * (factors or {}).get(name, 1.0)
             grad = torch.zeros_like(p) if p.grad is None else p.grad
             m, v, count = self.state[name]
             mask = masks[name]
@@ -77,7 +78,7 @@ class MaskedAdamW:
             safe = count.clamp(min=1)
             m_hat = new_m / (1 - beta1 ** safe)
             v_hat = new_v / (1 - beta2 ** safe)
-            new_p = p * (1 - (self.lr if lr is None else lr) * wd) - unit_lr * m_hat / (v_hat.sqrt() + self.eps)
+            new_p = p * (1 - base_lr * wd) - unit_lr * m_hat / (v_hat.sqrt() + self.eps)
             m.copy_(torch.where(mask, new_m, m))
             v.copy_(torch.where(mask, new_v, v))
             p.copy_(torch.where(mask, new_p, p))

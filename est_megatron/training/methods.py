@@ -18,7 +18,6 @@ from est_megatron.subnet.est import EstMethod
 from est_megatron.subnet.method import DenseMethod, SubnetMethod
 from est_megatron.subnet.raptr import DEFAULT_RAPTR_SCHEDULE, RAPTR_PRESETS, RaptrPlanner, parse_raptr_schedule
 from est_megatron.subnet.sat import METRICS, SELECTIONS, SatConfig, SatMethod, SatPlanner
-
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule
 
 # The sparse step's learning-rate power (SparseAdamW's lr_power): a sampled unit steps at lr * p^0.5. Measured with

@@ -30,8 +30,8 @@ except ImportError:  # the CPU build of torch comes without Triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_ROWS, BLOCK_COLS = 8, 256
-INT_FIELDS = 9  # an entry's int64 fields (_entries), then its two scalar corrections and its step's learning rate
-FLOAT_FIELDS = 3
+INT_FIELDS = 9  # an entry's int64 fields (_entries), then its FLOAT_FIELDS:
+FLOAT_FIELDS = 3  # two scalar corrections and the learning rate of its step size
 
 
 def _triton_runs(like: torch.Tensor) -> bool:
@@ -108,8 +108,8 @@ class Block:
     """A [rows, cols] rectangle of flat optimizer tensors (`tensors`: parameter, gradient, both moments, contiguous;
     the rectangle from element `offset`) and which of its rows train: `index` (int64, counted from the rectangle's
     first row; None: every row) with `corrections`, (1 - beta1^n, sqrt(1 - beta2^n)) as floats, or as float32
-    tensors with one value per row of the rectangle; `lr`: the learning rate of the block's step size (None: the
-    call's; decoupled weight decay is always the call's, lr * weight_decay)."""
+    tensors with one value per row of the rectangle; `lr`: the learning rate of the block's step size (decoupled
+    weight decay is the call's, lr * weight_decay)."""
 
     tensors: Tuple[torch.Tensor, ...]
     offset: int
@@ -117,7 +117,7 @@ class Block:
     cols: int
     index: Optional[torch.Tensor]
     corrections: Corrections
-    lr: Optional[float] = None
+    lr: float
 
 
 def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
@@ -127,20 +127,20 @@ def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
     keep = []  # tensors the entries point into, alive until the kernels have been called
     if not _triton_runs(blocks[0].tensors[0]):
         assert all(t.dtype == torch.float32 for block in blocks for t in block.tensors)
-        selected_adamw_c.adamw_entries_(_entries(blocks, hyper[0], keep), hyper)
+        selected_adamw_c.adamw_entries_(_entries(blocks, keep), hyper)
         return
     by_dtype = {}
     for block in blocks:
         by_dtype.setdefault((block.tensors[0].dtype, block.tensors[1].dtype), []).append(block)
     for (param_dtype, grad_dtype), same in by_dtype.items():
-        _launch(_entries(same, hyper[0], keep), same[0].tensors[0].device, param_dtype, grad_dtype, hyper)
+        _launch(_entries(same, keep), same[0].tensors[0].device, param_dtype, grad_dtype, hyper)
 
 
-def _entries(blocks: Sequence[Block], lr: float, keep: list) -> List[tuple]:
+def _entries(blocks: Sequence[Block], keep: list) -> List[tuple]:
     """What both kernels read of each block: the addresses of its first element in parameter, gradient and both
     moments, its trained rows, its row length, the addresses of its row index (0: every row) and of its per-row
-    corrections (0: none), its scalar corrections and its learning rate (`lr` where the block has none). The
-    tensors the addresses point into go to `keep`."""
+    corrections (0: none), its scalar corrections and its learning rate. The tensors the addresses point into go
+    to `keep`."""
     device = blocks[0].tensors[0].device
     entries = []
     for block in blocks:
@@ -156,7 +156,7 @@ def _entries(blocks: Sequence[Block], lr: float, keep: list) -> List[tuple]:
             tables, scalars = [keep[-2].data_ptr(), keep[-1].data_ptr()], [1.0, 1.0]
         else:
             tables, scalars = [0, 0], [c1, c2]
-        entries.append((*pointers, n_rows, block.cols, index, *tables, *scalars, lr if block.lr is None else block.lr))
+        entries.append((*pointers, n_rows, block.cols, index, *tables, *scalars, block.lr))
     return entries
 
 

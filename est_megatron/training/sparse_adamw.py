@@ -136,9 +136,10 @@ class SparseAdamW(torch.optim.Optimizer):
                         continue
                     if index is not None:
                         self.trained[id(param)] = index.cpu()
-                    rate = plan.rates[2] * (1.0 if index is None else index.numel() / self.units[id(param)].size)
-                    if self.lr_power and rate < 1.0:
-                        self.lr_scales[id(param)] = rate ** self.lr_power
+                    if self.lr_power:
+                        rate = plan.rates[2] * (1.0 if index is None else index.numel() / self.units[id(param)].size)
+                        if rate < 1.0:
+                            self.lr_scales[id(param)] = rate ** self.lr_power
         self._counted = False
 
     # ---- state -------------------------------------------------------------------------------------------------
