@@ -70,6 +70,12 @@ def test_decay_must_end_after_warmup_and_tokenizer_files_are_named():
         check_args(build_parser().parse_args(["--data-path", "x", "--tokenizer-type", "GPT2BPETokenizer"]))
 
 
+def test_the_learning_rate_power_must_be_finite():
+    check_args(build_parser().parse_args(BASE + ["--est-lr-power", "-1"]))  # measured in README: allowed
+    with pytest.raises(UsageError, match="--est-lr-power must be a finite number"):
+        check_args(build_parser().parse_args(BASE + ["--est-lr-power", "nan"]))
+
+
 def parsers():
     yield "pretrain", build_parser()
     for tool in ("preprocess_data", "train_tokenizer", "inspect_data", "convert_to_hf", "convert_hf_to_est",

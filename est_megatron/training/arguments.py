@@ -7,6 +7,7 @@ Megatron-LM's names so existing launch scripts carry over. `parse_args` also che
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Optional, Sequence
 
@@ -198,6 +199,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
         raise UsageError(f"learning rates must satisfy 0 <= --min-lr ({args.min_lr}) <= --lr ({args.lr}), lr > 0")
+    if not math.isfinite(args.est_lr_power):
+        raise UsageError(f"--est-lr-power must be a finite number (0 gives every unit lr), got {args.est_lr_power}")
     if args.exit_interval is not None and args.exit_interval <= 0:
         raise UsageError(f"--exit-interval must be positive, got {args.exit_interval}")
     if args.lr_decay_steps is not None and not args.lr_warmup_steps <= args.lr_decay_steps:
