@@ -10,7 +10,7 @@
 3. Shards: `data.preprocess.preprocess` (what tools/preprocess_data.py runs) for each corpus.
 4. Pretraining of a small Llama on `0.7 slimpajama 0.3 starcoder` with the tinyllama EST schedule compressed
    to a few hundred steps, on 2 CPU processes (gloo) or one process per GPU (nccl) under DeepSpeed ZeRO-2 (torchrun),
-   then a summary.
+   then a summary. Training flags given beside --demo are appended to the demo's, so they override them.
 
 Steps whose outputs exist are reused, so a second `--demo` goes straight to training.
 """
@@ -32,7 +32,7 @@ from est_megatron.data.sources import SourceOptions
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.data.tokenizer_training import train_tokenizer
 from est_megatron.errors import UsageError
-from est_megatron.training.arguments import DS_CONFIG_DIR
+from est_megatron.training.arguments import DS_CONFIG_DIR, build_parser, check_args
 from est_megatron.training.distributed import free_port
 
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
@@ -128,11 +128,17 @@ def build_corpus(raw_dir):
                 prose_chars=sum(len(r["text"]) for r in texts), code_chars=code_chars)
 
 
+def data_paths(demo_dir):
+    """The tokenizer model and the two shard prefixes the demo builds under demo_dir."""
+    shards = os.path.join(demo_dir, "shards")
+    return (os.path.join(demo_dir, "tokenizer", "demo.model"), os.path.join(shards, "slimpajama"),
+            os.path.join(shards, "starcoder"))
+
+
 def prepare_data(demo_dir):
     """Corpus, tokenizer and shards under demo_dir (each reused when already there)."""
     raw = os.path.join(demo_dir, "raw")
-    tokenizer = os.path.join(demo_dir, "tokenizer", "demo.model")
-    shards = os.path.join(demo_dir, "shards")
+    tokenizer, *prefixes = data_paths(demo_dir)
     if not os.path.isfile(os.path.join(raw, "tokenizer.jsonl")):
         t = time.time()
         stats = build_corpus(raw)
@@ -145,13 +151,12 @@ def prepare_data(demo_dir):
         _, summary = train_tokenizer([os.path.join(raw, "tokenizer.jsonl")], SourceOptions("jsonl"),
                                      tokenizer[:-len(".model")], VOCAB, max_chars=4_000_000, progress=True)
         print(summary)
-    for name in ("slimpajama", "starcoder"):
-        prefix = os.path.join(shards, name)
+    for name, prefix in zip(("slimpajama", "starcoder"), prefixes):
         if not glob.glob(prefix + "*.idx"):
             manifest = preprocess([os.path.join(raw, name)], SourceOptions(name), TokenizerSpec(model=tokenizer),
                                   prefix, workers=2, progress=False)
             print(summary_line(manifest))
-    return tokenizer, os.path.join(shards, "slimpajama"), os.path.join(shards, "starcoder")
+    return (tokenizer, *prefixes)
 
 
 def training_argv(demo_dir, tokenizer, slimpajama, starcoder, progress=True):
@@ -184,12 +189,40 @@ def summarize(demo_dir, seconds):
     return "\n".join(lines)
 
 
+DEMO_OWN_FLAGS = {"--demo": 0, "--demo-dir": 1, "--demo-nproc": 1}  # flag: values it takes
+DEMO_DATA_FLAGS = ("--data-path", "--train-data-path", "--valid-data-path", "--test-data-path", "--tokenizer-type",
+                   "--tokenizer-model", "--vocab-file", "--merge-file", "--save", "--load", "--log-dir")
+
+
+def extra_training_flags(argv) -> list:
+    """The training flags given beside --demo (`--method dense`, `--train-steps 480`, ...): they follow the demo's
+    own, so they override its settings. The demo's data, tokenizer and output paths are its own: naming one is an
+    error rather than a flag silently overridden."""
+    extra, skip = [], 0
+    for token in argv:
+        if skip:
+            skip -= 1
+            continue
+        name, has_value = token.split("=", 1)[0], "=" in token
+        if name in DEMO_OWN_FLAGS:
+            skip = 0 if has_value else DEMO_OWN_FLAGS[name]
+        elif name in DEMO_DATA_FLAGS:
+            raise UsageError(f"{name} cannot be given with --demo, which trains on its own corpus and writes under "
+                             "--demo-dir; drop --demo to train on your own data")
+        else:
+            extra.append(token)
+    return extra
+
+
 def run_demo(args, argv=None) -> int:
-    """Build the data in this process, then train on `--demo-nproc` processes launched with torchrun."""
+    """Build the data in this process, then train on `--demo-nproc` processes launched with torchrun, with the demo's
+    settings followed by any training flags given beside --demo (checked before the data is built)."""
     if args.demo_nproc is not None and args.demo_nproc < 1:
         raise UsageError(f"--demo-nproc {args.demo_nproc} must be at least 1 (or left out: one per GPU, 2 on a CPU)")
-    start = time.time()
+    extra = extra_training_flags(sys.argv[1:] if argv is None else argv)
     demo_dir = os.path.abspath(args.demo_dir)
+    check_args(build_parser(args.family).parse_args(training_argv(demo_dir, *data_paths(demo_dir)) + extra))
+    start = time.time()
     os.makedirs(demo_dir, exist_ok=True)
     tokenizer, slimpajama, starcoder = prepare_data(demo_dir)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -203,7 +236,7 @@ def run_demo(args, argv=None) -> int:
     # the launcher's module (launch/pretrain_tinyllama.py runs it), so the demo works from an installed package
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(free_port()), "-m", "est_megatron.cli.pretrain_tinyllama"]
-    cmd += training_argv(demo_dir, tokenizer, slimpajama, starcoder, args.progress)
+    cmd += training_argv(demo_dir, tokenizer, slimpajama, starcoder, args.progress) + extra
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)

@@ -49,3 +49,27 @@ def test_demo_nproc_below_one_is_one_clear_error(tmp_path):
     with pytest.raises(UsageError, match="--demo-nproc 0 must be at least 1"):
         demo.run_demo(args)
     assert not (tmp_path / "d").exists()  # rejected before any data is built
+
+
+def test_training_flags_beside_demo_override_its_own():
+    argv = ["--demo", "--demo-dir", "d", "--method", "dense", "--demo-nproc=1", "--train-steps", "480"]
+    extra = demo.extra_training_flags(argv)
+    assert extra == ["--method", "dense", "--train-steps", "480"]
+    tokenizer, *prefixes = demo.data_paths("d")
+    args = build_parser("tinyllama").parse_args(demo.training_argv("d", tokenizer, *prefixes) + extra)
+    assert args.method == "dense" and args.train_steps == 480 and args.data_path[1] == prefixes[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--demo", "--data-path", "x"], "--data-path cannot be given with --demo"),
+    (["--demo", "--save=ckpt"], "--save cannot be given with --demo"),
+    (["--demo", "--est-lr-power", "nan"], "--est-lr-power must be a finite number"),
+    (["--demo", "--lr", "1e-3", "--min-lr", "1e-2"], "learning rates must satisfy"),
+])
+def test_bad_training_flags_beside_demo_are_one_error_before_any_data(tmp_path, argv, message):
+    argv = argv + ["--demo-dir", str(tmp_path / "d")]
+    args = build_parser("tinyllama").parse_args(argv)
+    args.family = "tinyllama"
+    with pytest.raises(UsageError, match=message):
+        demo.run_demo(args, argv)
+    assert not (tmp_path / "d").exists()

@@ -38,7 +38,7 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Pretrain a {family} model with Evolving Subnetwork Training (EST) on DeepSpeed. Runs "
                     "under `deepspeed`, `torchrun` or plain `python` (one process).",
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter, allow_abbrev=False)  # as Megatron: a flag is named in full
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d["model"], choices=sorted(MODEL_PRESETS), help="model preset")
