@@ -8,6 +8,7 @@ import pytest
 from data_fixtures import load_tool
 from est_megatron.errors import UsageError
 from est_megatron.training.arguments import build_parser, check_args, resolve_precision
+from est_megatron.training.optim import describe_lr_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--data-path", "shards/x", "--tokenizer-model", "tok.model"]
@@ -97,3 +98,15 @@ def test_help_shows_true_defaults(name, parser):
             assert "(default: True)" not in text and "(default: False)" not in text, (flag, text)
         elif action.default not in (None, []):
             assert "default" in text, (flag, text)
+
+
+def test_lr_schedule_line_warns_when_the_warm_up_covers_the_run():
+    def line(*flags):
+        return describe_lr_schedule(build_parser("tinyllama").parse_args(["--data-path", "x", *flags]))
+    assert line("--train-steps", "1000") == (
+        "learning rate: linear warm-up over 2000 steps to 0.0004, cosine decay to 4e-05 by step 1000; warning: the "
+        "warm-up is at least the whole run (1000 steps), so the rate never reaches --lr; set --lr-warmup-steps below "
+        "--train-steps (e.g. 50)")
+    assert "warning" not in line("--train-steps", "1000", "--lr-warmup-steps", "100", "--lr-decay-steps", "900")
+    assert line("--lr-decay-steps", "900", "--lr-warmup-steps", "10").endswith("by step 900")
+    assert line("--lr-decay-style", "constant") == "learning rate: linear warm-up over 2000 steps to 0.0004"

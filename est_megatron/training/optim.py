@@ -78,6 +78,19 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, args) -> torch.optim.lr
                                args.min_lr / args.lr, args.lr_decay_style))
 
 
+def describe_lr_schedule(args) -> str:
+    """The start-up line of the learning-rate schedule, with a warning when the warm-up is as long as the run (the
+    family's defaults, TinyLlama's 2000 warm-up steps, in a short run): the rate would rise all run long."""
+    decay_end = getattr(args, "lr_decay_steps", None) or args.train_steps
+    line = f"learning rate: linear warm-up over {args.lr_warmup_steps} steps to {args.lr:g}"
+    if args.lr_decay_style != "constant":
+        line += f", {args.lr_decay_style} decay to {args.min_lr:g} by step {decay_end}"
+    if args.lr_warmup_steps >= args.train_steps:
+        line += (f"; warning: the warm-up is at least the whole run ({args.train_steps} steps), so the rate never "
+                 f"reaches --lr; set --lr-warmup-steps below --train-steps (e.g. {max(1, args.train_steps // 20)})")
+    return line
+
+
 def batch_geometry(global_batch: int, micro_batch: int, dp_size: int) -> int:
     """Gradient-accumulation steps, or a UsageError when the batch sizes do not fit the data-parallel size."""
     if global_batch % (micro_batch * dp_size):

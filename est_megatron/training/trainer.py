@@ -41,8 +41,8 @@ from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check
 from est_megatron.training.methods import MethodContext, build_method, subnet_config
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
-from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer, load_ds_config,
-                                         zero_stage)
+from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer,
+                                         describe_lr_schedule, load_ds_config, zero_stage)
 from est_megatron.training.preflight import check_directories, checkpoint_bytes
 from est_megatron.training.resume import check_resume
 from est_megatron.training.sparse_adamw import SparseAdamW
@@ -194,6 +194,7 @@ class Trainer:
         log.line(f"precision: {precision}" + ("" if args.precision else " (--bf16/--fp16/--fp32 not given: bf16 on "
                                               "a GPU that has it, else fp32; the DeepSpeed config's sections are "
                                               "overridden)"))
+        log.line(describe_lr_schedule(args))
         log.line(self.method.describe())
         if self.sparse_optimizer is not None:
             log.line(f"optimizer: sparse AdamW (what a step's plan does not train keeps its values and moments; "
