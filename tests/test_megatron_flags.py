@@ -105,8 +105,8 @@ def test_lr_schedule_line_warns_when_the_warm_up_covers_the_run():
         return describe_lr_schedule(build_parser("tinyllama").parse_args(["--data-path", "x", *flags]))
     assert line("--train-steps", "1000") == (
         "learning rate: linear warm-up over 2000 steps to 0.0004, cosine decay to 4e-05 by step 1000; warning: the "
-        "warm-up is at least the whole run (1000 steps), so the rate never reaches --lr; set --lr-warmup-steps below "
-        "--train-steps (e.g. 50)")
+        "warm-up is at least the whole run (1000 steps), so the rate rises all run long and never decays; set "
+        "--lr-warmup-steps below --train-steps (e.g. 50)")
     assert "warning" not in line("--train-steps", "1000", "--lr-warmup-steps", "100", "--lr-decay-steps", "900")
     assert line("--lr-decay-steps", "900", "--lr-warmup-steps", "10").endswith("by step 900")
     assert line("--lr-decay-style", "constant") == "learning rate: linear warm-up over 2000 steps to 0.0004"

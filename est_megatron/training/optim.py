@@ -72,22 +72,26 @@ def bind_sparse_optimizer(optimizer: SparseAdamW, engine, model: torch.nn.Module
                    lambda plan: localize_plan(plan, model_cfg, layout.tp_rank, layout.tp_size))
 
 
+def lr_decay_end(args) -> int:
+    """The step at which the decay reaches --min-lr: --lr-decay-steps, else --train-steps."""
+    return getattr(args, "lr_decay_steps", None) or args.train_steps
+
+
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, args) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupDecay(args.lr_warmup_steps, getattr(args, "lr_decay_steps", None) or args.train_steps,
-                               args.min_lr / args.lr, args.lr_decay_style))
+        optimizer, WarmupDecay(args.lr_warmup_steps, lr_decay_end(args), args.min_lr / args.lr, args.lr_decay_style))
 
 
 def describe_lr_schedule(args) -> str:
     """The start-up line of the learning-rate schedule, with a warning when the warm-up is as long as the run (the
     family's defaults, TinyLlama's 2000 warm-up steps, in a short run): the rate would rise all run long."""
-    decay_end = getattr(args, "lr_decay_steps", None) or args.train_steps
     line = f"learning rate: linear warm-up over {args.lr_warmup_steps} steps to {args.lr:g}"
     if args.lr_decay_style != "constant":
-        line += f", {args.lr_decay_style} decay to {args.min_lr:g} by step {decay_end}"
+        line += f", {args.lr_decay_style} decay to {args.min_lr:g} by step {lr_decay_end(args)}"
     if args.lr_warmup_steps >= args.train_steps:
-        line += (f"; warning: the warm-up is at least the whole run ({args.train_steps} steps), so the rate never "
-                 f"reaches --lr; set --lr-warmup-steps below --train-steps (e.g. {max(1, args.train_steps // 20)})")
+        line += (f"; warning: the warm-up is at least the whole run ({args.train_steps} steps), so the rate rises "
+                 f"all run long and never decays; set --lr-warmup-steps below --train-steps (e.g. "
+                 f"{max(1, args.train_steps // 20)})")
     return line
 
 
