@@ -8,12 +8,15 @@ would keep about the whole model resident on every rank, which is what ZeRO-3 ex
 - ZeRO-3's `deepspeed.initialize` gathers every weight whole, one at a time, to register its gradient hook
   (`large_frees_returned` around it). Measured with tools/bench/memory.py, the heap otherwise kept 0.5 to 1.2 of
   the rank's full weights, depending on the shapes.
+A run started with glibc's own MALLOC_MMAP_THRESHOLD_ in its environment keeps that setting throughout
+(tools/bench/memory.py sets 1 MiB, so that RSS follows the live tensors as a GPU's allocated-bytes counter does).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Optional
+import os
+from typing import Optional, Tuple
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 # Blocks this large are mapped on their own and unmapped when freed inside `large_frees_returned`: every weight
@@ -22,6 +25,17 @@ RETURNED_BLOCK = 1 << 20
 # Afterwards, glibc's settings once its dynamic threshold has grown to its maximum (mallopt turns the dynamic
 # adjustment off): mmap threshold 32 MiB, trim threshold twice that.
 SETTLED_MMAP, SETTLED_TRIM = 32 << 20, 64 << 20
+
+
+def settled_thresholds() -> Tuple[int, int]:
+    """(mmap, trim) thresholds outside `large_frees_returned`: glibc's environment tunables when the run set them,
+    else SETTLED_MMAP and SETTLED_TRIM."""
+    return _tunable("MALLOC_MMAP_THRESHOLD_", SETTLED_MMAP), _tunable("MALLOC_TRIM_THRESHOLD_", SETTLED_TRIM)
+
+
+def _tunable(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default  # glibc ignores what is not a number too
 
 
 def _libc() -> Optional[ctypes.CDLL]:
@@ -50,6 +64,7 @@ def large_frees_returned(active: bool = True):
         yield
     finally:
         if libc is not None:
-            libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP)
-            libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM)
+            mmap, trim = settled_thresholds()
+            libc.mallopt(M_MMAP_THRESHOLD, mmap)
+            libc.mallopt(M_TRIM_THRESHOLD, trim)
             libc.malloc_trim(0)

@@ -1,24 +1,27 @@
 """Per-rank memory of a training layout, from the model's shape: what `tools/memory_plan.py` prints.
 
 Model states (Megatron's and the ZeRO paper's accounting, per rank, P = this rank's parameters after tensor and
-pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4):
+pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4). The plan counts live tensors, what a
+GPU's allocated-bytes counter counts (on the CPU, tools/bench/memory.py has glibc return every freed block of 1 MiB
+or more, so that its RSS counts the same):
 
-- weights: w P, or w P / N under ZeRO-3 plus the gathered weights: with N > 1 DeepSpeed keeps every gathered
-  weight that is used again within stage3_max_reuse_distance, up to stage3_max_live_parameters (both 1e9 by
-  default), so every weight a step runs below 1e9 parameters (an EST stage's skipped layers are never gathered);
-  with N = 1 a layer or two in flight;
-- gradients: w P (ZeRO-0/1), w P / N (ZeRO-2/3, ZeRO-3's preallocated flat partition buffer); ZeRO-1/2 allocate
-  a contiguous reduce buffer of reduce_bucket_size elements in the first backward pass, ZeRO-3 (for any N) its
-  reduce bucket, as many full-size gradients waiting for it and an all-gather prefetch bucket of the same size
-  (ds_configs set reduce_bucket_size = stage3_prefetch_bucket_size);
-- optimizer: an fp32 master partition 4 P / N (ZeRO keeps one even for fp32 weights; ZeRO-0 with fp32 has none),
-  Adam's two moments 8 P / N, and from the first step on the fp32 gradient of the master partition, 4 P / N
-  (measured, see tools/bench/memory.py); SparseAdamW adds one int64 step count per trained row (on
-  the host);
+- weights: w P, or w P / N under ZeRO-3 plus the gathered weights: ZeRO-3 gathers a module's weights when it
+  runs and keeps them for the backward pass (below stage3_max_live_parameters, 1e9) once it has recorded the
+  order the modules run in, from a step's second repetition on; a stage that samples layers runs another order
+  every step, so DeepSpeed releases each module's weights after use: the layer it runs and the one it prefetches;
+- gradients: w P (ZeRO-0), w P / N (ZeRO-1/2: DeepSpeed reduces each bucket as it fills and keeps this rank's
+  partition; ZeRO-3: its flat partition buffer), and the reduce bucket of reduce_bucket_size elements (ZeRO-1/2
+  allocate it each backward pass; ZeRO-3 keeps one, and while it reduces adds the full-size gradients waiting for it
+  and the reduce-scatter's flat copy: three buckets). A bucket is `torch.empty`: on the CPU only what is written is
+  resident, at most this rank's gradients;
+- optimizer: an fp32 master partition 4 P / N (ZeRO keeps one even for fp32 weights; ZeRO-0 with fp32 has none) and
+  Adam's two moments 8 P / N from the first step on. The step adds an fp32 gradient partition, 4 P / N, which
+  DeepSpeed frees after the step; ZeRO-1/2's end of the backward pass first flattens the partition's gradients
+  beside the bucket (w P / N). SparseAdamW adds one int64 step count per trained row (on the host);
 - deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
   moment (w P / N under ZeRO-3, which flattens only its partition), then creates the master partition and a
   zero-filled gradient partition; ZeRO-3's also gathers each weight whole, one at a time, to register its gradient
-  hook: the largest weight at once (on the CPU the launcher has glibc return each freed one, est_megatron.host_heap)
+  hook: the all-gather's output and the weight it becomes, two copies of the largest weight
   (`MemoryPlan.initialize_peak`, `zero3_hook_transient`);
 - offload (ZeRO-Offload / -Infinity): the optimizer terms move to host memory, and under ZeRO-3 the weight
   partition too.
@@ -32,8 +35,8 @@ recompute keeps each recomputed layer's input only and re-materialises one layer
 pass. Under pipeline parallelism the first stage holds `min(PP, micro-batches)` micro-batches in flight (1F1B).
 
 The peak is the largest of four phases: start-up (weights plus the seeded initialisation's full-size draw of
-the largest part and what the allocator keeps of the previous one), during `deepspeed.initialize`,
-forward/backward (states + activations + the loss's logits and their gradient), and the optimizer step, each plus
+the largest part), during `deepspeed.initialize`, forward/backward (states + gathered weights + the reduce buckets +
+activations + the loss's logits and their gradient), and the optimizer step, each plus
 the fixed runtime overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed
 on the CPU). `tools/bench/memory.py` prints these predictions beside the peaks it measures.
 """
@@ -51,7 +54,9 @@ from est_megatron.subnet.schedule import parse_schedule
 
 GIB = 2 ** 30
 FP32, INT64 = 4, 8
-ZERO3_GATHER_LAYERS = 2  # ZeRO-3 on one rank: the layer it runs and the one it prefetches
+ZERO3_GATHER_LAYERS = 2  # ZeRO-3 releasing each module after use: the layer it runs and the one it prefetches
+INIT_PARTS = 1.5  # the seeded initialisation's transient, in parts of the model (plan_memory)
+ZERO3_BUCKETS = 3  # ZeRO-3 reducing: its reduce bucket, the full-size gradients waiting for it, the flat copy
 ZERO3_MAX_LIVE = 1_000_000_000  # elements: DeepSpeed's stage3_max_live_parameters and max_reuse_distance defaults
 DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set reduce_bucket_size
 # The fixed runtime overhead per rank when not given: a CUDA context, NCCL buffers and allocator slack (an
@@ -249,8 +254,8 @@ class MemoryPlan:
     gradients: int
     master: int
     moments: int
-    fp32_partitions: int
-    reduce_buffer: int
+    fp32_partitions: int  # the step's fp32 gradient partition
+    reduce_buffer: int  # the reduce buckets while gradients are reduced (resident part on the CPU)
     unit_counts: int
     host: int  # offloaded states (host memory)
     init_transient: int
@@ -258,7 +263,7 @@ class MemoryPlan:
     overhead: int
     step_transient: int = 0  # the sparse optimizer step's largest temporary (one block, not the whole model)
     hook_transient: int = 0  # ZeRO-3's initialize: each weight gathered whole in turn to register its hook
-    device: str = "cuda"  # "cpu": peaks are RSS, and the heap keeps what was freed for the next allocations
+    device: str = "cuda"  # "cpu": peaks are RSS, with glibc returning freed blocks (tools/bench/memory.py)
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
     stage_gathered: Dict[str, int] = field(default_factory=dict)  # stage name -> ZeRO-3's gathered weights
 
@@ -267,39 +272,39 @@ class MemoryPlan:
         """One weight partition, w P / N: what ZeRO-Infinity keeps in host memory."""
         return math.ceil(self.parameters / self.layout.dp) * self.layout.weight_bytes
 
-    @property
-    def states(self) -> int:
-        return self.weights + self.gathered + self.gradients + self.reduce_buffer + self.master + self.moments \
-            + self.fp32_partitions
-
     def phases(self, stage: str, first_step: bool = False) -> Dict[str, int]:
         """Bytes at start-up (the model built), during deepspeed.initialize, in forward/backward of `stage`, and in
-        the optimizer step. Before the first step the moments and fp32 gradient partitions do not exist yet
-        (`first_step`); from then on they stay, and forward/backward is the largest training phase."""
+        the optimizer step. Before the first step the Adam moments do not exist yet (`first_step`); from then on
+        they stay."""
         on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
-        step_states = on_device(self.moments + self.fp32_partitions)
-        training = self.overhead + self.weights + self.stage_gathered.get(stage, self.gathered) + self.gradients \
-            + self.reduce_buffer + on_device(self.master)
-        start_up = self.overhead + self.weights + self.init_transient
+        moments = 0 if first_step else on_device(self.moments)
+        kept = self.overhead + self.weights + self.gradients + on_device(self.master)
         return {
-            "start-up": start_up,
-            "initialize": self.initialize_peak(start_up, on_device(self.master), on_device(self.fp32_partitions)),
-            "forward/backward": training + (0 if first_step else step_states) + self.activations[stage].peak,
-            "step": training + step_states + on_device(self.step_transient),
+            "start-up": self.overhead + self.weights + self.init_transient,
+            "initialize": self.initialize_peak(on_device(self.master), on_device(self.fp32_partitions)),
+            "forward/backward": kept + moments + self.stage_gathered.get(stage, self.gathered) + self.reduce_buffer
+            + self.activations[stage].peak,
+            "step": kept + on_device(self.moments) + self.step_transient_bytes(on_device),
         }
 
-    def initialize_peak(self, start_up: int, master: int, gradient_partition: int) -> int:
+    def step_transient_bytes(self, on_device) -> int:
+        """What the step adds to the kept states: the fp32 gradient partition (and the sparse step's block
+        copies); ZeRO-1/2 first flatten the partition's gradients beside the reduce bucket, at the end of the
+        backward pass; ZeRO-3 keeps its reduce bucket."""
+        step = on_device(self.fp32_partitions + self.step_transient)
+        if self.layout.zero in (1, 2):
+            return max(step, self.gradients + self.reduce_buffer)
+        return step + (self.reduce_buffer // ZERO3_BUCKETS if self.layout.zero == 3 else 0)
+
+    def initialize_peak(self, master: int, gradient_partition: int) -> int:
         """deepspeed.initialize: the weights copied into a flat buffer while the originals exist, then the fp32
-        master partition and a zero-filled fp32 gradient partition (ZeRO-1/2 create it to set up the optimizer
-        and free it again; ZeRO-3 keeps a flat one, and gathers every weight to register its gradient hook). On
-        the CPU the heap keeps what start-up freed, and the originals' memory, once the flat copy replaces them,
-        serves the partitions; on a GPU freed blocks do not count as allocated."""
+        master partition and a zero-filled gradient partition (ZeRO-1/2 create an fp32 one to set up the
+        optimizer and free it again; ZeRO-3 keeps its flat one, and gathers every weight to register its gradient
+        hook). On the CPU add what the first optimizer and DeepSpeed's checks import."""
         if self.layout.zero == 3:
-            return self.overhead + self.weights + master + self.flatten_transient + self.host_weights \
-                + self.hook_transient
-        if self.device == "cpu":
-            return start_up + self.flatten_transient + max(0, master + gradient_partition - self.weights)
-        return self.overhead + self.weights + max(self.flatten_transient, master + gradient_partition)
+            gradient_partition, master = self.gradients, master + self.hook_transient
+        imports = int(SETUP_IMPORTS_GIB * GIB) if self.device == "cpu" else 0
+        return self.overhead + self.weights + max(self.flatten_transient, master + gradient_partition) + imports
 
     def peak(self, stage: str) -> int:
         return max(self.phases(stage).values())
@@ -369,16 +374,12 @@ def stage_counts(model: ModelConfig, schedule: str, subnet: Optional[SubnetConfi
 
 def zero3_hook_transient(model: ModelConfig, layout: Layout, device: str) -> int:
     """What ZeRO-3's initialize adds while it registers gradient hooks, gathering each weight whole (every rank,
-    full size) and partitioning it again: the largest weight at once (the GPU's caching allocator reuses the freed
-    blocks; on the CPU the launcher has glibc return them, est_megatron.host_heap), beside the reduce bucket
-    allocated just before (on the CPU `torch.empty`, not resident until written). On the CPU also what the first
-    optimizer and DeepSpeed's ZeRO set-up import (RSS traced around them: 0.06 and 0.04 GiB)."""
-    w = layout.weight_bytes
+    full size) and partitioning it again: the all-gather's output and the weight made from it, two copies of the
+    largest weight at once (the launcher has glibc return each freed one on the CPU, est_megatron.host_heap), beside
+    the reduce bucket allocated just before (on the CPU `torch.empty`, not resident until written)."""
     largest = max(math.ceil(model.vocab_size / layout.tp), model.qkv_rows // layout.tp,
                   model.up_rows // layout.tp) * model.hidden_size
-    if device == "cpu":
-        return largest * w + int(SETUP_IMPORTS_GIB * GIB)
-    return largest * w + layout.reduce_bucket * w
+    return 2 * largest * layout.weight_bytes + (layout.reduce_bucket * layout.weight_bytes if device == "cuda" else 0)
 
 
 def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[str, SubnetCounts]]] = None,
@@ -389,28 +390,27 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     per_stage = stage_parameters(model, layout.tp, layout.pp)
     p = max(per_stage)
     partition = math.ceil(p / n) if layout.zero >= 1 else p
-    bucket = layout.reduce_bucket * w
+    # A bucket is torch.empty: the GPU allocates all of it, the CPU makes resident what gradients are written to.
+    bucket = (layout.reduce_bucket if device == "cuda" else min(layout.reduce_bucket, p)) * w
     if layout.zero == 3:
         weights = 0 if layout.offload_params else math.ceil(p / n) * w
         gathered = zero3_gathered(model, layout, p, SubnetCounts.dense(model))
     else:
         weights, gathered = p * w, 0
-    gradients = p * w if layout.zero <= 1 else math.ceil(p / n) * w
-    if layout.zero == 3:  # reduce bucket, the full-size gradients waiting for it, the all-gather prefetch bucket
-        gradients += 3 * bucket
+    gradients = partition * w
     master = partition * FP32 if (layout.zero >= 1 or layout.bf16) else 0
     moments = 2 * partition * FP32
     fp32_partitions = partition * FP32 if layout.zero >= 1 else 0
-    reduce_buffer = layout.reduce_bucket * w if layout.zero in (1, 2) else 0
+    reduce_buffer = {0: 0, 1: bucket, 2: bucket, 3: ZERO3_BUCKETS * bucket}[layout.zero]
     flatten_transient = (math.ceil(p / n) if layout.zero == 3 else p) * w if layout.zero >= 1 else 0
     unit_counts = trained_units(model, layout.tp, layout.pp) * INT64 if layout.sparse_optimizer else 0
     host = (master + moments + fp32_partitions if layout.offload_optimizer else 0) \
         + (math.ceil(p / n) * w if layout.offload_params else 0) + unit_counts
     # Seeded initialisation draws each part (a layer, the embedding) whole in fp32 before keeping its slice: the
-    # drawn part, and the heap the allocator still holds from the part drawn before it (or, where TP pads the
-    # vocabulary, the padded copy): about two parts, measured with tools/bench/memory.py.
+    # drawn part and what is left of the part before it (or, where TP pads the vocabulary, the padded copy). Measured
+    # with tools/bench/memory.py (live memory, 28M to 254M parameters, 1 and 2 ranks): 1.35 to 1.65 parts.
     largest_part = max(model.layer_parameters(), model.vocab_size * model.hidden_size)
-    init_transient = 2 * largest_part * FP32
+    init_transient = int(INIT_PARTS * largest_part * FP32)
     # The sparse step copies a partly trained block's rows out (parameter, gradient, both moments) or runs the masked
     # update's two full-size temporaries, one block at a time: at most four fp32 copies of the largest sampled block.
     largest_block = model.hidden_size * max(model.qkv_rows, model.up_rows) // layout.tp
@@ -434,12 +434,12 @@ def active_layers(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> i
 
 
 def zero3_gathered(model: ModelConfig, layout: Layout, parameters: int, counts: SubnetCounts) -> int:
-    """ZeRO-3's whole weights gathered from the other ranks during a step of `counts`. Gathered weights stay while
-    they will be used again within max_reuse_distance (the backward pass uses them all), up to max_live_parameters:
-    below 1e9 parameters, every weight the step runs (a layer the plan skips is never gathered; sampled heads and
-    columns are picked from the whole weight). On one rank, the layer it runs and the one it prefetches."""
+    """ZeRO-3's whole weights gathered during a step of `counts`: the layer it runs and the one it prefetches, and
+    with more than one rank the prefetch bucket (stage3_prefetch_bucket_size, which ds_configs set to the reduce
+    bucket) of weights fetched ahead, at most the weights the step runs (a layer the plan skips is never
+    gathered). Measured with tools/bench/memory.py: DeepSpeed releases a module's weights after use, also once it
+    has recorded the order modules run in; keeping every weight until the backward pass would be 3-4x this."""
     layer = model.layer_parameters(layout.tp)
-    if layout.dp == 1:
-        return min(parameters, ZERO3_GATHER_LAYERS * layer) * layout.weight_bytes
-    skipped = model.num_layers // layout.pp - active_layers(model, layout, counts)
-    return min(parameters - skipped * layer, ZERO3_MAX_LIVE) * layout.weight_bytes
+    runs = parameters - (model.num_layers // layout.pp - active_layers(model, layout, counts)) * layer
+    held = ZERO3_GATHER_LAYERS * layer + (layout.reduce_bucket if layout.dp > 1 else 0)
+    return min(runs, held, ZERO3_MAX_LIVE) * layout.weight_bytes

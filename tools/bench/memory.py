@@ -4,18 +4,21 @@
     python tools/bench/memory.py --zero 1,2,3 --nproc 1,2
     python tools/bench/memory.py --hidden-size 768 --num-layers 8 --zero 3 --nproc 2 --recompute full
 
-Each (ZeRO stage, process count) is one `torchrun` run on gloo (CPU, fp32) that does what training does: the
-model from `build_model` (inside deepspeed.zero.Init under ZeRO-3), AdamW from `build_optimizer`, the DeepSpeed
-config from ds_configs/zeroN.json through `load_ds_config`, then --steps optimizer steps of EST stage 1
-(0.5, 0.5, 0.5), stage 2 (0.5, 0.5, 1) and dense (rates as the tinyllama schedule), each step --accumulation
-micro-batches of random tokens. Every rank reads its high-water RSS (getrusage ru_maxrss, which counts memory
-that glibc has since returned, so it is the true peak) after imports and process-group start (the runtime
-baseline), after the model is built (start-up), after `deepspeed.initialize` and after each stage; a stage's
-peak is the high-water mark at its end, so stages run smallest first. The table prints the largest rank's
+Each (ZeRO stage, process count) is one `torchrun` run on gloo (CPU, fp32) that does what training does: the model
+from `build_model` (inside deepspeed.zero.Init under ZeRO-3), AdamW from `build_optimizer`, the DeepSpeed config
+from ds_configs/zeroN.json through `load_ds_config`, then --steps optimizer steps of EST stage 1 (0.5, 0.5, 0.5),
+stage 2 (0.5, 0.5, 1) and dense (rates as the tinyllama schedule), each step --accumulation micro-batches of random
+tokens. The workers run with glibc returning every freed block of 1 MiB or more (MALLOC_MMAP_THRESHOLD_=1048576), so
+that RSS counts the live tensors, as a GPU's allocated-bytes counter does, and not the freed blocks glibc's heap
+would otherwise keep for reuse (--glibc-heap measures with those: more, by an amount that depends on which tensors
+exceed glibc's 32 MiB threshold, that is on the shapes). Every rank reads its high-water RSS (getrusage ru_maxrss,
+which counts memory that glibc has since returned, so it is the true peak) after imports and process-group start
+(the runtime baseline), after the model is built (start-up), after `deepspeed.initialize` and after each stage; a
+stage's peak is the high-water mark at its end, so stages run smallest first. The table prints the largest rank's
 figures, and beside each the peak est_megatron.training.memory_plan predicts for it (the planner behind
-tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured.
-A stage's prediction is the largest phase so far: the first stage's step is the run's first, before which the
-Adam moments and ZeRO's fp32 gradient partitions do not exist.
+tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured. A stage's
+prediction is the largest phase so far: the first stage's step is the run's first, before which the Adam moments do
+not exist.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from types import SimpleNamespace
 from est_megatron.help_format import HelpFormatter
 from est_megatron.training.arguments import DS_CONFIG_DIR
 
+LIVE_MMAP_THRESHOLD = 1 << 20  # bytes: glibc maps blocks this large on their own and unmaps them when freed
 STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
 GIB = 2 ** 30
 
@@ -134,8 +138,9 @@ def predicted_peaks(args, cfg, zero: int, nproc: int, baseline: int) -> dict:
     first = plan.phases(STAGES[0][0], first_step=True)
     peaks = {"start-up": first["start-up"], "initialize": max(first["start-up"], first["initialize"])}
     high = max(first.values())
-    for name, _ in STAGES:
-        high = max([high] + list(plan.phases(name).values())) if name != STAGES[0][0] else high
+    for index, (name, _) in enumerate(STAGES):
+        if index or args.steps > 1:  # a step after the run's first
+            high = max([high] + list(plan.phases(name).values()))
         peaks[name] = high
     return peaks
 
@@ -148,6 +153,8 @@ def run(args, zero: int, nproc: int) -> list:
         cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k in WORKER_FLAGS and v is not None]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        if not args.glibc_heap:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(LIVE_MMAP_THRESHOLD)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"ZeRO-{zero} on {nproc} processes failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
@@ -169,6 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--recompute", choices=("selective", "full"), default=None, help="activation recompute")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--glibc-heap", action="store_true",
+                   help="keep glibc's own heap thresholds: RSS then adds the freed blocks the heap keeps, which the "
+                        "plan (live tensors) leaves out")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -180,7 +190,8 @@ def main(argv=None) -> int:
     cfg = model_config(args)
     print(f"model: {cfg.num_parameters():,} parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab "
           f"{cfg.vocab_size}), micro-batch {args.micro_batch_size} x seq {args.seq_length}, fp32 on CPU, "
-          f"recompute {args.recompute or 'none'}")
+          f"recompute {args.recompute or 'none'}, "
+          + ("glibc's own heap thresholds" if args.glibc_heap else "freed blocks of 1 MiB or more returned (live)"))
     print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak RSS GiB':>13} {'above baseline GiB':>19} "
           f"{'planned GiB':>12} {'planned/measured':>17}")
     results = []
