@@ -329,8 +329,8 @@ class MemoryPlan:
         lines += [f"{'gradients':<34}{gib(self.gradients)}",
                   f"{'fp32 master weights' + host:<34}{gib(self.master)}",
                   f"{'Adam moments' + host:<34}{gib(self.moments)}",
-                  f"{'fp32 gradient partitions' + host:<34}{gib(self.fp32_partitions)}",
-                  f"{'reduce buffer':<34}{gib(self.reduce_buffer)}"]
+                  f"{'step fp32 gradients' + host:<34}{gib(self.fp32_partitions)}",
+                  f"{'reduce buckets (backward)':<34}{gib(self.reduce_buffer)}"]
         if self.unit_counts:
             lines.append(f"{'SparseAdamW step counts (host)':<34}{gib(self.unit_counts)}")
         if self.host:
