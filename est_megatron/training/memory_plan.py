@@ -434,12 +434,19 @@ def active_layers(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> i
 
 
 def zero3_gathered(model: ModelConfig, layout: Layout, parameters: int, counts: SubnetCounts) -> int:
-    """ZeRO-3's whole weights gathered during a step of `counts`: the layer it runs and the one it prefetches, and
-    with more than one rank the prefetch bucket (stage3_prefetch_bucket_size, which ds_configs set to the reduce
-    bucket) of weights fetched ahead, at most the weights the step runs (a layer the plan skips is never
-    gathered). Measured with tools/bench/memory.py: DeepSpeed releases a module's weights after use, also once it
-    has recorded the order modules run in; keeping every weight until the backward pass would be 3-4x this."""
+    """ZeRO-3's whole weights gathered during a step of `counts`. DeepSpeed records the order modules run in during
+    a step, and from the next step on, while the order repeats, keeps every gathered weight it will use again
+    within stage3_max_reuse_distance, up to stage3_max_live_parameters (both 1e9 by default): every weight the step
+    runs (a skipped layer is never gathered; sampled heads and columns come from the whole weight). A stage that
+    samples layers runs another order every step, so DeepSpeed releases each module's weights after use: the layer
+    it runs, the one it prefetches and a prefetch bucket (stage3_prefetch_bucket_size, which ds_configs set to the
+    reduce bucket). On one rank nothing is gathered from others: the running layers only."""
     layer = model.layer_parameters(layout.tp)
     runs = parameters - (model.num_layers // layout.pp - active_layers(model, layout, counts)) * layer
-    held = ZERO3_GATHER_LAYERS * layer + (layout.reduce_bucket if layout.dp > 1 else 0)
+    if layout.dp == 1:
+        held = ZERO3_GATHER_LAYERS * layer
+    elif counts.layers >= model.num_layers:
+        held = ZERO3_MAX_LIVE
+    else:
+        held = ZERO3_GATHER_LAYERS * layer + layout.reduce_bucket
     return min(runs, held, ZERO3_MAX_LIVE) * layout.weight_bytes

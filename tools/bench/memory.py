@@ -18,7 +18,8 @@ stage's peak is the high-water mark at its end, so stages run smallest first. Th
 figures, and beside each the peak est_megatron.training.memory_plan predicts for it (the planner behind
 tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured. A stage's
 prediction is the largest phase so far: the first stage's step is the run's first, before which the Adam moments do
-not exist.
+not exist. Keep --steps at 2 or more: ZeRO-3 records the order modules run in during a stage's first step and only
+from the second on keeps gathered weights for the backward pass, as training does.
 """
 from __future__ import annotations
 
