@@ -38,3 +38,13 @@ def test_blocks_freed_inside_go_back_to_the_os():
         assert inside < 24 * MIB, f"{inside / MIB:.0f} MiB stayed resident after 24 blocks of 8 MiB were freed"
     finally:
         libc.mallopt(host_heap.M_MMAP_THRESHOLD, host_heap.SETTLED_MMAP)
+
+
+def test_a_run_started_with_glibc_thresholds_keeps_them(monkeypatch):
+    """tools/bench/memory.py starts its workers with MALLOC_MMAP_THRESHOLD_ (live memory); leaving
+    `large_frees_returned` must restore that, not the settled 32 MiB. What is not a number glibc ignores, as do we."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(MIB))
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert host_heap.settled_thresholds() == (MIB, host_heap.SETTLED_TRIM)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1M")
+    assert host_heap.settled_thresholds() == (host_heap.SETTLED_MMAP, host_heap.SETTLED_TRIM)
