@@ -6,8 +6,9 @@ GPU's allocated-bytes counter counts (on the CPU, tools/bench/memory.py has glib
 or more, so that its RSS counts the same):
 
 - weights: w P, or w P / N under ZeRO-3 plus the gathered weights: ZeRO-3 gathers a module's weights when it
-  runs and (stage3_max_reuse_distance 0 in ds_configs) releases them after use: the layer it runs, the one it
-  prefetches and a prefetch bucket (`zero3_gathered`);
+  runs and keeps them for the backward pass (below stage3_max_live_parameters, 1e9) once it has recorded the
+  order the modules run in, from a step's second repetition on; a stage that samples layers runs another order
+  every step, so DeepSpeed releases each module's weights after use: the layer it runs and the one it prefetches;
 - gradients: w P (ZeRO-0), w P / N (ZeRO-1/2: DeepSpeed reduces each bucket as it fills and keeps this rank's
   partition; ZeRO-3: its flat partition buffer), and the reduce bucket of reduce_bucket_size elements (ZeRO-1/2
   allocate it each backward pass; ZeRO-3 keeps one, and while it reduces adds the full-size gradients waiting for it
@@ -56,6 +57,7 @@ FP32, INT64 = 4, 8
 ZERO3_GATHER_LAYERS = 2  # ZeRO-3 releasing each module after use: the layer it runs and the one it prefetches
 INIT_PARTS = 1.5  # the seeded initialisation's transient, in parts of the model (plan_memory)
 ZERO3_BUCKETS = 3  # ZeRO-3 reducing: its reduce bucket, the full-size gradients waiting for it, the flat copy
+ZERO3_MAX_LIVE = 1_000_000_000  # elements: DeepSpeed's stage3_max_live_parameters and max_reuse_distance defaults
 DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set reduce_bucket_size
 # The fixed runtime overhead per rank when not given: a CUDA context, NCCL buffers and allocator slack (an
 # assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
@@ -432,13 +434,19 @@ def active_layers(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> i
 
 
 def zero3_gathered(model: ModelConfig, layout: Layout, parameters: int, counts: SubnetCounts) -> int:
-    """ZeRO-3's whole weights gathered during a step of `counts`. ds_configs/zero3*.json set
-    stage3_max_reuse_distance to 0, so DeepSpeed releases each module's gathered weights after use and gathers them
-    again for the backward pass (the ZeRO paper's 3x communication): the layer it runs, the one it prefetches and,
-    with several ranks, a prefetch bucket (stage3_prefetch_bucket_size, set to the reduce bucket), at most the
-    weights the step runs (a layer the plan skips is never gathered). DeepSpeed's default reuse distance (1e9)
-    would keep every weight for the backward pass, not 1/N of them."""
+    """ZeRO-3's whole weights gathered during a step of `counts`. DeepSpeed records the order modules run in during
+    a step, and from the next step on, while the order repeats, keeps every gathered weight it will use again
+    within stage3_max_reuse_distance, up to stage3_max_live_parameters (both 1e9 by default): every weight the step
+    runs (a skipped layer is never gathered; sampled heads and columns come from the whole weight). A stage that
+    samples layers runs another order every step, so DeepSpeed releases each module's weights after use: the layer
+    it runs, the one it prefetches and a prefetch bucket (stage3_prefetch_bucket_size, which ds_configs set to the
+    reduce bucket). On one rank nothing is gathered from others: the running layers only."""
     layer = model.layer_parameters(layout.tp)
     runs = parameters - (model.num_layers // layout.pp - active_layers(model, layout, counts)) * layer
-    held = ZERO3_GATHER_LAYERS * layer + (layout.reduce_bucket if layout.dp > 1 else 0)
-    return min(runs, held) * layout.weight_bytes
+    if layout.dp == 1:
+        held = ZERO3_GATHER_LAYERS * layer
+    elif counts.layers >= model.num_layers:
+        held = ZERO3_MAX_LIVE
+    else:
+        held = ZERO3_GATHER_LAYERS * layer + layout.reduce_bucket
+    return min(runs, held, ZERO3_MAX_LIVE) * layout.weight_bytes
