@@ -32,10 +32,10 @@ import sys
 import tempfile
 from types import SimpleNamespace
 
+from est_megatron import host_heap
 from est_megatron.help_format import HelpFormatter
 from est_megatron.training.arguments import DS_CONFIG_DIR
 
-LIVE_MMAP_THRESHOLD = 1 << 20  # bytes: glibc maps blocks this large on their own and unmaps them when freed
 STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
 GIB = 2 ** 30
 
@@ -83,7 +83,6 @@ def worker(args) -> None:
     from est_megatron.model.recompute import Recompute
     from est_megatron.parallel.state import initialize_model_parallel
     import deepspeed
-    from est_megatron import host_heap
     from est_megatron.config import SubnetConfig
     from est_megatron.parallel.build import build_model
     from est_megatron.subnet.plan import PlanSampler
@@ -155,7 +154,7 @@ def run(args, zero: int, nproc: int) -> list:
                 if k in WORKER_FLAGS and v is not None]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         if not args.glibc_heap:
-            env["MALLOC_MMAP_THRESHOLD_"] = str(LIVE_MMAP_THRESHOLD)
+            env["MALLOC_MMAP_THRESHOLD_"] = str(host_heap.RETURNED_BLOCK)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"ZeRO-{zero} on {nproc} processes failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
