@@ -31,7 +31,8 @@ from est_megatron.tensor_parallel.sharding import shard  # noqa: E402
 from reference_training import decay_groups, trained_masks  # noqa: E402
 from est_megatron.training.distributed import init_distributed, teardown  # noqa: E402
 from est_megatron.training.zero3_grads import clear_stale_zero3_grads  # noqa: E402
-from est_megatron.training.optim import bind_sparse_optimizer, build_optimizer, load_ds_config  # noqa: E402
+from est_megatron.training.optim import (bind_sparse_optimizer, build_optimizer, load_ds_config,  # noqa: E402
+                                         resolve_zero3_auto)
 
 SEED, SEQ, MICRO, GLOBAL = 11, 16, 2, 4
 
@@ -98,7 +99,8 @@ def main():
     masks, after_1, after_2 = reference(cfg, all_batches, plan)
 
     opts = options()
-    ds_config = load_ds_config(os.path.join(REPO, "ds_configs", f"zero{args.zero}.json"), opts, dp_size, False)
+    ds_config = resolve_zero3_auto(load_ds_config(os.path.join(REPO, "ds_configs", f"zero{args.zero}.json"), opts,
+                                                  dp_size, False), cfg, args.tp)
     model, plans = build_model(cfg, layout, SEED, subnet, args.zero, ds_config=ds_config)
     optimizer = build_optimizer(model, opts)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,

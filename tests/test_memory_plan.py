@@ -1,12 +1,14 @@
 """tools/memory_plan.py's accounting: parameters and model states in closed form, and activations against the
 tensors autograd really saves (counted with saved-tensor hooks) for dense and EST plans, with and without
 recompute."""
+import json
 import math
+import os
 
 import pytest
 import torch
 
-from data_fixtures import load_tool
+from data_fixtures import REPO, load_tool
 from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.errors import UsageError
 from est_megatron.model.recompute import Recompute
@@ -15,7 +17,8 @@ from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.training.memory_plan import (FP32, GIB, Layout, activation_plan, plan_memory,
-                                               stage_counts, stage_parameters)
+                                               stage_counts, stage_parameters, zero3_retained)
+from est_megatron.training.optim import resolve_zero3_auto
 
 tool = load_tool("tools/memory_plan.py")
 
@@ -60,13 +63,37 @@ def test_model_states_in_closed_form():
         assert plan.gradients == part * w  # ZeRO-1 reduces bucket by bucket into the partition, as ZeRO-2
         bucket = min(50_000_000, p) * w  # on the CPU a bucket is resident where gradients are written
         assert plan.reduce_buffer == (3 if zero == 3 else 1) * bucket
-        assert plan.gathered == (0 if zero < 3 else p * w if dp > 1 else 2 * cfg.layer_parameters() * w)
+        # ZeRO-3 on several ranks: the running weight (the largest, the output projection) and two layers' worth
+        # prefetched (ds_configs/zero3.json's "auto" budget); on one rank the running layers.
+        two_layers = 2 * cfg.layer_parameters()
+        held = cfg.vocab_size * cfg.hidden_size + two_layers if dp > 1 else two_layers
+        assert plan.gathered == (0 if zero < 3 else min(p, held) * w)
     offload = plan_memory(cfg, Layout(dp=4, zero=3, offload_optimizer=True, offload_params=True, seq_length=64),
                           overhead_bytes=0)
     assert offload.weights == 0 and offload.host == (4 + 8 + 4) * math.ceil(p / 4) + 2 * math.ceil(p / 4)
     phases = offload.phases("dense")
     # The optimizer lives on the host; ZeRO-3 keeps its gradient partition and its reduce bucket.
     assert phases["step"] == offload.gradients + offload.reduce_buffer // 3
+
+
+def test_zero3_retention_follows_the_deepspeed_config():
+    """What ZeRO-3 may keep gathered: DeepSpeed's defaults keep the whole model below 1e9 parameters, the shipped
+    "auto" two layers, and without prefetching only what the reuse distance keeps."""
+    cfg = small("llama")
+    config = {"zero_optimization": {"stage": 3, "stage3_max_live_parameters": "auto",
+                                    "stage3_max_reuse_distance": "auto"}}
+    resolved = resolve_zero3_auto(config, cfg)["zero_optimization"]
+    assert resolved["stage3_max_live_parameters"] == resolved["stage3_max_reuse_distance"] == \
+        2 * cfg.layer_parameters() == zero3_retained(resolved)
+    assert config["zero_optimization"]["stage3_max_live_parameters"] == "auto"  # the loaded config is not changed
+    assert zero3_retained({}) == 10 ** 9
+    assert zero3_retained({"stage3_prefetch_bucket_size": 0, "stage3_max_reuse_distance": 5}) == 5
+    with open(os.path.join(REPO, "ds_configs", "zero3.json")) as f:
+        assert zero3_retained(resolve_zero3_auto(json.load(f), cfg, tp=2)["zero_optimization"]) == \
+            2 * cfg.layer_parameters(2)
+    p = cfg.num_parameters()
+    everything = plan_memory(cfg, Layout(dp=2, zero=3, zero3_retained=10 ** 9, seq_length=64))
+    assert everything.gathered == p * 2
 
 
 def autograd_saved_bytes(model, ids, labels, plan):

@@ -26,7 +26,7 @@ from est_megatron.tensor_parallel.layout import validate_layout
 from est_megatron.tensor_parallel.mappings import group_size_rank
 from est_megatron.tensor_parallel.plan_localization import PlanHolder
 from est_megatron.tensor_parallel.sharding import mark_tensor_parallel
-from est_megatron.tensor_parallel.vocab_parallel import (VocabParallelEmbedding, parallel_logits,
+from est_megatron.tensor_parallel.vocab_parallel import (OutputProjection, VocabParallelEmbedding,
                                                          vocab_parallel_cross_entropy, vocab_range)
 
 
@@ -51,6 +51,7 @@ class Transformer(nn.Module):
         self.final_norm = build_norm(config)
         start, end = vocab_range(config.vocab_size, tp_rank, tp_size)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, end - start, bias=False)
+        self.output_projection = OutputProjection(self.embed if self.lm_head is None else self.lm_head, tp_group)
         self.step_plan = PlanHolder(config, tp_rank, tp_size)  # the step's plan, localised to this rank
         mark_tensor_parallel(self.named_parameters(), tp_size)
         if seed is not None:
@@ -73,7 +74,7 @@ class Transformer(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
-        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return self.output_projection.weight_owner.weight
 
     def forward(self, input_ids: torch.Tensor, plan: Optional[StepPlan] = None,
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -92,7 +93,7 @@ class Transformer(nn.Module):
             if layer_plan is not None and not layer_plan.active:
                 continue  # eq. 7: a skipped layer is the identity
             x = layer(x, layer_plan)
-        logits = parallel_logits(self.final_norm(x), self.output_weight, self.tp_group)
+        logits = self.output_projection(self.final_norm(x))
         if labels is None:
             return logits
         if self.tp_group is None:

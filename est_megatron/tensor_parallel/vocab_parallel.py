@@ -52,6 +52,21 @@ def parallel_logits(x: torch.Tensor, weight: torch.Tensor, group: Optional[dist.
     return F.linear(copy_to_tensor_parallel_region(x, group), weight)
 
 
+class OutputProjection(nn.Module):
+    """`parallel_logits` with the weight of `weight_owner` (the output layer, or the tied embedding), as a module of
+    its own: ZeRO-3 gathers a weight for the module whose forward reads it, so read by the model's own forward it
+    would stay gathered for the whole forward pass and count against stage3_max_live_parameters, which stops the
+    prefetching of the layers."""
+
+    def __init__(self, weight_owner: nn.Module, group: Optional[dist.ProcessGroup] = None):
+        super().__init__()
+        self.__dict__["weight_owner"] = weight_owner  # not a submodule: the weight keeps its one name
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return parallel_logits(x, self.weight_owner.weight, self.group)
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy over logits split along the vocabulary (Megatron's algorithm, fp32)."""
 

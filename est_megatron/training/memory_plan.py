@@ -5,10 +5,11 @@ pipeline splitting, N = data-parallel size, w = 2 bytes under bf16 else 4). The 
 GPU's allocated-bytes counter counts (on the CPU, tools/bench/memory.py has glibc return every freed block of 1 MiB
 or more, so that its RSS counts the same):
 
-- weights: w P, or w P / N under ZeRO-3 plus the gathered weights: ZeRO-3 gathers a module's weights when it
-  runs and keeps them for the backward pass (below stage3_max_live_parameters, 1e9) once it has recorded the
-  order the modules run in, from a step's second repetition on; a stage that samples layers runs another order
-  every step, so DeepSpeed releases each module's weights after use: the layer it runs and the one it prefetches;
+- weights: w P, or w P / N under ZeRO-3 plus the gathered weights: the module that runs, and, once DeepSpeed has
+  recorded the order the modules run in (from a step's second repetition on), what its prefetcher gathers ahead
+  and keeps for the backward pass, up to stage3_max_live_parameters (ds_configs/zero3.json: two layers) or
+  stage3_max_reuse_distance (`zero3_retained`); a stage that samples layers runs another order every step, and
+  DeepSpeed releases each module's weights after use;
 - gradients: w P (ZeRO-0), w P / N (ZeRO-1/2: DeepSpeed reduces each bucket as it fills and keeps this rank's
   partition; ZeRO-3: its flat partition buffer), and the reduce bucket of reduce_bucket_size elements (ZeRO-1/2
   allocate it each backward pass; ZeRO-3 keeps one, and while it reduces adds the full-size gradients waiting for it
@@ -51,13 +52,16 @@ from est_megatron.errors import UsageError
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.training.optim import zero3_live_budget
 
 GIB = 2 ** 30
 FP32, INT64 = 4, 8
-ZERO3_GATHER_LAYERS = 2  # ZeRO-3 releasing each module after use: the layer it runs and the one it prefetches
+ZERO3_ONE_RANK_LAYERS = 2  # ZeRO-3 on one rank: the layer that runs and the one prefetched
 INIT_PARTS = 1.5  # the seeded initialisation's transient, in parts of the model (plan_memory)
 ZERO3_BUCKETS = 3  # ZeRO-3 reducing: its reduce bucket, the full-size gradients waiting for it, the flat copy
-ZERO3_MAX_LIVE = 1_000_000_000  # elements: DeepSpeed's stage3_max_live_parameters and max_reuse_distance defaults
+# DeepSpeed's defaults (elements) for the ZeRO-3 keys a config leaves out
+ZERO3_DEFAULTS = {"stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
+                  "stage3_prefetch_bucket_size": 50_000_000}
 DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set reduce_bucket_size
 # The fixed runtime overhead per rank when not given: a CUDA context, NCCL buffers and allocator slack (an
 # assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
@@ -86,6 +90,7 @@ class Layout:
     micro_batches: int = 1  # per optimizer step on each data-parallel rank (gradient accumulation)
     sparse_optimizer: bool = False  # SparseAdamW (EST): per-row/column step counts
     reduce_bucket: int = DEFAULT_REDUCE_BUCKET
+    zero3_retained: Optional[int] = None  # elements ZeRO-3 may keep gathered (zero3_retained; None: the shipped auto)
 
     def check(self, model: ModelConfig) -> "Layout":
         for name in ("tp", "pp", "dp", "micro_batch_size", "seq_length", "micro_batches"):
@@ -377,9 +382,8 @@ def zero3_hook_transient(model: ModelConfig, layout: Layout, device: str) -> int
     full size) and partitioning it again: the all-gather's output and the weight made from it, two copies of the
     largest weight at once (the launcher has glibc return each freed one on the CPU, est_megatron.host_heap), beside
     the reduce bucket allocated just before (on the CPU `torch.empty`, not resident until written)."""
-    largest = max(math.ceil(model.vocab_size / layout.tp), model.qkv_rows // layout.tp,
-                  model.up_rows // layout.tp) * model.hidden_size
-    return 2 * largest * layout.weight_bytes + (layout.reduce_bucket * layout.weight_bytes if device == "cuda" else 0)
+    bucket = layout.reduce_bucket if device == "cuda" else 0
+    return (2 * largest_weight(model, layout.tp) + bucket) * layout.weight_bytes
 
 
 def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[str, SubnetCounts]]] = None,
@@ -433,20 +437,35 @@ def active_layers(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> i
     return max(1, round(counts.layers / layout.pp)) if counts.layers < model.num_layers else layers_here
 
 
+def zero3_retained(zero_optimization: dict) -> int:
+    """Elements ZeRO-3 may keep gathered besides the module that runs, from a resolved config's zero_optimization
+    section (DeepSpeed's defaults for missing keys): its prefetcher gathers ahead of the forward pass until
+    stage3_max_live_parameters are gathered (when stage3_prefetch_bucket_size is not 0) and marks what it passes
+    for the backward pass, and a weight used again within stage3_max_reuse_distance is not released."""
+    get = lambda key: int(zero_optimization.get(key, ZERO3_DEFAULTS[key]))  # noqa: E731
+    live = get("stage3_max_live_parameters") if get("stage3_prefetch_bucket_size") > 0 else 0
+    return max(live, get("stage3_max_reuse_distance"))
+
+
+def largest_weight(model: ModelConfig, tp: int = 1) -> int:
+    """Elements of the largest weight on one TP rank: the output (or embedding) matrix, QKV or [gate; up]."""
+    return max(math.ceil(model.vocab_size / tp), model.qkv_rows // tp, model.up_rows // tp) * model.hidden_size
+
+
 def zero3_gathered(model: ModelConfig, layout: Layout, parameters: int, counts: SubnetCounts) -> int:
-    """ZeRO-3's whole weights gathered during a step of `counts`. DeepSpeed records the order modules run in during
-    a step, and from the next step on, while the order repeats, keeps every gathered weight it will use again
-    within stage3_max_reuse_distance, up to stage3_max_live_parameters (both 1e9 by default): every weight the step
-    runs (a skipped layer is never gathered; sampled heads and columns come from the whole weight). A stage that
-    samples layers runs another order every step, so DeepSpeed releases each module's weights after use: the layer
-    it runs, the one it prefetches and a prefetch bucket (stage3_prefetch_bucket_size, which ds_configs set to the
-    reduce bucket). On one rank nothing is gathered from others: the running layers only."""
+    """ZeRO-3's whole weights gathered during a step of `counts` (a skipped layer is never gathered; sampled heads
+    and columns come from the whole weight). Once DeepSpeed has recorded the order the modules run in, which
+    repeats while every layer runs, it keeps up to `zero3_retained` elements gathered besides the module that runs
+    (the largest weight: the output projection, at the start of the backward pass); a stage that samples layers
+    runs another order every step, and DeepSpeed releases each module's weights after use. On one rank nothing is
+    gathered from others: the running layers only."""
     layer = model.layer_parameters(layout.tp)
     runs = parameters - (model.num_layers // layout.pp - active_layers(model, layout, counts)) * layer
     if layout.dp == 1:
-        held = ZERO3_GATHER_LAYERS * layer
-    elif counts.layers >= model.num_layers:
-        held = ZERO3_MAX_LIVE
+        held = ZERO3_ONE_RANK_LAYERS * layer
     else:
-        held = ZERO3_GATHER_LAYERS * layer + layout.reduce_bucket
-    return min(runs, held, ZERO3_MAX_LIVE) * layout.weight_bytes
+        retained = layout.zero3_retained
+        if retained is None:
+            retained = zero3_live_budget(model, layout.tp)
+        held = largest_weight(model, layout.tp) + (retained if counts.layers >= model.num_layers else 0)
+    return min(runs, held) * layout.weight_bytes

@@ -134,5 +134,29 @@ def load_ds_config(path: str, args, dp_size: int, precision: str) -> dict:
     return config
 
 
+ZERO3_AUTO_KEYS = ("stage3_max_live_parameters", "stage3_max_reuse_distance")
+
+
+def zero3_live_budget(model, tp: int = 1) -> int:
+    """ZeRO-3's "auto" stage3_max_live_parameters and stage3_max_reuse_distance (elements): two layers' weights on
+    one TP rank, the layer that runs and the one prefetched. DeepSpeed's default, 1e9, is the whole model below a
+    billion parameters: its prefetcher, which runs ahead of the forward pass until that many weights are gathered,
+    then marks the weights it passes for their backward use, and they stay gathered; a rank held every weight."""
+    return 2 * model.layer_parameters(tp)
+
+
+def resolve_zero3_auto(config: dict, model, tp: int = 1) -> dict:
+    """`config` with each "auto" of ZERO3_AUTO_KEYS replaced by `zero3_live_budget` (ds_configs/zero3*.json use it;
+    DeepSpeed itself takes numbers only)."""
+    zero = config.get("zero_optimization", {})
+    auto = [key for key in ZERO3_AUTO_KEYS if zero.get(key) == "auto"]
+    if not auto:
+        return config
+    config = copy.deepcopy(config)
+    for key in auto:
+        config["zero_optimization"][key] = zero3_live_budget(model, tp)
+    return config
+
+
 def zero_stage(config: dict) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))

@@ -42,7 +42,7 @@ from est_megatron.training.methods import MethodContext, build_method, subnet_co
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
 from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer,
-                                         describe_lr_schedule, load_ds_config, zero_stage)
+                                         describe_lr_schedule, load_ds_config, resolve_zero3_auto, zero_stage)
 from est_megatron.training.preflight import check_directories, checkpoint_bytes
 from est_megatron.training.resume import check_resume
 from est_megatron.training.sparse_adamw import SparseAdamW
@@ -142,6 +142,7 @@ class Trainer:
         check_directories([("--save", args.save, checkpoint_bytes(self.model_cfg.num_parameters())),
                            ("--log-dir", args.log_dir if self.rank == 0 else None, 0)])
         torch.manual_seed(args.seed)
+        ds_config = resolve_zero3_auto(ds_config, self.model_cfg, tp)
         model, pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
                                         full_state, Recompute.from_args(args), ds_config)
         self.pipe_step_plan = pipe_step_plan if pp > 1 else None

@@ -19,7 +19,13 @@ figures, and beside each the peak est_megatron.training.memory_plan predicts for
 tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured. A stage's
 prediction is the largest phase so far: the first stage's step is the run's first, before which the Adam moments do
 not exist. Keep --steps at 2 or more: ZeRO-3 records the order modules run in during a stage's first step and only
-from the second on keeps gathered weights for the backward pass, as training does.
+from the second on prefetches and keeps gathered weights for the backward pass, as training does.
+
+Under ZeRO-3 a last line checks the rank's peak against the bound 1/N of the model states + activations + a fixed
+runtime overhead, whose terms it prints: the runtime baseline and the two buffers the DeepSpeed config sizes (the
+reduce buckets, and the gathered weights: the running one and the stage3_max_live_parameters budget, two layers
+with ds_configs/zero3.json's "auto"). --ds-config measures another config (e.g. DeepSpeed's defaults for the
+stage3_* keys) and plans with its sizes.
 """
 from __future__ import annotations
 
@@ -33,11 +39,13 @@ import tempfile
 from types import SimpleNamespace
 
 from est_megatron import host_heap
+from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.help_format import HelpFormatter
 from est_megatron.training.arguments import DS_CONFIG_DIR
 
 STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
 GIB = 2 ** 30
+DEEPSPEED_REDUCE_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size when a config leaves it out
 
 
 def peak_rss() -> int:
@@ -87,14 +95,15 @@ def worker(args) -> None:
     from est_megatron.parallel.build import build_model
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
-    from est_megatron.training.optim import build_optimizer, load_ds_config
+    from est_megatron.training.optim import build_optimizer, load_ds_config, resolve_zero3_auto
 
     state = initialize_model_parallel(1, 1, backend="gloo")
     dp = state.get_data_parallel_world_size()
     marks = {"baseline": peak_rss()}
     cfg = model_config(args)
     targs = train_args(args, dp)
-    ds_config = load_ds_config(os.path.join(DS_CONFIG_DIR, f"zero{args.zero}.json"), targs, dp, False)
+    ds_config = load_ds_config(config_path(args, args.zero), targs, dp, False)
+    ds_config = resolve_zero3_auto(ds_config, cfg)
     model, _ = build_model(cfg, state, 1234, zero_stage=args.zero, ds_config=ds_config,
                            recompute=Recompute.from_args(targs))
     marks["start-up"] = peak_rss()
@@ -123,26 +132,52 @@ def worker(args) -> None:
     dist.barrier()
 
 
-def predicted_peaks(args, cfg, zero: int, nproc: int, baseline: int) -> dict:
-    """The planner's high-water mark at the end of each measured phase (bytes), for fp32 on `nproc` ranks."""
+def config_path(args, zero: int) -> str:
+    return args.ds_config or os.path.join(DS_CONFIG_DIR, f"zero{zero}.json")
+
+
+def bench_plan(args, cfg, zero: int, nproc: int, baseline: int):
+    """The planner's MemoryPlan of a run: fp32 on `nproc` ranks, the buffer sizes of the DeepSpeed config it used,
+    the measured baseline as the fixed runtime overhead, one activation plan per measured stage."""
     from est_megatron.config import SubnetConfig
     from est_megatron.subnet.flops import SubnetCounts
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
-    from est_megatron.training.memory_plan import Layout, plan_memory
+    from est_megatron.training.memory_plan import Layout, plan_memory, zero3_retained
+    from est_megatron.training.optim import resolve_zero3_auto
     sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:1,1,1").resolve(1), 1234)
     stages = [(name, SubnetCounts.from_sampler(sampler, rates)) for name, rates in STAGES]
+    with open(config_path(args, zero)) as f:
+        zero_config = resolve_zero3_auto(json.load(f), cfg).get("zero_optimization", {})
     layout = Layout(dp=nproc, zero=zero, bf16=False, micro_batch_size=args.micro_batch_size,
-                    seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute)
-    plan = plan_memory(cfg, layout, stages, overhead_bytes=baseline, device="cpu")
+                    seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute,
+                    reduce_bucket=int(zero_config.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
+                    zero3_retained=zero3_retained(zero_config))
+    return plan_memory(cfg, layout, stages, overhead_bytes=baseline, device="cpu")
+
+
+def predicted_peaks(plan, steps: int) -> dict:
+    """The plan's high-water mark at the end of each measured phase (bytes)."""
     first = plan.phases(STAGES[0][0], first_step=True)
     peaks = {"start-up": first["start-up"], "initialize": max(first["start-up"], first["initialize"])}
     high = max(first.values())
     for index, (name, _) in enumerate(STAGES):
-        if index or args.steps > 1:  # a step after the run's first
+        if index or steps > 1:  # a step after the run's first
             high = max([high] + list(plan.phases(name).values()))
         peaks[name] = high
     return peaks
+
+
+def zero3_bound(plan) -> dict:
+    """The terms of ZeRO-3's per-rank bound (bytes): this rank's 1/N of the model states (weights, gradients, fp32
+    master weights, Adam moments), the largest stage's activations, and the fixed runtime overhead: the runtime
+    (the measured baseline) and two buffers whose size the DeepSpeed config sets, not the model's parameter count
+    or N: the reduce buckets (reduce_bucket_size) and the gathered weights (the running one and what
+    stage3_max_live_parameters lets the prefetcher keep)."""
+    terms = dict(states=plan.weights + plan.gradients + plan.master + plan.moments,
+                 activations=max(acts.peak for acts in plan.activations.values()), runtime=plan.overhead,
+                 reduce_buckets=plan.reduce_buffer, gathered=max(plan.stage_gathered.values()))
+    return dict(terms, bound=sum(terms.values()))
 
 
 def run(args, zero: int, nproc: int) -> list:
@@ -164,13 +199,32 @@ def run(args, zero: int, nproc: int) -> list:
 
 WORKER_FLAGS = ("model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                 "num_query_groups", "vocab_size", "seq_length", "micro_batch_size", "steps", "accumulation",
-                "threads", "recompute")
+                "threads", "recompute", "ds_config")
 
 
+def measured_stages(args) -> list:
+    """The ZeRO stages to run: --zero's, checked against the stage --ds-config sets."""
+    if not args.ds_config:
+        return [int(z) for z in (args.zero or "1,2,3").split(",")]
+    from est_megatron.training.optim import zero_stage
+    try:
+        with open(args.ds_config) as f:
+            stage = zero_stage(json.load(f))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"cannot read --ds-config {args.ds_config}: {err}; pass a DeepSpeed JSON file") from None
+    if args.zero not in (None, str(stage)):
+        raise UsageError(f"--ds-config {args.ds_config} sets ZeRO stage {stage} but --zero is {args.zero}; drop "
+                         "--zero or pass the matching stage")
+    return [stage]
+
+
+@exit_on_usage_error
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_shape_args(p)
-    p.add_argument("--zero", default="1,2,3", help="ZeRO stages to measure, comma-separated")
+    p.add_argument("--zero", help="ZeRO stages to measure, comma-separated (default: 1,2,3, or the stage of "
+                                  "--ds-config)")
+    p.add_argument("--ds-config", help="a DeepSpeed config to measure instead of ds_configs/zeroN.json")
     p.add_argument("--nproc", default="1,2", help="process counts to measure, comma-separated")
     p.add_argument("--steps", type=int, default=2, help="optimizer steps per stage")
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
@@ -187,6 +241,7 @@ def main(argv=None) -> int:
         args.zero = int(args.zero)
         worker(args)
         return 0
+    stages = measured_stages(args)
     cfg = model_config(args)
     print(f"model: {cfg.num_parameters():,} parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab "
           f"{cfg.vocab_size}), micro-batch {args.micro_batch_size} x seq {args.seq_length}, fp32 on CPU, "
@@ -195,17 +250,27 @@ def main(argv=None) -> int:
     print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak RSS GiB':>13} {'above baseline GiB':>19} "
           f"{'planned GiB':>12} {'planned/measured':>17}")
     results = []
-    for zero in (int(z) for z in args.zero.split(",")):
+    for zero in stages:
         for nproc in (int(n) for n in args.nproc.split(",")):
             marks = run(args, zero, nproc)
             baseline = max(rank["baseline"] for rank in marks)
-            planned = predicted_peaks(args, cfg, zero, nproc, baseline)
+            plan = bench_plan(args, cfg, zero, nproc, baseline)
+            planned = predicted_peaks(plan, args.steps)
             for phase in ("start-up", "initialize") + tuple(name for name, _ in STAGES):
                 measured = max(rank[phase] for rank in marks)
                 results.append(dict(zero=zero, nproc=nproc, phase=phase, peak_bytes=measured,
                                     baseline_bytes=baseline, planned_bytes=planned[phase]))
                 print(f"{zero:>4} {nproc:>5} {phase:>12} {measured / GIB:>13.3f} {(measured - baseline) / GIB:>19.3f} "
                       f"{planned[phase] / GIB:>12.3f} {planned[phase] / measured:>17.3f}", flush=True)
+            if zero == 3:
+                bound = zero3_bound(plan)
+                peak = max(rank[phase] for rank in marks for phase in rank)
+                results.append(dict(zero=zero, nproc=nproc, phase="zero3 bound", peak_bytes=peak, **bound))
+                print(f"{'':>11}ZeRO-3 bound: states / {nproc} {bound['states'] / GIB:.3f} + activations "
+                      f"{bound['activations'] / GIB:.3f} + fixed overhead (runtime {bound['runtime'] / GIB:.3f}, "
+                      f"reduce buckets {bound['reduce_buckets'] / GIB:.3f}, gathered weights "
+                      f"{bound['gathered'] / GIB:.3f}) = {bound['bound'] / GIB:.3f} GiB; peak {peak / GIB:.3f} GiB "
+                      f"= {peak / bound['bound']:.3f} x the bound", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
