@@ -223,3 +223,19 @@ def test_cuda_bf16_sampled_step_matches_reference(case):
         unsampled = torch.ones(cfg.ffn_hidden_size, dtype=torch.bool)
         unsampled[lp.mlp_columns] = False
         assert bool((down[unsampled.cuda()] == 0).all()), li
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_output_projection_runs_as_its_own_module(tied):
+    """The logits come from a module of their own that reads the output (or tied embedding) weight, so ZeRO-3
+    gathers that weight for the logits only; it adds no parameter and no state-dict entry."""
+    cfg = model_preset("tiny", tie_embeddings=tied)
+    model = Transformer(cfg, seed=0)
+    reads = []
+    model.output_projection.register_forward_hook(lambda module, args, out: reads.append(out.shape))
+    ids = torch.randint(0, cfg.vocab_size, (2, 8))
+    logits = model(ids)
+    assert reads == [logits.shape]
+    assert not list(model.output_projection.parameters())
+    assert not any(key.startswith("output_projection") for key in model.state_dict())
+    assert model.output_weight is (model.embed.weight if tied else model.lm_head.weight)

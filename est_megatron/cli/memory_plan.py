@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp32", action="store_true", help="fp32 weights and activations instead of bf16")
     g.add_argument("--reduce-bucket-size", type=int, default=DEFAULT_REDUCE_BUCKET,
                    help="DeepSpeed's reduce_bucket_size (elements)")
+    g.add_argument("--max-live-parameters", type=int,
+                   help="ZeRO-3's stage3_max_live_parameters (elements): what its prefetcher may keep gathered "
+                        "(default: two layers, the \"auto\" of ds_configs/zero3.json; DeepSpeed's own default is "
+                        "1e9)")
     g = p.add_argument_group("batch and recompute")
     g.add_argument("--micro-batch-size", type=int, default=1, help="sequences per micro-batch and GPU")
     g.add_argument("--seq-length", type=int, help="tokens per sequence (default: the model's context length)")
@@ -72,7 +76,7 @@ def main(argv=None) -> int:
                     recompute_num_layers=args.recompute_num_layers, micro_batch_size=args.micro_batch_size,
                     seq_length=args.seq_length or model.max_position_embeddings, micro_batches=args.micro_batches,
                     sparse_optimizer=not args.dense_optimizer and args.est_schedule != "dense",
-                    reduce_bucket=args.reduce_bucket_size)
+                    reduce_bucket=args.reduce_bucket_size, zero3_retained=args.max_live_parameters)
     if args.gpu_memory_gb <= 0:
         raise UsageError(f"--gpu-memory-gb {args.gpu_memory_gb:g} must be positive, e.g. 80")
     overhead = None if args.overhead_gb is None else int(args.overhead_gb * GIB)

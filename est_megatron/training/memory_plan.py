@@ -105,6 +105,8 @@ class Layout:
             raise UsageError("--offload-params needs --zero 3 (ZeRO-Infinity); add it or drop the flag")
         if self.offload_optimizer and self.zero == 0:
             raise UsageError("--offload-optimizer needs ZeRO (--zero 1, 2 or 3)")
+        if self.zero3_retained is not None and self.zero3_retained < 0:
+            raise UsageError(f"--max-live-parameters {self.zero3_retained} must not be negative")
         if self.recompute not in (None, "selective", "full"):
             raise UsageError(f"--recompute {self.recompute!r} is unknown; use selective or full")
         if self.recompute_num_layers is not None and self.recompute != "full":
