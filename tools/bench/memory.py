@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Peak host memory (RSS) per rank of DeepSpeed training under ZeRO-1/2/3 on 1 and 2 processes.
+"""Peak memory per rank of DeepSpeed training under ZeRO-1/2/3 on 1 and 2 processes: host RSS on the CPU, the CUDA
+allocator's peak on GPUs.
 
     python tools/bench/memory.py --zero 1,2,3 --nproc 1,2
     python tools/bench/memory.py --hidden-size 768 --num-layers 8 --zero 3 --nproc 2 --recompute full
@@ -14,7 +15,9 @@ would otherwise keep for reuse (--glibc-heap measures with those: more, by an am
 exceed glibc's 32 MiB threshold, that is on the shapes). Every rank reads its high-water RSS (getrusage ru_maxrss,
 which counts memory that glibc has since returned, so it is the true peak) after imports and process-group start
 (the runtime baseline), after the model is built (start-up), after `deepspeed.initialize` and after each stage; a
-stage's peak is the high-water mark at its end, so stages run smallest first. The table prints the largest rank's
+stage's peak is the high-water mark at its end, so stages run smallest first. With --device cuda (the default
+where torch sees a GPU) each process takes one GPU, NCCL and bf16, and reads torch.cuda.max_memory_allocated instead;
+the planner then counts whole reduce buckets and bf16 weights. The table prints the largest rank's
 figures, and beside each the peak est_megatron.training.memory_plan predicts for it (the planner behind
 tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured. A stage's
 prediction is the largest phase so far: the first stage's step is the run's first, before which the Adam moments do
@@ -83,11 +86,22 @@ def train_args(args, dp_size: int) -> SimpleNamespace:
                            recompute_num_layers=None)
 
 
+def peak_bytes(cuda: bool) -> int:
+    """The high-water mark the bench reads: this rank's peak CUDA allocation on a GPU, its peak RSS on the CPU."""
+    if cuda:
+        import torch
+        return torch.cuda.max_memory_allocated()
+    return peak_rss()
+
+
 def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     from est_megatron.model.recompute import Recompute
     from est_megatron.parallel.state import initialize_model_parallel
     import deepspeed
@@ -97,20 +111,22 @@ def worker(args) -> None:
     from est_megatron.subnet.schedule import parse_schedule
     from est_megatron.training.optim import build_optimizer, load_ds_config, resolve_zero3_auto
 
-    state = initialize_model_parallel(1, 1, backend="gloo")
+    state = initialize_model_parallel(1, 1, backend="nccl" if cuda else "gloo")
     dp = state.get_data_parallel_world_size()
-    marks = {"baseline": peak_rss()}
+    marks = {"baseline": peak_bytes(cuda)}
     cfg = model_config(args)
     targs = train_args(args, dp)
-    ds_config = load_ds_config(config_path(args, args.zero), targs, dp, False)
+    ds_config = load_ds_config(config_path(args, args.zero), targs, dp, "bf16" if cuda else "fp32")
     ds_config = resolve_zero3_auto(ds_config, cfg)
     model, _ = build_model(cfg, state, 1234, zero_stage=args.zero, ds_config=ds_config,
                            recompute=Recompute.from_args(targs))
-    marks["start-up"] = peak_rss()
+    if cuda and args.zero != 3:  # ZeRO-3 builds on the GPU (deepspeed.zero.Init); the others as training does
+        model.cuda()
+    marks["start-up"] = peak_bytes(cuda)
     with host_heap.large_frees_returned(args.zero == 3):  # as training does
         engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, targs), config=ds_config,
                                           mpu=state)
-    marks["initialize"] = peak_rss()
+    marks["initialize"] = peak_bytes(cuda)
     gen = torch.Generator().manual_seed(dist.get_rank())
     for name, rates in STAGES:
         sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:{},{},{}".format(*rates)).resolve(1), 1234)
@@ -119,11 +135,12 @@ def worker(args) -> None:
             if args.zero == 3:
                 engine.optimizer.grad_partitions_flat_buffer.zero_()
             for _ in range(args.accumulation):
-                tokens = torch.randint(0, cfg.vocab_size, (args.micro_batch_size, args.seq_length + 1), generator=gen)
+                tokens = torch.randint(0, cfg.vocab_size, (args.micro_batch_size, args.seq_length + 1),
+                                       generator=gen).to(engine.device)
                 loss = engine(tokens[:, :-1], plan=plan, labels=tokens[:, 1:])
                 engine.backward(loss)
                 engine.step()
-        marks[name] = peak_rss()
+        marks[name] = peak_bytes(cuda)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, marks)
     if dist.get_rank() == 0:
@@ -149,11 +166,11 @@ def bench_plan(args, cfg, zero: int, nproc: int, baseline: int):
     stages = [(name, SubnetCounts.from_sampler(sampler, rates)) for name, rates in STAGES]
     with open(config_path(args, zero)) as f:
         zero_config = resolve_zero3_auto(json.load(f), cfg).get("zero_optimization", {})
-    layout = Layout(dp=nproc, zero=zero, bf16=False, micro_batch_size=args.micro_batch_size,
+    layout = Layout(dp=nproc, zero=zero, bf16=args.device == "cuda", micro_batch_size=args.micro_batch_size,
                     seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute,
                     reduce_bucket=int(zero_config.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
                     zero3_retained=zero3_retained(zero_config))
-    return plan_memory(cfg, layout, stages, overhead_bytes=baseline, device="cpu")
+    return plan_memory(cfg, layout, stages, overhead_bytes=baseline, device=args.device)
 
 
 def predicted_peaks(plan, steps: int) -> dict:
@@ -188,7 +205,7 @@ def run(args, zero: int, nproc: int) -> list:
         cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k in WORKER_FLAGS and v is not None]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        if not args.glibc_heap:
+        if not args.glibc_heap and args.device == "cpu":
             env["MALLOC_MMAP_THRESHOLD_"] = str(host_heap.RETURNED_BLOCK)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -199,7 +216,7 @@ def run(args, zero: int, nproc: int) -> list:
 
 WORKER_FLAGS = ("model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                 "num_query_groups", "vocab_size", "seq_length", "micro_batch_size", "steps", "accumulation",
-                "threads", "recompute", "ds_config")
+                "threads", "recompute", "ds_config", "device")
 
 
 def measured_stages(args) -> list:
@@ -230,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--recompute", choices=("selective", "full"), default=None, help="activation recompute")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="cpu: gloo, fp32, peak RSS; cuda: one GPU per process, NCCL, bf16, peak CUDA allocation "
+                        "(default: cuda where torch sees a GPU)")
     p.add_argument("--glibc-heap", action="store_true",
                    help="keep glibc's own heap thresholds: RSS then adds the freed blocks the heap keeps, which the "
                         "plan (live tensors) leaves out")
@@ -243,11 +263,15 @@ def main(argv=None) -> int:
         return 0
     stages = measured_stages(args)
     cfg = model_config(args)
+    if args.device is None:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    measured = ("bf16 on CUDA, peak allocated" if args.device == "cuda" else "fp32 on CPU, " + (
+        "glibc's own heap thresholds" if args.glibc_heap else "freed blocks of 1 MiB or more returned (live)"))
     print(f"model: {cfg.num_parameters():,} parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab "
-          f"{cfg.vocab_size}), micro-batch {args.micro_batch_size} x seq {args.seq_length}, fp32 on CPU, "
-          f"recompute {args.recompute or 'none'}, "
-          + ("glibc's own heap thresholds" if args.glibc_heap else "freed blocks of 1 MiB or more returned (live)"))
-    print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak RSS GiB':>13} {'above baseline GiB':>19} "
+          f"{cfg.vocab_size}), micro-batch {args.micro_batch_size} x seq {args.seq_length}, recompute "
+          f"{args.recompute or 'none'}, {measured}")
+    print(f"{'ZeRO':>4} {'procs':>5} {'phase':>12} {'peak GiB':>13} {'above baseline GiB':>19} "
           f"{'planned GiB':>12} {'planned/measured':>17}")
     results = []
     for zero in stages:
