@@ -87,6 +87,8 @@ def test_zero3_retention_follows_the_deepspeed_config():
         2 * cfg.layer_parameters() == zero3_retained(resolved)
     assert config["zero_optimization"]["stage3_max_live_parameters"] == "auto"  # the loaded config is not changed
     assert zero3_retained({}) == 10 ** 9
+    with pytest.raises(UsageError, match="zero_optimization.reduce_bucket_size"):
+        resolve_zero3_auto({"zero_optimization": {"reduce_bucket_size": "auto"}}, cfg)
     assert zero3_retained({"stage3_prefetch_bucket_size": 0, "stage3_max_reuse_distance": 5}) == 5
     with open(os.path.join(REPO, "ds_configs", "zero3.json")) as f:
         assert zero3_retained(resolve_zero3_auto(json.load(f), cfg, tp=2)["zero_optimization"]) == \

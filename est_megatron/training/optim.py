@@ -150,12 +150,23 @@ def resolve_zero3_auto(config: dict, model, tp: int = 1) -> dict:
     DeepSpeed itself takes numbers only)."""
     zero = config.get("zero_optimization", {})
     auto = [key for key in ZERO3_AUTO_KEYS if zero.get(key) == "auto"]
-    if not auto:
-        return config
     config = copy.deepcopy(config)
     for key in auto:
         config["zero_optimization"][key] = zero3_live_budget(model, tp)
+    left = [key for key, value in _flat_items(config) if value == "auto"]
+    if left:
+        raise UsageError(f"the DeepSpeed config (--ds_config) sets {', '.join(left)} to \"auto\", which only the "
+                         f"batch sizes and {' and '.join(ZERO3_AUTO_KEYS)} take here; give a number")
     return config
+
+
+def _flat_items(config: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf of a nested config."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
 
 
 def zero_stage(config: dict) -> int:

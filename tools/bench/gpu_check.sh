@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one script (a lent GPU's time is short): the CUDA tests, the TinyLlama
-# step benchmark (dense MFU, EST stage speedups, the optimizer steps side by side, paper Tables 8/9), and short
-# launcher runs on the demo corpus (EST with the sparse optimizer, dense with torch's fused AdamW).
+# step benchmark (dense MFU, EST stage speedups, the optimizer steps side by side, paper Tables 8/9), the memory
+# benchmark's CUDA path (peak allocation against the planner, ZeRO-2 and ZeRO-3 on one GPU), and short launcher
+# runs on the demo corpus (EST with the sparse optimizer, dense with torch's fused AdamW).
 #   bash tools/bench/gpu_check.sh OUTDIR      (needs est_megatron and DeepSpeed importable)
 set -u
 out=${1:?usage: bash tools/bench/gpu_check.sh OUTDIR}
@@ -19,6 +20,9 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_sparse_o
 step "step speed: tinyllama-1.1b, sequence 2048, micro-batch 8, bf16"
 timeout 240 python3 tools/bench/step_speed.py --model tinyllama-1.1b --seq-length 2048 --micro-batch-size 8 \
     --device cuda --reps 3 --warmup 1 --modules --json "$out/step_speed.json"
+
+step "memory: the bench's 200M model, ZeRO-2 and ZeRO-3, one GPU, bf16"
+timeout 150 python3 tools/bench/memory.py --device cuda --zero 2,3 --nproc 1 --json "$out/memory.json"
 
 step "demo: EST (tinyllama schedule, sparse AdamW), one GPU"
 demo=/tmp/gpu_check_demo
