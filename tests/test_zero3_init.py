@@ -31,6 +31,7 @@ def worker(args):
     from est_megatron.subnet.broadcast import broadcast_plan
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
+    from est_megatron.training.distributed import teardown
 
     torch.set_num_threads(1)
     state = initialize_model_parallel(1, 1, backend="gloo")
@@ -69,6 +70,7 @@ def worker(args):
         with open(args.out, "w") as f:
             json.dump({"same_start": same_start, "losses": losses, "local_numel": local,
                        "full_numel": {n: t.numel() for n, t in reference.items()}}, f)
+    teardown(engine)  # exiting with live gloo groups can abort ("terminate called without an active exception")
 
 
 def run(tmp_path, procs):

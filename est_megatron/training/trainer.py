@@ -39,6 +39,7 @@ from est_megatron.training.data_hooks import DataHooks, pretraining_hooks
 from est_megatron.training.distributed import all_reduce_mean, init_distributed, teardown
 from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check_replicas, parameters_finite
 from est_megatron.training.methods import MethodContext, build_method, subnet_config
+from est_megatron.training.memory_plan import ZERO3_DEFAULTS
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
 from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer,
@@ -143,6 +144,7 @@ class Trainer:
                            ("--log-dir", args.log_dir if self.rank == 0 else None, 0)])
         torch.manual_seed(args.seed)
         ds_config = resolve_zero3_auto(ds_config, self.model_cfg, tp)
+        self.zero_config = ds_config.get("zero_optimization", {})
         model, pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
                                         full_state, Recompute.from_args(args), ds_config)
         self.pipe_step_plan = pipe_step_plan if pp > 1 else None
@@ -195,6 +197,11 @@ class Trainer:
         log.line(f"precision: {precision}" + ("" if args.precision else " (--bf16/--fp16/--fp32 not given: bf16 on "
                                               "a GPU that has it, else fp32; the DeepSpeed config's sections are "
                                               "overridden)"))
+        if self.zero_stage == 3:
+            live, reuse = (int(self.zero_config.get(key, ZERO3_DEFAULTS[key]))
+                           for key in ("stage3_max_live_parameters", "stage3_max_reuse_distance"))
+            log.line(f"ZeRO-3: prefetches up to {live:,} parameters (stage3_max_live_parameters); keeps a weight "
+                     f"gathered when it is used again within {reuse:,} (stage3_max_reuse_distance)")
         log.line(describe_lr_schedule(args))
         log.line(self.method.describe())
         if self.sparse_optimizer is not None:
