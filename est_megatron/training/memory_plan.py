@@ -52,16 +52,13 @@ from est_megatron.errors import UsageError
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training.optim import zero3_live_budget
+from est_megatron.training.optim import zero3_live_budget, zero3_setting
 
 GIB = 2 ** 30
 FP32, INT64 = 4, 8
 ZERO3_ONE_RANK_LAYERS = 2  # ZeRO-3 on one rank: the layer that runs and the one prefetched
 INIT_PARTS = 1.5  # the seeded initialisation's transient, in parts of the model (plan_memory)
 ZERO3_BUCKETS = 3  # ZeRO-3 reducing: its reduce bucket, the full-size gradients waiting for it, the flat copy
-# DeepSpeed's defaults (elements) for the ZeRO-3 keys a config leaves out
-ZERO3_DEFAULTS = {"stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
-                  "stage3_prefetch_bucket_size": 50_000_000}
 DEFAULT_REDUCE_BUCKET = 50_000_000  # elements, as ds_configs/zero*.json set reduce_bucket_size
 # The fixed runtime overhead per rank when not given: a CUDA context, NCCL buffers and allocator slack (an
 # assumption, not measured here), or on the CPU what tools/bench/memory.py measured after imports and process-group
@@ -444,9 +441,9 @@ def zero3_retained(zero_optimization: dict) -> int:
     section (DeepSpeed's defaults for missing keys): its prefetcher gathers ahead of the forward pass until
     stage3_max_live_parameters are gathered (when stage3_prefetch_bucket_size is not 0) and marks what it passes
     for the backward pass, and a weight used again within stage3_max_reuse_distance is not released."""
-    get = lambda key: int(zero_optimization.get(key, ZERO3_DEFAULTS[key]))  # noqa: E731
-    live = get("stage3_max_live_parameters") if get("stage3_prefetch_bucket_size") > 0 else 0
-    return max(live, get("stage3_max_reuse_distance"))
+    prefetches = zero3_setting(zero_optimization, "stage3_prefetch_bucket_size") > 0
+    live = zero3_setting(zero_optimization, "stage3_max_live_parameters") if prefetches else 0
+    return max(live, zero3_setting(zero_optimization, "stage3_max_reuse_distance"))
 
 
 def largest_weight(model: ModelConfig, tp: int = 1) -> int:

@@ -135,6 +135,14 @@ def load_ds_config(path: str, args, dp_size: int, precision: str) -> dict:
 
 
 ZERO3_AUTO_KEYS = ("stage3_max_live_parameters", "stage3_max_reuse_distance")
+# DeepSpeed's defaults (elements) for the ZeRO-3 keys a config leaves out
+ZERO3_DEFAULTS = {"stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
+                  "stage3_prefetch_bucket_size": 50_000_000}
+
+
+def zero3_setting(zero_optimization: dict, key: str) -> int:
+    """A ZeRO-3 size from a resolved config's zero_optimization section, DeepSpeed's default when it is missing."""
+    return int(zero_optimization.get(key, ZERO3_DEFAULTS[key]))
 
 
 def zero3_live_budget(model, tp: int = 1) -> int:

@@ -39,11 +39,11 @@ from est_megatron.training.data_hooks import DataHooks, pretraining_hooks
 from est_megatron.training.distributed import all_reduce_mean, init_distributed, teardown
 from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check_replicas, parameters_finite
 from est_megatron.training.methods import MethodContext, build_method, subnet_config
-from est_megatron.training.memory_plan import ZERO3_DEFAULTS
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
-from est_megatron.training.optim import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer,
-                                         describe_lr_schedule, load_ds_config, resolve_zero3_auto, zero_stage)
+from est_megatron.training.optim import (ZERO3_AUTO_KEYS, bind_sparse_optimizer, build_lr_scheduler,
+                                         build_optimizer, describe_lr_schedule, load_ds_config, resolve_zero3_auto,
+                                         zero3_setting, zero_stage)
 from est_megatron.training.preflight import check_directories, checkpoint_bytes
 from est_megatron.training.resume import check_resume
 from est_megatron.training.sparse_adamw import SparseAdamW
@@ -198,8 +198,7 @@ class Trainer:
                                               "a GPU that has it, else fp32; the DeepSpeed config's sections are "
                                               "overridden)"))
         if self.zero_stage == 3:
-            live, reuse = (int(self.zero_config.get(key, ZERO3_DEFAULTS[key]))
-                           for key in ("stage3_max_live_parameters", "stage3_max_reuse_distance"))
+            live, reuse = (zero3_setting(self.zero_config, key) for key in ZERO3_AUTO_KEYS)
             log.line(f"ZeRO-3: prefetches up to {live:,} parameters (stage3_max_live_parameters); keeps a weight "
                      f"gathered when it is used again within {reuse:,} (stage3_max_reuse_distance)")
         log.line(describe_lr_schedule(args))
