@@ -20,6 +20,7 @@ import ast
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +35,7 @@ from est_megatron.data.tokenizer_training import train_tokenizer
 from est_megatron.errors import UsageError
 from est_megatron.training.arguments import DS_CONFIG_DIR, build_parser, check_args
 from est_megatron.training.distributed import free_port
+from est_megatron.training.preemption import STOP_SIGNALS
 
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
              "__pycache__", "tkinter", "config-3.11-x86_64-linux-gnu"}
@@ -46,7 +48,7 @@ DEMO_MODEL = ["--model", "tiny", "--num-layers", "4", "--hidden-size", "128", "-
 DEMO_RUN = ["--seq-length", "128", "--micro-batch-size", "8", "--global-batch-size", "16", "--train-steps", "240",
             "--lr", "2e-3", "--min-lr", "2e-4", "--lr-warmup-steps", "20", "--lr-decay-style", "cosine",
             "--est-schedule", "tinyllama", "--split", "98,2,0", "--eval-interval", "80", "--eval-iters", "4",
-            "--log-interval", "20", "--save-interval", "80", "--keep-checkpoints", "2", "--num-workers", "0"]
+            "--log-interval", "20", "--save-interval", "80", "--keep-checkpoints", "2"]
 VOCAB = 3000
 
 
@@ -240,7 +242,10 @@ def run_demo(args, argv=None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    status = subprocess.call(cmd, env=env)
+    launcher = subprocess.Popen(cmd, env=env)
+    for sig in STOP_SIGNALS:  # a stop request to the demo reaches torchrun, which passes it on: the ranks save first
+        signal.signal(sig, lambda signum, frame: launcher.send_signal(signum))
+    status = launcher.wait()
     if status != 0:
         print(f"demo: training exited with status {status}", file=sys.stderr)
         return status

@@ -43,13 +43,14 @@ def free_port():
 
 
 def train_flags(data, workdir, zero=2, steps=4, **overrides):
-    """Flags of a tiny, fast run: preset tiny, seq 32, micro 2, global 8, every step logged."""
+    """Flags of a tiny, fast run: preset tiny, seq 32, micro 2, global 8, every step logged; the other flags keep
+    the defaults users run (DataLoader workers on)."""
     flags = {"--model": "tiny", "--data-path": data["prefix"], "--tokenizer-model": data["tokenizer"],
              "--seq-length": "32", "--micro-batch-size": "2", "--global-batch-size": "8",
              "--train-steps": str(steps), "--lr": "3e-3", "--min-lr": "3e-4", "--lr-warmup-steps": "1",
              "--log-interval": "1", "--eval-interval": "1000", "--eval-iters": "1", "--split": "90,10,0",
              "--ds_config": os.path.join(REPO, "ds_configs", f"zero{zero}.json"),
-             "--log-dir": str(workdir / "logs"), "--num-workers": "0", "--data-cache-dir": str(workdir / "cache"),
+             "--log-dir": str(workdir / "logs"), "--data-cache-dir": str(workdir / "cache"),
              "--est-schedule": "0.5,1:0.5,0.5,0.5/1,1,1"}
     flags.update({k: v for k, v in overrides.items()})
     argv = []

@@ -16,7 +16,7 @@ from est_megatron.model.transformer import Transformer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--train-steps", "2", "--micro-batch-size", "2", "--global-batch-size", "4", "--seq-length", "32",
           "--eval-iters", "1", "--eval-interval", "2", "--log-interval", "1", "--no-progress", "--lr-warmup-steps", "0",
-          "--num-workers", "0", "--ds_config", os.path.join(REPO, "ds_configs", "zero1.json")]
+          "--ds_config", os.path.join(REPO, "ds_configs", "zero1.json")]
 
 
 def run(script, argv):

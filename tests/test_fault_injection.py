@@ -61,7 +61,7 @@ def test_checkpoints_are_pruned_and_verified_and_lr_follows_the_schedule(trained
 
 def test_group_sigterm_under_torchrun_with_a_dataloader_worker_then_exact_resume(tiny_shards, tmp_path):  # noqa: F811
     ckpt = tmp_path / "ckpt"
-    common = {"--num-workers": "1", "--est-schedule": "tinyllama"}
+    common = {"--est-schedule": "tinyllama"}
     flags = train_flags(tiny_shards, tmp_path, steps=5000, **common, **{"--save": str(ckpt),
                                                                        "--save-interval": "100000"})
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

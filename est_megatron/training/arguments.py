@@ -147,6 +147,9 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
                            help="train in fp16 with DeepSpeed's dynamic loss scaling (needs a GPU)")
     precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
                            help="train in fp32, also on GPUs")
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10.0,
+                   help="a collective, pipeline send/receive or any step phase that waits longer ends the run: "
+                        "each rank writes what it was doing and its Python stacks, then exits with status 3")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="set by the deepspeed launcher (LOCAL_RANK env otherwise)")
 
@@ -191,7 +194,7 @@ def check_args(args: argparse.Namespace) -> None:
     spec_from_args(args)  # the tokenizer flags name their files (e.g. --tokenizer-model), or one clear error
     for name in ("micro_batch_size", "global_batch_size", "train_steps", "seq_length", "log_interval",
                  "eval_interval", "save_interval", "make_vocab_size_divisible_by",
-                 "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+                 "tensor_model_parallel_size", "pipeline_model_parallel_size", "distributed_timeout_minutes"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("eval_iters", "lr_warmup_steps", "keep_checkpoints", "num_workers", "max_skipped_steps"):

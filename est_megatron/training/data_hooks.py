@@ -1,9 +1,10 @@
 """Where a run's batches come from: `DataHooks` (build the tokenizer and datasets, collate samples, split a batch
 into inputs and labels) and the pretraining hooks over --data-path shards; launch/finetune.py plugs SFT data in.
 
-Rank 0 builds the datasets' index caches first and the other ranks then read them; an error on rank 0 reaches
-every rank as one UsageError. Validation corpora given apart (--valid-data-path, --test-data-path) come as
-`CorpusSets`, one dataset per corpus, so validation reports each on its own.
+Rank 0 builds the datasets' index caches first, then the first rank of every other node (each node may cache on
+its own disk), then the other ranks read them; an error on a builder reaches every rank as one UsageError.
+Validation corpora given apart (--valid-data-path, --test-data-path) come as `CorpusSets`, one dataset per corpus,
+so validation reports each on its own.
 """
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
 from est_megatron.data import build_corpus_sets, build_datasets
 from est_megatron.data.integrity import check_shards_tokenizer
 from est_megatron.data.sampler import collate
 from est_megatron.data.tokenizer import spec_from_args
 from est_megatron.errors import UsageError
+from est_megatron.training.distributed import agree
 from est_megatron.training.preflight import check_directories
 
 
 def build_data(args, dist_info):
-    """Tokenizer, datasets (rank 0 builds the index caches first, the others then read them). The training set is
-    --data-path's split (or all of --train-data-path); --valid-data-path / --test-data-path corpora come as
-    CorpusSets, one dataset per corpus, so validation reports each on its own."""
+    """Tokenizer, datasets (rank 0 builds the index caches first, then each node's first rank, then the others read
+    them). The training set is --data-path's split (or all of --train-data-path); --valid-data-path /
+    --test-data-path corpora come as CorpusSets, one dataset per corpus, so validation reports each on its own."""
     tokenizer = spec_from_args(args).load()
     check_directories([("--data-cache-dir", args.data_cache_dir, 0)])
     train_samples, eval_samples = args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size
@@ -46,23 +47,24 @@ def build_data(args, dist_info):
                                                    args.data_cache_dir)
         return train, separate.get("valid", valid), separate.get("test", test)
 
-    error = None
+    # Rank 0 builds first, so an error reaches every rank as one line; then the first rank of each other node
+    # builds what its own cache lacks (nodes need not share a file system: each may have its --data-cache-dir);
+    # then every other rank reads what its node built.
+    rank, first_on_node = dist_info["rank"], dist_info["local_rank"] == 0
     datasets = None
-    if dist_info["rank"] == 0:
-        try:
-            datasets = build()
-        except UsageError as err:
-            error = err
-    flag = torch.tensor([error is not None], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag)
-    if error is not None:
-        raise error
-    if int(flag):
-        raise UsageError("rank 0 could not build the datasets (see its error above)")
-    if datasets is None:
-        datasets = build()
+    for turn, builder in ((rank == 0, "rank 0"), (first_on_node and rank != 0, "the first rank of a node"),
+                          (not first_on_node, "a rank")):
+        error = None
+        if turn:
+            try:
+                datasets = build()
+            except UsageError as err:
+                error = err
+        problem = agree(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if problem is not None:
+            raise UsageError(f"{builder} could not build the datasets (see its error above)")
     return tokenizer, datasets
 
 

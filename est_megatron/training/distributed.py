@@ -6,6 +6,7 @@ DeepSpeed engine and process group aborts with "terminate called without an acti
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 import socket
@@ -24,8 +25,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(local_rank_flag=None) -> dict:
-    """Initialise torch.distributed through DeepSpeed; returns rank, world_size, local_rank and the device."""
+def init_distributed(local_rank_flag=None, timeout_minutes: float = 10.0) -> dict:
+    """Initialise torch.distributed through DeepSpeed; returns rank, world_size, local_rank and the device.
+
+    `timeout_minutes` (--distributed-timeout-minutes) bounds every collective of the world group: gloo raises, and
+    NCCL's asynchronous error handling aborts the communicator instead of waiting for ever."""
     # DeepSpeed 0.19 still calls the collectives newer torch renamed (all_gather_into_tensor, reduce_scatter_tensor);
     # the FutureWarning is for DeepSpeed, and under ZeRO-3 it repeats on every rank from every call site
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated\. Please use",
@@ -41,6 +45,7 @@ def init_distributed(local_rank_flag=None) -> dict:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
@@ -49,8 +54,17 @@ def init_distributed(local_rank_flag=None) -> dict:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", min(world_size, os.cpu_count() or 1)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     import deepspeed
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                               timeout=datetime.timedelta(minutes=timeout_minutes))
     return dict(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def is_communication_failure(err: BaseException) -> bool:
+    """Whether an exception comes from a collective or send/receive that timed out or lost its peer."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(mark in text for mark in ("gloo/transport", "NCCL", "Timed out"))
 
 
 def agree(problem: Optional[str]) -> Optional[str]:

@@ -1,12 +1,12 @@
 """Preemption: a stop request becomes one saved checkpoint and exit status 0.
 
-Schedulers stop a job by signalling its whole process group (SLURM's scancel, Kubernetes), the launcher
-(torchrun forwards SIGTERM to its workers, DeepSpeed's per-node `deepspeed.launcher.launch` does too), or the
-training processes themselves. So:
-- the training processes catch SIGTERM and SIGUSR1 and only set a flag; the loop agrees on it across ranks at the
-  end of the step, saves and exits 0;
-- DataLoader workers ignore both (a worker killed by the group-wide signal would end the run with nothing saved;
-  the main process shuts them down itself);
+Schedulers stop a job by signalling its whole process group (SLURM's scancel, Kubernetes; Ctrl-C in a terminal
+sends SIGINT to the group), the launcher (torchrun forwards SIGTERM and SIGINT to its workers, DeepSpeed's
+per-node `deepspeed.launcher.launch` sends SIGTERM), or the training processes themselves. So:
+- the training processes catch SIGTERM, SIGINT and SIGUSR1 and only set a flag; the loop agrees on it across ranks
+  at the end of the step, saves and exits 0;
+- DataLoader workers ignore them (a worker killed by the group-wide signal would end the run with nothing saved;
+  the main process shuts them down itself, `training.loader`);
 - a launcher that dies without forwarding the signal (the `deepspeed` command exits at once on SIGTERM, torchrun
   on SIGUSR1) is noticed at the next step and treated like the signal, so its workers save instead of training
   on as orphans.
@@ -19,7 +19,7 @@ from typing import Optional
 
 import psutil
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # How a launcher's command line starts: its script (torchrun, deepspeed) or `python -m MODULE`.
 _LAUNCHERS = {"torchrun", "deepspeed", "torch.distributed.run", "deepspeed.launcher.launch",
               "deepspeed.launcher.runner"}

@@ -4,7 +4,9 @@ Per step t: rank 0 asks the method (a `SubnetMethod`) for the plan of t, broadca
 and every rank runs all `gradient_accumulation_steps` micro-batches of the step with that plan (engine.backward /
 engine.step); DeepSpeed reduces gradients, clips, steps the optimizer and the LR schedule at the accumulation
 boundary. Then: log, validate (dense model, `training.validation`), checkpoint, and stop on --exit-interval or a
-SIGTERM/SIGUSR1 (saved first, exit status 0). Batches come from `DataHooks` (`training.data_hooks`).
+SIGTERM/SIGINT/SIGUSR1 (saved first, exit status 0). Batches come from `DataHooks` (`training.data_hooks`); their
+DataLoader workers end with the loop (`training.loader`). Every phase names itself to `training.watchdog`, which
+ends a rank whose phase outlasts --distributed-timeout-minutes (exit status 3, with its stacks).
 
 Parameters outside the plan: a skipped layer's parameters get no gradient at all (`.grad` None), unsampled rows
 of a sampled block get zeros; the sparse optimizer step (`training.sparse_adamw`) leaves them untouched. Under
@@ -21,7 +23,6 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from est_megatron import host_heap
 from est_megatron.config import ModelConfig, model_preset, MODEL_PRESETS
@@ -33,11 +34,12 @@ from est_megatron.parallel.build import build_model
 from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
 from est_megatron.subnet.flops import dense_step_flops, step_flops
-from est_megatron.training import checkpoint as ckpt, preemption
+from est_megatron.training import checkpoint as ckpt, preemption, watchdog
 from est_megatron.training.arguments import resolve_precision
 from est_megatron.training.data_hooks import DataHooks, pretraining_hooks
-from est_megatron.training.distributed import all_reduce_mean, init_distributed, teardown
+from est_megatron.training.distributed import all_reduce_mean, init_distributed, is_communication_failure, teardown
 from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check_replicas, parameters_finite
+from est_megatron.training.loader import TrainingBatches
 from est_megatron.training.methods import MethodContext, build_method, subnet_config
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
@@ -76,15 +78,22 @@ def _json_args(args) -> dict:
 def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
     """Run training from parsed arguments (and data hooks, default pretraining shards); returns the exit status."""
     preemption.install_signal_handlers()
-    info = init_distributed(args.local_rank)
+    info = init_distributed(args.local_rank, args.distributed_timeout_minutes)
+    watchdog.start(args.distributed_timeout_minutes * 60, info["rank"])
     trainer = None
     clean = False
     try:
         trainer = Trainer(args, info, hooks or pretraining_hooks())
         trainer.train()
         clean = True
+        watchdog.doing("tear-down (the last barrier)")
+    except Exception as err:
+        if is_communication_failure(err):  # a peer stalled or died: its own log has the first error
+            watchdog.end_run(f"failed in a collective ({str(err).strip().splitlines()[0][:200]})", err)
+        raise
     finally:
         teardown(None if trainer is None else trainer.engine, barrier=clean)
+        watchdog.stop()
     return 0
 
 
@@ -121,6 +130,7 @@ class Trainer:
         self.zero_stage = zero_stage(ds_config)
         self.accumulation = ds_config["gradient_accumulation_steps"]
 
+        watchdog.doing("start-up: building the datasets (rank 0 first)")
         self.tokenizer, (self.train_ds, self.valid_ds, self.test_ds) = hooks.build_data(args, info)
         full_state = None
         if getattr(args, "init_from", None):  # the model's shape is the checkpoint's (a resumed --load overrides)
@@ -145,6 +155,7 @@ class Trainer:
         torch.manual_seed(args.seed)
         ds_config = resolve_zero3_auto(ds_config, self.model_cfg, tp)
         self.zero_config = ds_config.get("zero_optimization", {})
+        watchdog.doing("start-up: building the model and the DeepSpeed engine")
         model, pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
                                         full_state, Recompute.from_args(args), ds_config)
         self.pipe_step_plan = pipe_step_plan if pp > 1 else None
@@ -164,6 +175,7 @@ class Trainer:
         self.skips = SkipCounter(args.max_skipped_steps)
         if self.resume_from is not None:
             tag, state = self.resume_from
+            watchdog.doing(f"start-up: loading checkpoint {os.path.join(args.load, tag)}")
             ckpt.restore(self.engine, args.load, tag, load_rng=not args.no_load_rng)
             self.progress = Progress(state["step"], state["consumed_samples"], state["flops_done"],
                                      state["dense_flops_done"], state["stage"])
@@ -223,18 +235,31 @@ class Trainer:
             return
         sampler = PretrainingSampler(len(self.train_ds), progress.consumed, args.micro_batch_size, self.dp_rank,
                                      self.dp_size)
-        batches = iter(DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=self.hooks.collate,
-                                  num_workers=args.num_workers, pin_memory=self.device.type == "cuda",
-                                  worker_init_fn=preemption.ignore_stop_signals))
+        with TrainingBatches(self.train_ds, sampler, self.hooks.collate, args.num_workers,
+                             pin_memory=self.device.type == "cuda") as batches:
+            self._train_steps(batches)
+        if self.test_ds is not None and progress.step >= args.train_steps:
+            watchdog.doing("the test evaluation")
+            self._validate("test")
+        if self.rank == 0 and args.log_dir:
+            log.record({"event": "end", "step": progress.step, "flops_saved_frac": progress.flops_saved_frac,
+                        "checkpoint": args.save})
+        log.close()
+
+    def _train_steps(self, batches) -> None:
+        """The steps from where the run stands to --train-steps, a stop request or --exit-interval."""
+        args, progress, log = self.args, self.progress, self.log
         self.dense_per_step = dense_step_flops(self.model_cfg, args.global_batch_size, args.seq_length)
         self._reset_interval()
         last_eval = None
         flags = torch.zeros(2, dtype=torch.int64, device=self.device)  # (stop requested, loss not finite) on a rank
         while progress.step < args.train_steps:
+            watchdog.stall_if_asked(self.rank, progress.step + 1)
             skipped_before = self.engine.skipped_steps
             plan, step_loss = self._train_step(batches)
             rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
 
+            watchdog.doing(f"step {progress.step}: agreeing on the stop and non-finite flags (all-reduce)")
             reason = preemption.stop_reason()
             flags.copy_(torch.tensor([reason is not None, not math.isfinite(float(step_loss))]))
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -245,12 +270,15 @@ class Trainer:
             at_end = step == args.train_steps or exiting or stopping
 
             if step % args.log_interval == 0 or at_end:
+                watchdog.doing(f"step {step}: logging (all-reduce of the loss)")
                 self._log_interval(rates)
             log.advance(1, loss=f"{float(step_loss) / self.accumulation:.3f}", stage=progress.stage)
             if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
+                watchdog.doing(f"step {step}: validation")
                 self._validate()
                 last_eval = step
             if args.save and (at_end or (step % args.save_interval == 0 and not self.skips.consecutive)):
+                watchdog.doing(f"step {step}: saving the checkpoint")
                 self._save()  # not periodically while steps are being skipped: older checkpoints stay
             if stopping:
                 log.line(f"step {step}: stopping on {reason or 'a stop request on a peer rank'}"
@@ -259,13 +287,6 @@ class Trainer:
             if exiting and step < args.train_steps:
                 log.line(f"step {step}: --exit-interval {args.exit_interval} reached, stopping")
                 break
-
-        if self.test_ds is not None and progress.step >= args.train_steps:
-            self._validate("test")
-        if self.rank == 0 and args.log_dir:
-            log.record({"event": "end", "step": progress.step, "flops_saved_frac": progress.flops_saved_frac,
-                        "checkpoint": args.save})
-        log.close()
 
     def _count_skip(self, step: int, skipped: bool) -> None:
         """Count a skipped step; at --max-skipped-steps consecutive ones, record why and stop (non-zero exit)."""
@@ -283,9 +304,13 @@ class Trainer:
     def _train_step(self, batches):
         """Plan (drawn on rank 0, broadcast), all micro-batches with it, the optimizer step; (plan, summed loss)."""
         args, progress, engine, device = self.args, self.progress, self.engine, self.device
+        step = progress.step + 1
+        watchdog.doing(f"step {step}: loading the first batch")
         first = next(batches).to(device, non_blocking=True)
         if self.rank == 0 or self.zero_stage == 3:  # ZeRO-3's forward is collective
+            watchdog.doing(f"step {step}: the method's preparation ({args.method})")
             self.method.prepare(progress.step, engine.module, self.hooks.split(first)[0])
+        watchdog.doing(f"step {step}: broadcasting the plan")
         plan = broadcast_plan(self.method.plan(progress.step) if self.rank == 0 else None, self.model_cfg)
         if args.check_plan_consistency:
             check_plan_consistency(plan, self.model_cfg)
@@ -301,9 +326,11 @@ class Trainer:
                          for micro in range(self.accumulation))
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         if self.pipe_step_plan is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
+            watchdog.doing(f"step {step}: pipeline forward/backward (send/receive between stages) and optimizer step")
             self.pipe_step_plan.set(device_plan)
             step_loss += engine.train_batch(micro_batches).detach().double() * self.accumulation
         else:
+            watchdog.doing(f"step {step}: forward/backward and optimizer step (gradient reduction)")
             for inputs, labels in micro_batches:
                 loss = engine(inputs, plan=device_plan, labels=labels)
                 engine.backward(loss)

@@ -1,0 +1,81 @@
+"""Many processes through the real launchers, with the defaults users run (DataLoader workers on): every run ends,
+and nothing outlives it.
+
+- The soak's fast cells (tools/bench/soak.py): pipeline parallelism under `deepspeed` stopped by SIGTERM to the
+  launcher, then resumed; Ctrl-C (SIGINT to the process group) under torchrun, then resumed. Each run saves,
+  exits and leaves no process behind.
+- A rank that stalls on purpose ends the run within the timeout plus a minute: both ranks write what they were
+  doing and their stacks, and exit non-zero.
+- Two nodes on one machine (torchrun --nnodes 2) train, save and resume exactly as one node of the same world
+  size, each building its own index cache.
+"""
+import importlib.util
+import json
+import os
+import sys
+import time
+
+from dist_utils import REPO, launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
+
+
+def load_soak():
+    spec = importlib.util.spec_from_file_location("soak", os.path.join(REPO, "tools", "bench", "soak.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_fast_cells_exit_save_resume_and_leave_no_process(tiny_shards, tmp_path):  # noqa: F811
+    soak = load_soak()
+    table = tmp_path / "soak.json"
+    status = soak.main(["--cells", "fast", "--repeat", "1", "--train-steps", "8", "--bound", "240",
+                        "--data-path", tiny_shards["prefix"], "--tokenizer-model", tiny_shards["tokenizer"],
+                        "--work-dir", str(tmp_path / "runs"), "--json", str(table)])
+    rows = json.loads(table.read_text())
+    problems = {name: (tmp_path / "runs" / name / "0" / "problem.log") for name in rows}
+    detail = {name: p.read_text()[-3000:] for name, p in problems.items() if p.exists()}
+    assert status == 0 and set(rows) == set(soak.FAST_CELLS), (rows, detail)
+    for name, row in rows.items():
+        assert (row["ok"], row["hangs"], row["orphans"]) == (1, 0, 0), (name, row, detail)
+
+
+def test_a_stalled_rank_ends_the_run_with_every_ranks_stacks(tiny_shards, tmp_path):  # noqa: F811
+    soak = load_soak()
+    cell = soak.Cell("torchrun", 2, "zero2")
+    flags = train_flags(tiny_shards, tmp_path, steps=50, **{"--distributed-timeout-minutes": "0.1",
+                                                           "--save": str(tmp_path / "ckpt")})
+    os.environ["EST_MEGATRON_TEST_STALL"] = "1:3"
+    try:
+        start = time.monotonic()
+        run = soak.run_once(soak.commands(cell, flags, str(tmp_path)), str(tmp_path), bound=240, grace=30, stop=None)
+    finally:
+        del os.environ["EST_MEGATRON_TEST_STALL"]
+    out = run["output"]
+    assert not run["hung"] and run["orphans"] == 0 and run["statuses"] != [0], out[-4000:]
+    assert time.monotonic() - start < 6 + 60 + 30, out[-4000:]  # timeout + 60 s, + start-up
+    assert "error: rank 1 " in out and "step 3: stalled on purpose (EST_MEGATRON_TEST_STALL=1:3)" in out, out[-4000:]
+    assert "error: rank 0 " in out and "step 3: " in out.split("error: rank 0 ")[1].splitlines()[0], out[-4000:]
+    assert "stall_if_asked" in out and "(most recent call first)" in out  # the stacks
+    assert not (tmp_path / "ckpt" / "latest").exists()  # nothing saved from a broken step
+
+
+def test_two_nodes_on_one_machine_train_save_and_resume_as_one_node(tiny_shards, tmp_path):  # noqa: F811
+    """torchrun --nnodes 2 on localhost, each node with its own --data-cache-dir and a shared --save: two steps,
+    saved; then resumed for two more. Every loss equals the one-node run of the same world size."""
+    soak = load_soak()
+    one = tmp_path / "one"
+    assert launch(train_flags(tiny_shards, one, steps=4), nproc=2).returncode == 0
+    two = tmp_path / "two"
+    flags = train_flags(tiny_shards, two, steps=4, **{"--save": str(two / "ckpt"), "--load": str(two / "ckpt"),
+                                                       "--data-cache-dir": None})
+    outputs = []
+    for extra in (["--exit-interval", "2"], []):
+        run = soak.run_once(soak.commands(soak.Cell("two-node", 2, "zero2"), flags + extra, str(two)), str(two),
+                            bound=240, grace=30, stop=None)
+        assert run["statuses"] == [0, 0] and run["orphans"] == 0 and not run["hung"], run["output"][-4000:]
+        outputs.append(run["output"])
+    assert f"resumed from {two / 'ckpt'} at step 2" in outputs[1]
+    assert train_losses(read_metrics(two / "logs")) == train_losses(read_metrics(one / "logs"))
+    for node in (0, 1):  # each node built the indices it reads
+        assert len(list((two / f"cache_node{node}").glob("*_train_*.npy"))) == 3
