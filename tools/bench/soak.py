@@ -13,7 +13,9 @@ SIGINT to the whole process group (Ctrl-C); its ranks must save before they exit
 
 Counted per cell: runs that ended as they should (exit status 0, the checkpoint saved, the resume from it), hangs
 (a run still going after --bound seconds: it is then stopped and killed), orphans (processes of a run, found by an
-environment mark, still alive --grace seconds after its launcher exited; they are then killed), wall-clock.
+environment mark, still alive --grace seconds after its launcher exited; they are then killed), wall-clock. The
+runs pass --distributed-timeout-minutes (2 by default), so a stall ends its run with every rank's stacks in the
+repetition's problem.log; a hang is a run that outlives even that.
 Without --data-path the demo's corpus is built under --work-dir (once) and used.
 """
 from __future__ import annotations
@@ -191,14 +193,16 @@ def checkpoint_step(work: str) -> Optional[int]:
         return json.load(f)["step"]
 
 
-def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: float, grace: float) -> dict:
+def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: float, grace: float,
+               timeout_minutes: float) -> dict:
     """Two runs with a save between them; the outcome of both. A plain cell trains to half of `steps`
     (--exit-interval), then resumes to the end. A stop cell's first run (10 x `steps` long, so the signal lands
     while it trains) is stopped; the resume then trains to the next multiple of half of `steps`."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     half = steps // 2
-    flags = training_flags(cell, data_path, tokenizer, work, steps * 10 if cell.stop else steps)
+    flags = training_flags(cell, data_path, tokenizer, work, steps * 10 if cell.stop else steps) + [
+        "--distributed-timeout-minutes", str(timeout_minutes)]
     first = run_once(commands(cell, flags + ([] if cell.stop else ["--exit-interval", str(half)]), work), work,
                      bound, grace, cell.stop)
     saved = checkpoint_step(work)
@@ -223,6 +227,24 @@ def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: f
                 problems=problems)
 
 
+def summarise(outcomes: dict) -> dict:
+    table = {}
+    for name, done in outcomes.items():
+        seconds = [o["seconds"] for o in done]
+        table[name] = dict(cell=CELLS[name].describe(), repetitions=len(done), ok=sum(o["ok"] for o in done),
+                           hangs=sum(o["hangs"] for o in done), orphans=sum(o["orphans"] for o in done),
+                           median_s=statistics.median(seconds), max_s=max(seconds))
+    return table
+
+
+def print_table(table: dict, title: str) -> None:
+    print(f"\n{title}\n{'cell':<12} {'what':<58} {'ok':>6} {'hangs':>5} {'orphans':>7} {'median s':>8} "
+          f"{'max s':>6}")
+    for name, row in table.items():
+        print(f"{name:<12} {row['cell']:<58} {row['ok']:>3}/{row['repetitions']:<2} {row['hangs']:>5} "
+              f"{row['orphans']:>7} {row['median_s']:>8.1f} {row['max_s']:>6.1f}", flush=True)
+
+
 def demo_data(work_dir: str):
     from est_megatron.demo import prepare_data
     tokenizer, slimpajama, starcoder = prepare_data(os.path.join(work_dir, "data"))
@@ -238,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bound", type=float, default=300.0, help="seconds after which a run counts as hung")
     p.add_argument("--grace", type=float, default=40.0,
                    help="seconds a run's processes may take to go after its launcher exits before they are orphans")
+    p.add_argument("--distributed-timeout-minutes", type=float, default=2.0,
+                   help="the runs' watchdog: a stalled run ends with its stacks in problem.log well before --bound")
     p.add_argument("--data-path", nargs="+", help="shards to train on (default: the demo corpus, built once)")
     p.add_argument("--tokenizer-model", help="the shards' tokenizer (with --data-path)")
     p.add_argument("--work-dir", help="runs and the demo corpus go here (default: a temporary directory)")
@@ -263,28 +287,20 @@ def main(argv=None) -> int:
         raise UsageError("--data-path and --tokenizer-model go together (or leave both out for the demo corpus)")
     work_dir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="est_soak_"))
     data_path, tokenizer = (args.data_path, args.tokenizer_model) if args.data_path else demo_data(work_dir)
-    table = {}
-    for name in names:
-        cell = CELLS[name]
-        outcomes = []
-        for rep in range(args.repeat):
-            outcome = repetition(cell, data_path, tokenizer, os.path.join(work_dir, name, str(rep)),
-                                 args.train_steps, args.bound, args.grace)
-            outcomes.append(outcome)
+    outcomes = {name: [] for name in names}
+    for rep in range(args.repeat):  # rounds over every cell, so a soak cut short still compares the cells
+        for name in names:
+            outcome = repetition(CELLS[name], data_path, tokenizer, os.path.join(work_dir, name, str(rep)),
+                                 args.train_steps, args.bound, args.grace, args.distributed_timeout_minutes)
+            outcomes[name].append(outcome)
             print(f"{name} #{rep + 1}: {'ok' if outcome['ok'] else 'FAILED'} in {outcome['seconds']:.0f}s, "
                   f"hangs {outcome['hangs']}, orphans {outcome['orphans']}"
                   + "".join(f"; {p}" for p in outcome["problems"]), flush=True)
-        seconds = [o["seconds"] for o in outcomes]
-        table[name] = dict(cell=cell.describe(), repetitions=len(outcomes), ok=sum(o["ok"] for o in outcomes),
-                           hangs=sum(o["hangs"] for o in outcomes), orphans=sum(o["orphans"] for o in outcomes),
-                           median_s=statistics.median(seconds), max_s=max(seconds))
-    print(f"\n{'cell':<12} {'what':<58} {'ok':>6} {'hangs':>5} {'orphans':>7} {'median s':>8} {'max s':>6}")
-    for name, row in table.items():
-        print(f"{name:<12} {row['cell']:<58} {row['ok']:>3}/{row['repetitions']:<2} {row['hangs']:>5} "
-              f"{row['orphans']:>7} {row['median_s']:>8.1f} {row['max_s']:>6.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(table, f, indent=1)
+        table = summarise(outcomes)
+        print_table(table, f"after {rep + 1} of {args.repeat} repetitions")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(table, f, indent=1)
     failed = any(row["ok"] < row["repetitions"] or row["hangs"] or row["orphans"] for row in table.values())
     print(f"runs under {work_dir}" + ("; see problem.log in a failed repetition's folder" if failed else ""))
     return 1 if failed else 0
