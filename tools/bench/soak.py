@@ -147,25 +147,29 @@ def run_once(cmds: List[List[str]], work: str, bound: float, grace: float, stop:
     procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
              for cmd, log in zip(cmds, logs)]
     hung = False
-    while any(p.poll() is None for p in procs):
-        if stop and logged_a_step(work):
-            for p in procs:
-                if stop == "launcher-SIGTERM":
-                    p.send_signal(signal.SIGTERM)
-                else:
-                    os.killpg(p.pid, signal.SIGINT)
-            stop = None
-        if time.monotonic() - start > bound:
-            hung = True
-            for p in procs:
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
+    try:
+        while any(p.poll() is None for p in procs):
+            if stop and logged_a_step(work):
                 for p in procs:
-                    p.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            break
-        time.sleep(0.2)
+                    if stop == "launcher-SIGTERM":
+                        p.send_signal(signal.SIGTERM)
+                    else:
+                        os.killpg(p.pid, signal.SIGINT)
+                stop = None
+            if time.monotonic() - start > bound:
+                hung = True
+                for p in procs:
+                    os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    for p in procs:
+                        p.wait(30)
+                except subprocess.TimeoutExpired:
+                    pass
+                break
+            time.sleep(0.2)
+    except BaseException:  # the soak itself is stopped: its runs go with it
+        kill_all(marked(mark))
+        raise
     seconds = time.monotonic() - start
     deadline = time.monotonic() + grace
     left = marked(mark)
@@ -277,6 +281,10 @@ def choose_cells(spec: str) -> List[str]:
     return names
 
 
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)  # unwinds through run_once, which kills the run in flight
+
+
 @exit_on_usage_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -307,4 +315,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())
