@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from est_megatron.checkpoint.tags import latest_tag
 from est_megatron.data.preprocess import preprocess, summary_line
 from est_megatron.data.sources import SourceOptions
 from est_megatron.data.tokenizer import TokenizerSpec
@@ -182,10 +183,9 @@ def summarize(demo_dir, seconds):
     if trains:
         lines.append(f"  FLOPs saved against dense training: {trains[-1]['flops_saved_frac'] * 100:.1f}%")
     ckpt = os.path.join(demo_dir, "checkpoints")
-    latest = os.path.join(ckpt, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            lines.append(f"  checkpoint: {os.path.join(ckpt, f.read().strip())}")
+    tag = latest_tag(ckpt)
+    if tag is not None:
+        lines.append(f"  checkpoint: {os.path.join(ckpt, tag)}")
     lines.append(f"  metrics: {os.path.join(demo_dir, 'logs', 'metrics.jsonl')} "
                  f"(TensorBoard: {os.path.join(demo_dir, 'logs', 'tensorboard')})")
     return "\n".join(lines)

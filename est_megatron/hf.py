@@ -5,41 +5,27 @@ Weight layouts. Ours fuses Q/K/V group-major (per key/value group: its query hea
 separate, and GPT-2's Conv1D stores weights transposed (in x out) with c_attn = [q; k; v]. RoPE is rotate-half
 in both, so q/k rows need no permutation. Conversion is a pure re-layout: ours -> HF -> ours is bit-exact.
 
-Our standalone checkpoint (what `tools/convert_hf_to_est.py` writes and `--init-from` reads) is a directory with
-`model.safetensors` (our parameter names, `lm_head.weight` absent when embeddings are tied), `est_config.json`
-(`{"model": ModelConfig fields, "source": ...}`) and the tokenizer files. `load_est_weights` also reads a
-training checkpoint (DeepSpeed layout: `latest` -> step_N/ with `mp_rank_00_model_states.pt`, key "module", and
-our `est_state.json` holding the model config), merged into the single-process (TP=1) weights by
-est_megatron.checkpoint.merge whatever the run's TP/PP/ZeRO layout.
+This module is the Hugging Face side only: config mapping, weight re-layout and reading/writing Hugging Face
+folders. Our own formats on disk (training checkpoints, the standalone checkpoint `--init-from` reads, the
+safetensors files both use) belong to est_megatron.checkpoint.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import glob
 import json
 import os
-import re
 import shutil
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from est_megatron.checkpoint.merge import safe_load, training_state, training_tag_dir, training_weights
+from est_megatron.checkpoint.merge import safe_load
+from est_megatron.checkpoint.safetensors_files import DEFAULT_MAX_SHARD_SIZE, read_safetensors, save_safetensors
 from est_megatron.config import ModelConfig
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.errors import UsageError
 
 StateDict = Dict[str, torch.Tensor]
-EST_CONFIG = "est_config.json"
-EST_WEIGHTS = "model.safetensors"
-# Above this many bytes the weights are written as numbered shards with an index (Hugging Face's layout and default).
-DEFAULT_MAX_SHARD_SIZE = "5GB"
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-               "GIB": 2**30, "TIB": 2**40}
-# Tokenizer files carried between checkpoints as they are (the SentencePiece model first of all).
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
 # ---- configs ----
@@ -237,62 +223,6 @@ def est_to_hf_state(m: ModelConfig, ours: StateDict) -> StateDict:
 
 # ---- files ----
 
-def parse_shard_size(text: str) -> int:
-    """'5GB' -> 5_000_000_000 bytes ('500MB', '2GiB', '1000000' too), as --max-shard-size takes it."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match.group(2).upper() if match else None
-    if unit not in _SIZE_UNITS or float(match.group(1)) * _SIZE_UNITS[unit] < 1:
-        raise UsageError(f"--max-shard-size {text!r} is not a size; give bytes or a number with a unit, e.g. 5GB, "
-                         f"500MB or 2GiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def save_safetensors(directory: str, state: StateDict, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
-                     metadata: Optional[Dict[str, str]] = None) -> List[str]:
-    """Writes `state` as model.safetensors, or, past `max_shard_size`, as model-0000i-of-0000n.safetensors with
-    model.safetensors.index.json (huggingface_hub's layout, which transformers reads); any earlier weight files of
-    either layout in `directory` are removed first. Returns the weight files written."""
-    from huggingface_hub import save_torch_state_dict
-    os.makedirs(directory, exist_ok=True)
-    # A slice of a larger tensor (a split fused weight) gets its own storage, else the whole storage would be saved.
-    state = {k: v if v.untyped_storage().nbytes() == v.numel() * v.element_size() else v.clone()
-             for k, v in state.items()}
-    save_torch_state_dict(state, directory, max_shard_size=parse_shard_size(max_shard_size), metadata=metadata)
-    index = os.path.join(directory, EST_WEIGHTS + ".index.json")
-    if not os.path.isfile(index):
-        return [EST_WEIGHTS]
-    with open(index) as f:
-        return sorted(set(json.load(f)["weight_map"].values()))
-
-
-def read_safetensors(directory: str) -> Optional[StateDict]:
-    """The tensors of model.safetensors, or of the shards model.safetensors.index.json names; None if neither."""
-    from safetensors.torch import load_file
-    single = os.path.join(directory, EST_WEIGHTS)
-    if os.path.isfile(single):
-        return load_file(single)
-    index = single + ".index.json"
-    if not os.path.isfile(index):
-        return None
-    try:
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{index} is not a safetensors index ({type(err).__name__}: {err}); write the weights "
-                         "again") from None
-    state: StateDict = {}
-    for name in sorted(set(weight_map.values())):
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path):
-            raise UsageError(f"{index} names {name}, which is missing; copy every shard or write the weights again")
-        state.update(load_file(path))
-    missing = sorted(set(weight_map) - set(state))
-    if missing:
-        raise UsageError(f"{index} maps {missing[0]} (and {len(missing) - 1} more) to shards that lack it; write "
-                         "the weights again")
-    return state
-
-
 def _read_weights(directory: str) -> StateDict:
     """All tensors of a HF directory: model.safetensors, sharded safetensors, or pytorch_model*.bin."""
     from safetensors.torch import load_file
@@ -319,96 +249,6 @@ def read_hf_checkpoint(directory: str) -> Tuple[ModelConfig, StateDict]:
     with open(path) as f:
         model = model_config_from_hf(json.load(f))
     return model, hf_to_est_state(model, _read_weights(directory))
-
-
-def save_est_checkpoint(directory: str, model: ModelConfig, state: StateDict, source: str = "",
-                        tokenizer: Optional[Dict[str, str]] = None,
-                        max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> None:
-    """Our standalone checkpoint: model.safetensors (or shards past `max_shard_size`, with their index) +
-    est_config.json (+ tokenizer files)."""
-    save_safetensors(directory, {k: v.detach().cpu().contiguous() for k, v in state.items()}, max_shard_size,
-                     metadata={"format": "est_megatron"})
-    with open(os.path.join(directory, EST_CONFIG), "w") as f:
-        json.dump({"model": dataclasses.asdict(model), "source": source}, f, indent=2)
-    for name, path in (tokenizer or {}).items():
-        shutil.copyfile(path, os.path.join(directory, name))
-
-
-def load_est_weights(directory: str) -> Tuple[ModelConfig, StateDict]:
-    """(ModelConfig, our state dict) from our converted checkpoint (one file or shards) or a training checkpoint
-    directory."""
-    if any(os.path.isfile(os.path.join(directory, EST_WEIGHTS + end)) for end in ("", ".index.json")):
-        config_path = os.path.join(directory, EST_CONFIG)
-        if not os.path.isfile(config_path):
-            raise UsageError(f"{directory} has {EST_WEIGHTS} but no {EST_CONFIG}; convert it again")
-        with open(config_path) as f:
-            model = ModelConfig(**json.load(f)["model"]).validate()
-        return model, read_safetensors(directory)
-    tag_dir = training_tag_dir(directory)
-    if tag_dir is None:
-        raise UsageError(f"{directory} holds neither {EST_WEIGHTS} (tools/convert_hf_to_est.py) nor a training "
-                         "checkpoint (latest -> step_N/); give one of those")
-    saved = training_state(tag_dir).get("model")
-    if saved is None:
-        raise UsageError(f"{tag_dir} has no est_state.json with the model config; is it an est_megatron checkpoint?")
-    model = ModelConfig(**saved).validate()
-    return model, training_weights(tag_dir, model)
-
-
-def tokenizer_files(directory: str) -> Dict[str, str]:
-    """The tokenizer files beside a checkpoint (an imported checkpoint keeps whatever its Hugging Face folder had)."""
-    return {name: os.path.join(directory, name) for name in TOKENIZER_FILES
-            if os.path.isfile(os.path.join(directory, name))}
-
-
-def folder_tokenizer(directory: str) -> Optional[TokenizerSpec]:
-    """The tokenizer a folder's files make: a SentencePiece tokenizer.model first (what Llama's shards are made
-    with), then a Hugging Face tokenizer.json, then GPT-2's vocab.json + merges.txt."""
-    files = tokenizer_files(directory)
-    if "tokenizer.model" in files:
-        return TokenizerSpec("SentencePieceTokenizer", files["tokenizer.model"])
-    if "tokenizer.json" in files:
-        return TokenizerSpec("HuggingFaceTokenizer", directory)
-    if "vocab.json" in files and "merges.txt" in files:
-        return TokenizerSpec("GPT2BPETokenizer", None, files["vocab.json"], files["merges.txt"])
-    return None
-
-
-def _run_adds_bos(args: dict) -> Optional[bool]:
-    """Whether a training run's documents started with BOS: SFT always does; pretraining as the shards' manifests
-    say (None when they are gone)."""
-    if "sft_packing" in args:
-        return True
-    from est_megatron.data.blend import parse_data_path
-    from est_megatron.data.preprocess import manifest_path
-    data_path = args.get("data_path") or args.get("train_data_path")  # Megatron's separate training blend
-    if not data_path:
-        return None
-    seen = set()
-    for _, prefix in parse_data_path(data_path):
-        if not os.path.isfile(manifest_path(prefix)):
-            return None
-        with open(manifest_path(prefix)) as f:
-            seen.add(bool(json.load(f).get("add_bos")))
-    return any(seen) if seen else None
-
-
-def checkpoint_tokenizer(directory: str) -> Tuple[Optional[TokenizerSpec], Optional[bool]]:
-    """(tokenizer spec, whether documents start with BOS) of a checkpoint: the files beside it, else the training
-    run's recorded tokenizer flags and shards; None where unknown."""
-    spec = folder_tokenizer(directory)
-    tag_dir = training_tag_dir(directory)
-    args = (training_state(tag_dir).get("args") or {}) if tag_dir else {}
-    add_bos = _run_adds_bos(args) if args else None
-    if spec is None and args:
-        from est_megatron.data.tokenizer import spec_from_args
-        try:
-            recorded = spec_from_args(argparse.Namespace(**args))
-        except UsageError:
-            recorded = None
-        files = [f for f in (recorded.model, recorded.vocab_file, recorded.merge_file) if f] if recorded else []
-        spec = recorded if files and all(os.path.exists(f) for f in files) else None
-    return spec, add_bos
 
 
 def _source_tokenizer_config(tokenizer) -> dict:

@@ -31,8 +31,8 @@ from est_megatron.tensor_parallel.sharding import shard  # noqa: E402
 from reference_training import decay_groups, trained_masks  # noqa: E402
 from est_megatron.training.distributed import init_distributed, teardown  # noqa: E402
 from est_megatron.training.zero3_grads import clear_stale_zero3_grads  # noqa: E402
-from est_megatron.training.optim import (bind_sparse_optimizer, build_optimizer, load_ds_config,  # noqa: E402
-                                         resolve_zero3_auto)
+from est_megatron.training.ds_config import load_ds_config, resolve_zero3_auto  # noqa: E402
+from est_megatron.training.optimizer_setup import bind_sparse_optimizer, build_optimizer  # noqa: E402
 
 SEED, SEQ, MICRO, GLOBAL = 11, 16, 2, 4
 

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from data_fixtures import load_tool, make_text, tokenizer_model, write_jsonl  # noqa: F401
-from est_megatron.hf import load_est_weights
+from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.model.transformer import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

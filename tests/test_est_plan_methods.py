@@ -7,7 +7,7 @@ import pytest
 from est_megatron.cli import est_plan
 from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.subnet.flops import SubnetCounts, dense_step_flops, step_flops
-from est_megatron.subnet.raptr import RaptrPlanner, parse_raptr_schedule
+from est_megatron.subnet.raptr import RaptrMethod, parse_raptr_schedule
 from est_megatron.subnet.sat import SatConfig, SatMethod, SatPlanner
 from est_megatron.training.arguments import build_parser
 
@@ -38,12 +38,12 @@ def test_raptr_rows_and_saving(capsys):
 
 
 def test_raptr_costs_are_those_of_the_planner_plans(capsys):
-    """Each stage's exact cost equals the FLOPs of the plans RaptrPlanner draws in that stage."""
+    """Each stage's exact cost equals the FLOPs of the plans RaptrMethod draws in that stage."""
     report = run_json(capsys, ["--model", "tiny", "--method", "raptr", "--raptr-schedule", "two-stage",
                                "--train-steps", "20", "--seq-length", "16"])
     cfg = model_preset("tiny")
     resolved = parse_raptr_schedule("two-stage").resolve(cfg, SubnetConfig(), 20)
-    planner = RaptrPlanner(cfg, SubnetConfig(), resolved, seed=3)
+    planner = RaptrMethod(cfg, SubnetConfig(), resolved, seed=3)
     assert report["depths"] == [2, 4] and [s["steps"] for s in report["stages"]] == [10, 10]
     for stage in report["stages"]:
         for step in (stage["start"], stage["end"] - 1):

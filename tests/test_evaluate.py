@@ -17,7 +17,7 @@ import torch
 from data_fixtures import load_tool, make_text, write_jsonl
 from dist_utils import REPO, launch, read_metrics, tiny_shards, train_flags  # noqa: F401
 from est_megatron.data.corpus import Corpus
-from est_megatron.hf import load_est_weights
+from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.model.transformer import Transformer
 
 evaluate = load_tool("tools/evaluate.py")

@@ -15,9 +15,9 @@ import torch
 
 from data_fixtures import load_tool
 from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
+from est_megatron.checkpoint.checksums import damaged_file, write_checksums
+from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.errors import UsageError
-from est_megatron.hf import load_est_weights
-from est_megatron.training.checkpoint import damaged_file, write_checksums
 
 
 def error_lines(result):
@@ -131,6 +131,7 @@ def test_planted_pickles_are_never_executed(trained, tmp_path):
     shutil.copytree(trained / "ckpt", ckpt)
     torch.save({"module": {"embed.weight": torch.zeros(1)}, "payload": Planted(marker)},
                ckpt / "step_000004" / "mp_rank_00_model_states.pt")
+    write_checksums(str(ckpt / "step_000004"))  # a forger can update the checksums: still never unpickled
     with pytest.raises(UsageError, match="mp_rank_00_model_states.pt holds objects other than tensors"):
         load_est_weights(str(ckpt))  # what --init-from reads
     result = subprocess.run([__import__("sys").executable, "tools/convert_to_hf.py", "--load", str(ckpt),
@@ -170,6 +171,30 @@ def test_corrupted_model_file_is_named_and_the_previous_checkpoint_offered(train
         f.write(os.urandom(4096))
     result = launch(train_flags(tiny_shards, tmp_path, steps=4, **{"--load": str(ckpt)}))
     assert_refused(result, "mp_rank_00_model_states.pt does not match its checksum", "step_000003")
+
+
+def test_tools_refuse_a_damaged_checkpoint(trained, tiny_shards, tmp_path, capsys):  # noqa: F811
+    """Readers outside training verify the checksums as --load does: damaged weights are neither exported nor
+    evaluated (before, convert_to_hf wrote garbage and hessian_trace printed nan, both with exit 0)."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained / "ckpt", ckpt)
+    with open(ckpt / "step_000004" / "mp_rank_00_model_states.pt", "r+b") as f:
+        f.seek(1024)
+        f.write(os.urandom(4096))
+    runs = {"tools/convert_to_hf.py": ["--output", str(tmp_path / "hf")],
+            "tools/hessian_trace.py": ["--data-path", tiny_shards["prefix"], "--seq-length", "16", "--batches", "1",
+                                       "--probes", "2", "--device", "cpu", "--output", str(tmp_path / "h.json")],
+            "tools/evaluate.py": ["--data-path", tiny_shards["prefix"], "--device", "cpu",
+                                  "--output", str(tmp_path / "e.json")]}
+    for tool, flags in runs.items():
+        with pytest.raises(SystemExit) as exit_info:
+            load_tool(tool).main(["--load", str(ckpt)] + flags)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert exit_info.value.code == 2 and len(lines) == 1, tool
+        assert "mp_rank_00_model_states.pt does not match its checksum" in lines[0], lines[0]
+        assert str(ckpt / "step_000003") in lines[0], lines[0]
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "h.json").exists()
+    assert load_est_weights(str(ckpt / "step_000003"))[1]  # the previous checkpoint it offers is intact
 
 
 @pytest.mark.parametrize("flag", ["--save", "--log-dir"])

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from est_megatron.config import SubnetConfig, model_preset
-from est_megatron.subnet.flops import (SubnetCounts, dense_step_flops, flops_per_token, paper_relative_cost,
+from est_megatron.subnet.flops import (SubnetCounts, dense_step_flops, paper_relative_cost,
                                        schedule_savings, step_flops)
 from est_megatron.subnet.plan import PlanSampler, unpack
 from est_megatron.subnet.schedule import parse_schedule
@@ -66,7 +66,7 @@ def test_dense_gpt2_matches_megatron_formula():
     for batch, seq in [(1, 1024), (8, 256)]:
         expected = 72 * batch * seq * layers * h * h * (1 + seq / (6 * h) + vocab / (12 * h * layers))
         assert dense_step_flops(cfg, batch, seq) == pytest.approx(expected, rel=1e-12)
-        assert flops_per_token(cfg, seq) == pytest.approx(expected / (batch * seq), rel=1e-12)
+        assert dense_step_flops(cfg, 1, seq) / seq == pytest.approx(expected / (batch * seq), rel=1e-12)
 
 
 def test_skipping_half_the_layers_halves_only_the_layer_part():

@@ -11,9 +11,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_fixtures import load_tool
 from dist_utils import tiny_shards  # noqa: F401
+from est_megatron.checkpoint.standalone import save_est_checkpoint
 from est_megatron.config import ModelConfig
 from est_megatron.evaluation.hessian import hutchinson_trace, model_groups, parameter_kind
-from est_megatron.hf import save_est_checkpoint
 from est_megatron.model.transformer import Transformer
 
 

@@ -8,10 +8,11 @@ import torch
 import transformers
 
 from data_fixtures import load_tool, tokenizer_model  # noqa: F401  (pytest fixture)
+from est_megatron.checkpoint.reader import load_est_weights
+from est_megatron.checkpoint.standalone import save_est_checkpoint
 from est_megatron.config import model_preset
 from est_megatron.errors import UsageError
-from est_megatron.hf import (est_to_hf_state, hf_to_est_state, load_est_weights, model_config_from_hf,
-                             save_est_checkpoint)
+from est_megatron.hf import est_to_hf_state, hf_to_est_state, model_config_from_hf
 from est_megatron.model.transformer import Transformer
 
 to_est = load_tool("tools/convert_hf_to_est.py")

@@ -8,9 +8,11 @@ import torch
 import transformers
 
 from data_fixtures import load_tool
+from est_megatron.checkpoint.reader import load_est_weights
+from est_megatron.checkpoint.safetensors_files import parse_shard_size
+from est_megatron.checkpoint.standalone import save_est_checkpoint
 from est_megatron.config import model_preset
 from est_megatron.errors import UsageError
-from est_megatron.hf import load_est_weights, parse_shard_size, save_est_checkpoint
 from est_megatron.model.transformer import Transformer
 
 to_hf = load_tool("tools/convert_to_hf.py")

@@ -9,11 +9,12 @@ import sentencepiece as spm
 import transformers
 
 from data_fixtures import load_tool, tokenizer_model, write_jsonl  # noqa: F401  (pytest fixture)
+from est_megatron.checkpoint.tokenizer import checkpoint_tokenizer, folder_tokenizer
 from est_megatron.config import model_preset
 from est_megatron.data.corpus import Corpus
 from est_megatron.data.tokenizer import GPT2BPETokenizer, HuggingFaceTokenizer, TokenizerSpec
 from est_megatron.errors import UsageError
-from est_megatron.hf import checkpoint_tokenizer, folder_tokenizer, write_hf_checkpoint
+from est_megatron.hf import write_hf_checkpoint
 from est_megatron.model.transformer import Transformer
 
 # Text the tokenizers never saw: accents, symbols, CJK, emoji, digit runs, runs of spaces, tabs, newlines.

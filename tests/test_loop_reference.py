@@ -13,7 +13,7 @@ from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.training.arguments import parse_args
 from est_megatron.training.trainer import build_model_config
-from est_megatron.training.optim import WarmupDecay
+from est_megatron.training.optimizer_setup import WarmupDecay
 from reference_training import reference_losses
 
 STEPS = 6

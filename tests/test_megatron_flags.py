@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import load_tool
 from est_megatron.errors import UsageError
 from est_megatron.training.arguments import build_parser, check_args, resolve_precision
-from est_megatron.training.optim import describe_lr_schedule
+from est_megatron.training.optimizer_setup import describe_lr_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--data-path", "shards/x", "--tokenizer-model", "tok.model"]

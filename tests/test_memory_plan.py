@@ -16,9 +16,9 @@ from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training.memory_plan import (FP32, GIB, Layout, activation_plan, plan_memory,
-                                               stage_counts, stage_parameters, zero3_retained)
-from est_megatron.training.optim import resolve_zero3_auto
+from est_megatron.planning.memory import (FP32, GIB, PlannedRun, activation_plan, plan_memory, stage_counts,
+                                          stage_parameters, zero3_retained)
+from est_megatron.training.ds_config import resolve_zero3_auto
 
 tool = load_tool("tools/memory_plan.py")
 
@@ -54,7 +54,7 @@ def test_model_states_in_closed_form():
     p = cfg.num_parameters()
     for zero, bf16, dp in ((1, True, 4), (2, True, 4), (3, True, 4), (1, False, 1), (3, False, 2)):
         w = 2 if bf16 else 4
-        plan = plan_memory(cfg, Layout(dp=dp, zero=zero, bf16=bf16, micro_batch_size=2, seq_length=64),
+        plan = plan_memory(cfg, PlannedRun(dp=dp, zero=zero, bf16=bf16, micro_batch_size=2, seq_length=64),
                            overhead_bytes=0, device="cpu")
         part = math.ceil(p / dp)
         assert plan.master == 4 * part and plan.moments == 8 * part
@@ -68,7 +68,7 @@ def test_model_states_in_closed_form():
         two_layers = 2 * cfg.layer_parameters()
         held = cfg.vocab_size * cfg.hidden_size + two_layers if dp > 1 else two_layers
         assert plan.gathered == (0 if zero < 3 else min(p, held) * w)
-    offload = plan_memory(cfg, Layout(dp=4, zero=3, offload_optimizer=True, offload_params=True, seq_length=64),
+    offload = plan_memory(cfg, PlannedRun(dp=4, zero=3, offload_optimizer=True, offload_params=True, seq_length=64),
                           overhead_bytes=0)
     assert offload.weights == 0 and offload.host == (4 + 8 + 4) * math.ceil(p / 4) + 2 * math.ceil(p / 4)
     phases = offload.phases("dense")
@@ -94,7 +94,7 @@ def test_zero3_retention_follows_the_deepspeed_config():
         assert zero3_retained(resolve_zero3_auto(json.load(f), cfg, tp=2)["zero_optimization"]) == \
             2 * cfg.layer_parameters(2)
     p = cfg.num_parameters()
-    everything = plan_memory(cfg, Layout(dp=2, zero=3, zero3_retained=10 ** 9, seq_length=64))
+    everything = plan_memory(cfg, PlannedRun(dp=2, zero=3, zero3_retained=10 ** 9, seq_length=64))
     assert everything.gathered == p * 2
 
 
@@ -130,7 +130,7 @@ def test_activations_equal_what_autograd_saves(flavour, recompute, rates):
     measured = autograd_saved_bytes(model, ids, torch.randint(0, cfg.vocab_size, (batch, seq)),
                                     None if dense else sampler.plan(0))
     counts = SubnetCounts.dense(cfg) if dense else SubnetCounts.from_sampler(sampler, rates)
-    planned = activation_plan(cfg, Layout(bf16=False, micro_batch_size=batch, seq_length=seq, recompute=recompute),
+    planned = activation_plan(cfg, PlannedRun(bf16=False, micro_batch_size=batch, seq_length=seq, recompute=recompute),
                               counts).saved
     # Left out of the plan: the loss scalar and the plan's per-layer flags (a few bytes).
     assert abs(planned - measured) <= 0.002 * measured, (planned, measured)
@@ -141,9 +141,9 @@ def test_est_stages_and_recompute_order_the_activations():
     stages = dict(stage_counts(cfg, "tinyllama"))
     assert list(stages) == ["est stage 1", "est stage 2", "dense"]
     lay = dict(dp=8, zero=2, micro_batch_size=8, seq_length=2048)
-    acts = {name: plan_memory(cfg, Layout(**lay), list(stages.items())).activations[name].saved for name in stages}
+    acts = {name: plan_memory(cfg, PlannedRun(**lay), list(stages.items())).activations[name].saved for name in stages}
     assert acts["est stage 1"] < acts["est stage 2"] < acts["dense"]
-    none, selective, full = (plan_memory(cfg, Layout(recompute=r, **lay)).activations["dense"].saved
+    none, selective, full = (plan_memory(cfg, PlannedRun(recompute=r, **lay)).activations["dense"].saved
                              for r in (None, "selective", "full"))
     assert full < 0.25 * none and selective < none  # full recompute keeps one hidden state per layer
     assert FP32 * cfg.vocab_size * 8 * 2048 < full  # the loss's fp32 log-probabilities stay
@@ -164,5 +164,5 @@ def test_tool_prints_the_plan_and_refuses_bad_layouts(capsys):
             tool.main(bad)
         assert message in capsys.readouterr().err
     with pytest.raises(UsageError, match="--recompute-num-layers needs --recompute full"):
-        Layout(recompute_num_layers=2).check(small("llama"))
+        PlannedRun(recompute_num_layers=2).check(small("llama"))
     assert GIB == 2 ** 30

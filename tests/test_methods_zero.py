@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
-from est_megatron.hf import load_est_weights
+from est_megatron.checkpoint.reader import load_est_weights
 
 
 @pytest.mark.parametrize("method, zero", [("sat", 3), ("raptr", 3), ("sat", 1), ("raptr", 2)])

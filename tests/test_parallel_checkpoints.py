@@ -13,7 +13,7 @@ import transformers
 from data_fixtures import load_tool
 from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
 from est_megatron.config import model_preset
-from est_megatron.hf import load_est_weights
+from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.model.transformer import Transformer
 from est_megatron.tensor_parallel.sharding import merge_tensor_parallel, shard
 

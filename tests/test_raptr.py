@@ -6,7 +6,7 @@ from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.errors import UsageError
 from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.plan import unpack
-from est_megatron.subnet.raptr import RaptrPlanner, parse_raptr_schedule
+from est_megatron.subnet.raptr import RaptrMethod, parse_raptr_schedule
 
 CFG12 = model_preset("tiny", num_layers=12)
 
@@ -14,7 +14,7 @@ CFG12 = model_preset("tiny", num_layers=12)
 def planner(text, steps=100, keep=True, scale=False, strata=None, cfg=CFG12):
     subnet = SubnetConfig(layer_strata=strata)
     resolved = parse_raptr_schedule(text).resolve(cfg, subnet, steps, keep_first_last=keep)
-    return RaptrPlanner(cfg, subnet, resolved, seed=3, keep_first_last=keep, scale_residual=scale)
+    return RaptrMethod(cfg, subnet, resolved, seed=3, keep_first_last=keep, scale_residual=scale)
 
 
 @pytest.mark.parametrize("text", ["6,8,10,12:0.25,0.5,0.75,1", "quarters"])

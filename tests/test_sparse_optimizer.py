@@ -15,9 +15,10 @@ from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training import selected_adamw, selected_adamw_c, sparse_adamw
-from est_megatron.training.optimizer_layout import own_segments
-from est_megatron.training.sparse_adamw import Segment, SparseAdamW, Unit, rectangles
+from est_megatron.optim import selected_adamw, selected_adamw_c, torch_routes
+from est_megatron.optim.param_state import Segment, Unit, rectangles
+from est_megatron.optim.partitions import own_segments
+from est_megatron.optim.sparse_adamw import SparseAdamW
 from reference_training import MaskedAdamW, decay_groups, lr_factors, trained_masks
 
 HYPER = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
@@ -68,9 +69,9 @@ def test_one_step_leaves_the_rest_and_matches_adamw_inside(bias, route, device, 
     else:
         monkeypatch.setattr(selected_adamw, "available", lambda like: False)
     if route == "views":
-        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1)
+        monkeypatch.setitem(torch_routes.PIECE_ELEMENTS, device, 1)
     if route == "copies":
-        monkeypatch.setitem(sparse_adamw.PIECE_ELEMENTS, device, 1 << 30)
+        monkeypatch.setitem(torch_routes.PIECE_ELEMENTS, device, 1 << 30)
     cfg, sampler, tokens = tiny_setup(bias=bias)
     tokens = tokens.to(device)
     model = Transformer(cfg, None, 3).to(device)

@@ -1,8 +1,8 @@
 """Merging DeepSpeed training checkpoints into single-process weights.
 
-A training tag (`latest` -> step_N/, written by est_megatron.training.checkpoint) holds DeepSpeed's per-rank files:
-`mp_rank_XX_model_states.pt` per tensor-parallel rank (key "module"), `layer_XX-model_YY-model_states.pt` per
-pipeline layer and TP rank under pipeline parallelism, and under ZeRO-3 placeholders whose fp32 values live in the
+A training tag (step_N/, see checkpoint.tags) holds DeepSpeed's per-rank files: `mp_rank_XX_model_states.pt` per
+tensor-parallel rank (key "module"), `layer_XX-model_YY-model_states.pt` per pipeline layer and TP rank under
+pipeline parallelism, and under ZeRO-3 placeholders whose fp32 values live in the
 `zero_pp_rank_R_mp_rank_00_optim_states.pt` partitions; our `est_state.json` holds the model config.
 `training_weights` merges any of these into the weights of one process (TP=1, no pipeline). Files are read with
 `safe_load`, which never unpickles code. Model, pipeline and sharding code is imported inside the functions that use
@@ -10,11 +10,10 @@ it, so importing this module (and est_megatron.hf) stays cheap.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -22,25 +21,6 @@ from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
 
 StateDict = Dict[str, torch.Tensor]
-
-
-def training_tag_dir(directory: str) -> Optional[str]:
-    """The tag directory of a training checkpoint (`latest` -> step_N, or a step_N directory itself)."""
-    latest = os.path.join(directory, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            return os.path.join(directory, f.read().strip())
-    if os.path.isfile(os.path.join(directory, "mp_rank_00_model_states.pt")):
-        return directory
-    return None
-
-
-def training_state(tag_dir: str) -> dict:
-    path = os.path.join(tag_dir, "est_state.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 PIPE_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")

@@ -41,7 +41,11 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from est_megatron.analysis.curves import load_curves, mean_and_spread, read_records
+from est_megatron.analysis.comparison import RunLogs, compare
+from est_megatron.analysis.curves import read_records
+from est_megatron.analysis.report import save_report
+from est_megatron.checkpoint.tags import latest_step
+from est_megatron.data.atomic import save_json
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.help_format import HelpFormatter
 from est_megatron.training.methods import METHODS
@@ -178,14 +182,6 @@ def read_state(path: str) -> Optional[dict]:
         return json.load(f)
 
 
-def write_state(path: str, state: dict) -> None:
-    """Atomic, so an interrupted harness never leaves a torn run.json."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, path)
-
-
 def data_flags(args) -> List[str]:
     if args.demo_data and (args.data_path or args.tokenizer_model):
         raise UsageError("give either --demo-data or --data-path with --tokenizer-model, not both")
@@ -271,15 +267,6 @@ def plan_jobs(args, specs: List[RunSpec], common: List[str]) -> List[Job]:
     return jobs
 
 
-def checkpoint_step(ckpt_dir: str) -> Optional[int]:
-    latest = os.path.join(ckpt_dir, "latest")
-    if not os.path.isfile(latest):
-        return None
-    with open(latest) as f:
-        match = re.search(r"(\d+)$", f.read().strip())
-    return int(match.group(1)) if match else None
-
-
 def finished(job_dir: str, train_steps: int) -> bool:
     """A run is finished when its log has the loop's end record at the last step."""
     path = os.path.join(job_dir, "logs", "metrics.jsonl")
@@ -317,7 +304,7 @@ def train_job(job: Job, args, position: str) -> None:
     if state is None:
         state = {"name": job.spec.name, "seed": job.seed, "argv": job.argv, "settings": job.settings, **job.info,
                  "attempts": []}
-    start_step = checkpoint_step(job.ckpt_dir) or 0
+    start_step = latest_step(job.ckpt_dir) or 0
     total = job.info["train_steps"]
     print(f"{position} {job.label}: " + (f"resuming at step {start_step} of {total}" if start_step else
                                          f"training {total} steps") + f" (log {job.directory}/train.log)",
@@ -358,12 +345,12 @@ def train_job(job: Job, args, position: str) -> None:
             signal.signal(signal.SIGTERM, previous)
     seconds = time.time() - began
     state["attempts"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(began)),
-                              "from_step": start_step, "to_step": checkpoint_step(job.ckpt_dir) or 0,
+                              "from_step": start_step, "to_step": latest_step(job.ckpt_dir) or 0,
                               "seconds": round(seconds, 1), "exit_status": status,
                               "interrupted": interrupted})
-    write_state(job.state_path, state)
+    save_json(job.state_path, state)  # atomic: an interrupted harness never leaves a torn run.json
     if interrupted:
-        raise Interrupted(f"interrupted: {job.label} stopped at step {checkpoint_step(job.ckpt_dir) or 0}; rerun "
+        raise Interrupted(f"interrupted: {job.label} stopped at step {latest_step(job.ckpt_dir) or 0}; rerun "
                           "the same command to resume")
     if status != 0:
         tail = _tail(os.path.join(job.directory, "train.log"), 25)
@@ -380,137 +367,20 @@ def _tail(path: str, lines: int) -> str:
 # ----------------------------------------------------------------------------------------------- the report
 
 
-def job_report(directory: str, state: Optional[dict]):
-    """One run and seed: its curves and final numbers from metrics.jsonl, and its wall-clock from run.json.
-    Returns (report, curves), curves None for a run not started."""
-    metrics = os.path.join(directory, "logs", "metrics.jsonl")
-    if state is None or not os.path.isfile(metrics):
-        return {"status": "not started", "log_dir": os.path.join(directory, "logs")}, None
-    curves = load_curves(metrics, dense_step_flops=state["dense_step_flops"], seq_length=state["seq_length"])
-    train, val = curves.train, curves.val
-    done = curves.end_step is not None and curves.end_step >= state["train_steps"] and \
-        curves.last_step >= state["train_steps"]
-    report = {
-        "status": "finished" if done else "incomplete",
-        "train_steps": state["train_steps"], "last_step": curves.last_step, "log_dir": os.path.dirname(metrics),
-        "final_val_loss": val.value[-1] if val.value else None, "final_val_step": val.step[-1] if val.step else None,
-        "final_train_loss": train.value[-1], "flops": train.flops[-1],
-        "dense_flops": state["dense_step_flops"] * curves.last_step, "flops_saved_frac": curves.flops_saved_frac,
-        "tokens": train.tokens[-1] if train.tokens else None,
-        "train_time_s": round(curves.train_seconds, 2) if curves.train_seconds is not None else None,
-        "wall_clock_s": round(sum(a["seconds"] for a in state["attempts"]), 1),
-        "attempts": len(state["attempts"]),
-        "val": val.to_json(), "train": train.to_json(), "stage_transitions": curves.transitions,
-    }
-    return report, curves
-
-
-def summarize(specs: List[RunSpec], args):
-    """Every run's per-seed reports and their means over seeds, compared with the baseline run seed by seed.
-    Returns (summary, {run name: its seeds' curves})."""
-    runs, curves = [], {}
-    for spec in specs:
-        seeds, method = [], None
-        for seed in args.seeds:
-            directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
-            state = read_state(os.path.join(directory, "run.json"))
-            method = method or (state or {}).get("method")
-            report, run_curves = job_report(directory, state)
-            seeds.append({"seed": seed, **report})
-            if run_curves is not None:
-                curves.setdefault(spec.name, []).append(run_curves)
-        runs.append({"name": spec.name, "flags": spec.flags, "method": method, "seeds": seeds})
-    baseline = args.baseline or next((r["name"] for r in runs if r["method"] == "dense"), None)
-    base = next((r for r in runs if r["name"] == baseline), None)
-    base_val = {s["seed"]: s.get("final_val_loss") for s in base["seeds"]} if base else {}
-    for run in runs:
-        done = [s for s in run["seeds"] if s["status"] != "not started"]
-        run["seeds_finished"] = sum(s["status"] == "finished" for s in run["seeds"])
-        for key in ("final_val_loss", "final_train_loss", "flops_saved_frac", "wall_clock_s", "train_time_s"):
-            run[f"{key}_mean"], run[f"{key}_sd"] = mean_and_spread([s.get(key) for s in done])
-        relative = [(s["final_val_loss"] / base_val[s["seed"]] - 1.0) * 100 for s in done
-                    if s.get("final_val_loss") is not None and base_val.get(s["seed"])]
-        run["val_loss_vs_baseline_pct_mean"], run["val_loss_vs_baseline_pct_sd"] = \
-            mean_and_spread(relative) if base is not None and run is not base else (None, None)
-        for step in args.table_steps:
-            at = [_value_at(s, step) for s in done]
-            run[f"val_loss_at_{step}_mean"], run[f"val_loss_at_{step}_sd"] = \
-                mean_and_spread(at) if at and None not in at else (None, None)
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
-            "family": args.family, "seeds": args.seeds, "baseline": baseline,
-            "default_flags": default_flags(args), "common_flags": args.common,
-            "runs": runs}, curves
-
-
-def _value_at(seed_report: dict, step: int) -> Optional[float]:
-    val = seed_report.get("val") or {}
-    return dict(zip(val.get("step", []), val.get("loss", []))).get(step)
-
-
-def _pm(mean, sd, digits=4, suffix=""):
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}{suffix}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
-
-
-def _duration(seconds):
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def markdown_table(summary: dict, table_steps: List[int]) -> str:
-    """Final validation loss of every run against the baseline: mean ± sd over seeds, FLOPs saved, time."""
-    base = summary["baseline"]
-    final_steps = sorted({s["final_val_step"] for r in summary["runs"] for s in r["seeds"]
-                          if s.get("final_val_step") is not None})
-    at = f"step {final_steps[0]}" if len(final_steps) == 1 else "the last evaluation"
-    seeds = ", ".join(str(s) for s in summary["seeds"])
-    over = f"mean ± standard deviation over seeds {seeds}" if len(summary["seeds"]) > 1 else f"seed {seeds}"
-    lines = [f"Validation loss (the dense model on the same held-out batches) at {at}; {over}. "
-             + (f"'vs {base}' is the relative difference to {base} with the same seed, averaged over seeds."
-                if base else "No dense run to compare with (add --run dense)."), ""]
-    header = ["run", "flags", "seeds done", "val loss"] + [f"val loss @{t}" for t in table_steps]
-    header += [f"vs {base}"] if base else []
-    header += ["FLOPs saved", "train loss", "wall-clock"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in summary["runs"]:
-        cells = [run["name"], f"`{shlex.join(run['flags'])}`" if run["flags"] else "",
-                 f"{run['seeds_finished']}/{len(run['seeds'])}",
-                 _pm(run["final_val_loss_mean"], run["final_val_loss_sd"])]
-        cells += [_pm(run[f"val_loss_at_{t}_mean"], run[f"val_loss_at_{t}_sd"]) for t in table_steps]
-        if base:
-            rel = run["val_loss_vs_baseline_pct_mean"]
-            cells.append("" if run["name"] == base else "–" if rel is None else
-                         f"{rel:+.2f}%" + (f" ± {run['val_loss_vs_baseline_pct_sd']:.2f}"
-                                           if run["val_loss_vs_baseline_pct_sd"] is not None else ""))
-        saved = run["flops_saved_frac_mean"]
-        cells += ["–" if saved is None else f"{saved * 100:.1f}%",
-                  _pm(run["final_train_loss_mean"], run["final_train_loss_sd"]),
-                  _duration(run["wall_clock_s_mean"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_report(specs: List[RunSpec], args) -> dict:
     """summary.json, table.md (also printed) and figure2.png from whatever logs the runs have."""
-    summary, curves = summarize(specs, args)
-    os.makedirs(args.output_dir, exist_ok=True)
-    paths = {"summary": os.path.join(args.output_dir, "summary.json"),
-             "table": os.path.join(args.output_dir, "table.md")}
-    with open(paths["summary"], "w") as f:
-        json.dump(summary, f, indent=1)
-    table = markdown_table(summary, args.table_steps)
-    with open(paths["table"], "w") as f:
-        f.write(table)
-    if args.plot and curves:
-        from est_megatron.analysis.figure import save_loss_figure
-        seeds = ", ".join(map(str, args.seeds))
-        paths["figure"] = save_loss_figure(curves, os.path.join(args.output_dir, "figure2.png"),
-                                           title=f"{' vs '.join(curves)} (seeds {seeds})")
+    logs = []
+    for spec in specs:
+        seeds = []
+        for seed in args.seeds:
+            directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
+            seeds.append((seed, directory, read_state(os.path.join(directory, "run.json"))))
+        logs.append(RunLogs(spec.name, spec.flags, seeds))
+    runs, baseline, curves = compare(logs, args.baseline, args.table_steps)
+    summary = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
+               "family": args.family, "seeds": args.seeds, "baseline": baseline,
+               "default_flags": default_flags(args), "common_flags": args.common, "runs": runs}
+    paths, table = save_report(summary, curves, args.output_dir, args.table_steps, args.plot)
     print("\n" + table)
     print("compare_runs: wrote " + ", ".join(paths.values()), flush=True)
     summary["paths"] = paths

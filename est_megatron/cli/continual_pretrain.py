@@ -9,9 +9,9 @@ checkpoint's (its tokenizer.model, else tokenizer.json, else vocab.json + merges
 pretraining loop and its flags (`--help`): SAT's --sat-* flags (default: maxip + sampling + LORS), RAPTR's
 --raptr-*, EST's --est-*. Resuming uses --load.
 """
-import os
 import sys
 
+from est_megatron.checkpoint.tags import latest_tag
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.training.arguments import build_parser, check_args
 
@@ -27,12 +27,12 @@ def parse_args(argv=None, description=__doc__, defaults=None):
     args.family = "tinyllama"
     if args.method not in METHODS:
         raise UsageError(f"--method {args.method!r}: choose one of {', '.join(METHODS)}")
-    resuming = args.load and os.path.isfile(os.path.join(args.load, "latest"))
+    resuming = args.load and latest_tag(args.load) is not None
     if not args.init_from and not resuming:
         raise UsageError("--init-from is required: a checkpoint from tools/convert_hf_to_est.py (or --load a run "
                          "to resume)")
     if args.init_from and not (args.tokenizer_model or args.vocab_file):
-        from est_megatron.hf import folder_tokenizer
+        from est_megatron.checkpoint.tokenizer import folder_tokenizer
         spec = folder_tokenizer(args.init_from)
         if spec is not None:
             args.tokenizer_type, args.tokenizer_model = spec.type, spec.model

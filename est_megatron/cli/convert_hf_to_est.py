@@ -16,7 +16,9 @@ import sys
 import torch
 
 from est_megatron.errors import UsageError, exit_on_usage_error
-from est_megatron.hf import read_hf_checkpoint, save_est_checkpoint, tokenizer_files
+from est_megatron.checkpoint.standalone import save_est_checkpoint
+from est_megatron.checkpoint.tokenizer import tokenizer_files
+from est_megatron.hf import read_hf_checkpoint
 from est_megatron.help_format import HelpFormatter
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -4,14 +4,15 @@
     python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('hf/run')"
     python -c "import transformers; transformers.AutoTokenizer.from_pretrained('hf/run')"
 
---load takes a training checkpoint directory (`latest` -> step_N/; the per-rank files of a tensor- or
-pipeline-parallel run are merged into the single-process weights; a ZeRO-3 checkpoint is merged with DeepSpeed's
-zero_to_fp32) or a converted one (model.safetensors + est_config.json). The tokenizer is the --tokenizer-*
-flags', else the files beside the checkpoint, else the run's recorded tokenizer flags; the export gets a fast
-tokenizer.json (any tokenizer type, built at export time) with tokenizer_config.json, so AutoTokenizer loads it
-with no extra package, and config.json gets its bos/eos/pad ids. Encoding with special tokens prepends BOS when
-the run's shards did (their manifests' add_bos; SFT always does), or as --add-bos-token says. Weights above
---max-shard-size (default 5GB, as Hugging Face's) are written as shards with model.safetensors.index.json.
+--load takes a training checkpoint directory (`latest` -> step_N/, or a step_N/ itself; the per-rank files of a
+tensor- or pipeline-parallel run and ZeRO-3's partitions are merged into the single-process weights, after its
+checksums are verified as training's --load verifies them) or a converted one (model.safetensors +
+est_config.json). The tokenizer is the --tokenizer-* flags', else the files beside the checkpoint, else the run's
+recorded tokenizer flags; the export gets a fast tokenizer.json (any tokenizer type, built at export time) with
+tokenizer_config.json, so AutoTokenizer loads it with no extra package, and config.json gets its bos/eos/pad ids.
+Encoding with special tokens prepends BOS when the run's shards did (their manifests' add_bos; SFT always does), or
+as --add-bos-token says. Weights above --max-shard-size (default 5GB, as Hugging Face's) are written as shards with
+model.safetensors.index.json.
 """
 import argparse
 import os
@@ -23,8 +24,10 @@ import torch
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.help_format import HelpFormatter
 from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args
-from est_megatron.hf import (DEFAULT_MAX_SHARD_SIZE, checkpoint_tokenizer, load_est_weights,
-                             parse_shard_size, write_hf_checkpoint)
+from est_megatron.checkpoint.reader import load_est_weights
+from est_megatron.checkpoint.safetensors_files import DEFAULT_MAX_SHARD_SIZE, parse_shard_size
+from est_megatron.checkpoint.tokenizer import checkpoint_tokenizer
+from est_megatron.hf import write_hf_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

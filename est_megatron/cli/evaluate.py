@@ -81,9 +81,8 @@ def _tokenizer_override(args):
 
 def _run_seq_length(load, model_cfg):
     """The --seq-length the checkpoint's run trained with, else the model's positions."""
-    from est_megatron.checkpoint.merge import training_state, training_tag_dir  # the run's recorded flags
-    tag_dir = training_tag_dir(load)
-    recorded = (training_state(tag_dir).get("args") or {}).get("seq_length") if tag_dir else None
+    from est_megatron.checkpoint.reader import run_state  # the run's recorded flags
+    recorded = (run_state(load).get("args") or {}).get("seq_length")
     return recorded or model_cfg.max_position_embeddings
 
 

@@ -8,7 +8,7 @@ whether the peak fits a GPU.
 The model is a preset (--model) with any shape flag overriding it. The counts are the training code's: the
 parameter split of tensor and pipeline parallelism, the realised head/column/layer counts of each stage of
 --est-schedule (`PlanSampler.counts`, as `tools/est_plan.py` prices them), the tensors this model saves for its
-backward pass, and DeepSpeed ZeRO's partitions and buffers (est_megatron/training/memory_plan.py explains each
+backward pass, and DeepSpeed ZeRO's partitions and buffers (est_megatron/planning/memory.py explains each
 term). Bytes are GiB (2^30); --gpu-memory-gb is decimal GB as GPUs are sold (80 for an A100/H100 80GB).
 The fixed runtime overhead (CUDA context, NCCL, allocator slack) is an assumption unless --overhead-gb gives
 it; tools/bench/memory.py checks the rest against measured peaks on the CPU.
@@ -19,8 +19,7 @@ import sys
 from est_megatron.config import MODEL_PRESETS, model_preset
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.help_format import HelpFormatter
-from est_megatron.training.memory_plan import (DEFAULT_REDUCE_BUCKET, GIB, Layout, plan_memory,
-                                               stage_counts)
+from est_megatron.planning.memory import DEFAULT_REDUCE_BUCKET, GIB, PlannedRun, plan_memory, stage_counts
 
 SHAPE_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "vocab_size", "max_position_embeddings")
@@ -71,18 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     model = model_preset(args.model, **{flag: getattr(args, flag) for flag in SHAPE_FLAGS})
-    layout = Layout(tp=args.tp, pp=args.pp, dp=args.dp, zero=args.zero, offload_optimizer=args.offload_optimizer,
-                    offload_params=args.offload_params, bf16=not args.fp32, recompute=args.recompute,
-                    recompute_num_layers=args.recompute_num_layers, micro_batch_size=args.micro_batch_size,
-                    seq_length=args.seq_length or model.max_position_embeddings, micro_batches=args.micro_batches,
-                    sparse_optimizer=not args.dense_optimizer and args.est_schedule != "dense",
-                    reduce_bucket=args.reduce_bucket_size, zero3_retained=args.max_live_parameters)
+    run = PlannedRun(tp=args.tp, pp=args.pp, dp=args.dp, zero=args.zero, offload_optimizer=args.offload_optimizer,
+                     offload_params=args.offload_params, bf16=not args.fp32, recompute=args.recompute,
+                     recompute_num_layers=args.recompute_num_layers, micro_batch_size=args.micro_batch_size,
+                     seq_length=args.seq_length or model.max_position_embeddings, micro_batches=args.micro_batches,
+                     sparse_optimizer=not args.dense_optimizer and args.est_schedule != "dense",
+                     reduce_bucket=args.reduce_bucket_size, zero3_retained=args.max_live_parameters)
     if args.gpu_memory_gb <= 0:
         raise UsageError(f"--gpu-memory-gb {args.gpu_memory_gb:g} must be positive, e.g. 80")
     overhead = None if args.overhead_gb is None else int(args.overhead_gb * GIB)
     if overhead is not None and overhead < 0:
         raise UsageError(f"--overhead-gb {args.overhead_gb:g} must not be negative")
-    plan = plan_memory(model, layout, stage_counts(model, args.est_schedule), overhead_bytes=overhead)
+    plan = plan_memory(model, run, stage_counts(model, args.est_schedule), overhead_bytes=overhead)
     print(plan.table(args.gpu_memory_gb))
     return 0
 

@@ -37,13 +37,13 @@ import torch
 from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.model.transformer import Transformer
+from est_megatron.optim.partitions import own_segments
+from est_megatron.optim.sparse_adamw import SparseAdamW
 from est_megatron.subnet.flops import dense_step_flops, step_flops
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.training.methods import DEFAULT_LR_POWER
 from est_megatron.training.metrics import peak_tflops
-from est_megatron.training.optimizer_layout import own_segments
-from est_megatron.training.sparse_adamw import SparseAdamW
 from est_megatron.help_format import HelpFormatter
 
 STAGES = {"stage1": (0.5, 0.5, 0.5), "stage2": (0.5, 0.5, 1.0)}
@@ -169,7 +169,7 @@ class Stepper:
     def steady_step(self) -> float:
         """Seconds of the sparse step on the last plan and gradients with every unit's step count advanced by
         steady_steps, as that many steps later in a run; the counts are put back after."""
-        saved = {key: count.clone() for key, count in self.optimizer.counts.items()}
+        saved = {key: record.counts.clone() for key, record in self.optimizer.records.items()}
         self.optimizer.set_counts({key: count + self.steady_steps for key, count in saved.items()})
         self.optimizer.set_plan(None if self.last_plan is None else self.last_plan.to("cpu"))
         seconds = timed(self.device, self.optimizer.step)

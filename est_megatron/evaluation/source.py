@@ -2,9 +2,9 @@
 tokenizer.
 
 Three kinds of directory are accepted, told apart by their files: a training checkpoint (`latest` -> step_N/, any
-ZeRO stage, tensor/pipeline-parallel ranks merged by est_megatron.hf), our converted checkpoint (model.safetensors
-+ est_config.json) and a Hugging Face folder (config.json). Every path goes through est_megatron.hf, so the
-evaluated weights are exactly what tools/convert_to_hf.py exports.
+ZeRO stage, tensor/pipeline-parallel ranks merged, checksums verified), our converted checkpoint (model.safetensors
++ est_config.json), both read by est_megatron.checkpoint, and a Hugging Face folder (config.json, read by
+est_megatron.hf). The evaluated weights are exactly what tools/convert_to_hf.py exports.
 """
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import torch
 
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
-from est_megatron.hf import (EST_CONFIG, checkpoint_tokenizer, load_est_weights, read_hf_checkpoint,
-                             write_hf_checkpoint)
+from est_megatron.checkpoint.reader import load_est_weights
+from est_megatron.checkpoint.standalone import EST_CONFIG
+from est_megatron.checkpoint.tokenizer import checkpoint_tokenizer
+from est_megatron.hf import read_hf_checkpoint, write_hf_checkpoint
 from est_megatron.model.transformer import Transformer
 
 

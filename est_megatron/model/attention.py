@@ -44,7 +44,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 class SubnetIndex:
     """Row indices into the fused QKV weight and into the (input-major) output weight for one layer plan.
 
-    Built once per plan and reused by every micro-batch (the plan object is the cache key).
+    Built once per plan object and reused by every micro-batch and by the sparse optimizer's `trained_slices`
+    (the trainer hands both the same device plan; the plan object is the cache key).
     """
 
     def __init__(self, plan: LayerPlan, num_groups: int, heads_per_group: int, head_dim: int):
@@ -86,7 +87,7 @@ class Attention(nn.Module):
         None = all of it). The sampled heads' QKV rows and output rows; the output bias is not per head."""
         qkv_rows = out_rows = None
         if plan is not None and plan.query_heads is not None:
-            index = self.subnet_index(plan)  # the forward's, when it ran this plan
+            index = self.subnet_index(plan)  # shared with the forward when both are given the same plan object
             qkv_rows, out_rows = index.qkv_rows, index.out_rows
         slices = [(self.qkv.weight, 0, qkv_rows), (self.out.weight, 0, out_rows)]
         if self.qkv.bias is not None:

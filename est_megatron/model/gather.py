@@ -1,11 +1,10 @@
 """Gather the rows or columns of a weight that a sampled subnetwork uses, with a cheap exact backward.
 
 Plain `weight.index_select(dim, index)` costs a separate `* scale` pass (and its backward) and, under autograd,
-an index_select backward that profiles at 1.5-3x the cost of one `new_zeros(...).index_add_` (bench-cpu shapes,
-CPU, one thread: 2.4 ms vs 0.8 ms for the [gate; up] rows of one layer). This function folds the scale into the
-gather and returns exactly that: the full gradient is zeros with the gathered gradient added at `index`. Plan
-indices are sorted and unique, so the add is a copy (exact, and deterministic on CUDA too); `index_copy_`
-measured 2-3x slower than `index_add_` on CPU for the same result.
+an index_select backward that profiles slower than one `new_zeros(...).index_add_` (docs/performance.md). This
+function folds the scale into the gather and returns exactly that: the full gradient is zeros with the gathered
+gradient added at `index`. Plan indices are sorted and unique, so the add is a copy (exact, and deterministic on
+CUDA too); `index_add_` rather than `index_copy_`, which profiled slower on CPU for the same result.
 The full-size gradient is still returned through autograd, never written into `param.grad` directly: DeepSpeed
 ZeRO-1/2 reduce a gradient from a hook that fires when the parameter's AccumulateGrad node runs
 (`register_post_accumulate_grad_hook`), and writing `param.grad` behind autograd's back would skip that hook.

@@ -101,15 +101,6 @@ def dense_step_flops(model: ModelConfig, batch: int, seq: int) -> int:
     return step_flops(model, None, batch, seq)
 
 
-def flops_per_token(model: ModelConfig, seq: int, plan: Union[StepPlan, SubnetCounts, None] = None) -> float:
-    """Training (forward+backward) FLOPs per token at sequence length `seq`, for MFU = this x tokens/s / peak.
-
-    Unlike `6 * parameters` it includes the attention-score term, which grows with `seq`, and excludes the
-    embedding table, which is a lookup.
-    """
-    return step_flops(model, plan, 1, seq) / seq
-
-
 def paper_relative_cost(model: ModelConfig, rates: Rates) -> float:
     """Paper eq. 8: C = N_L p_L (p_H C_H + p_M C_M), relative to the dense N_L (C_H + C_M).
 

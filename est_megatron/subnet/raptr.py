@@ -121,7 +121,7 @@ def fixed_layers(num_layers: int, keep_first_last: bool) -> Tuple[int, ...]:
     return tuple(sorted({0, num_layers - 1})) if keep_first_last else ()
 
 
-class RaptrPlanner(SubnetMethod):
+class RaptrMethod(SubnetMethod):
     """Draws the RAPTR plan of any step as a pure function of (seed, step): `plan(step) -> StepPlan`."""
 
     def __init__(self, model: ModelConfig, subnet: SubnetConfig, schedule: ResolvedRaptr, seed: int,

@@ -213,9 +213,7 @@ def importance_flops(model: ModelConfig, prepass_seqs: int, seq: int, metric: st
     (`whole_forward`: the pre-pass ran to the end, as under ZeRO-3)."""
     if metric == "uniform":
         return 0
-    qkv_rows = model.num_query_groups * (model.heads_per_group + 2) * model.head_dim
-    up_rows = (2 if model.is_llama else 1) * model.ffn_hidden_size
-    scoring = model.num_layers * 2 * model.hidden_size * (qkv_rows + up_rows)
+    scoring = model.num_layers * 2 * model.hidden_size * (model.qkv_rows + model.up_rows)
     if metric == "magnitude":
         return scoring
     # the pre-pass is a dense forward without the LM head and the last MLP (the forward stops before them)

@@ -1,11 +1,10 @@
 """Checkpoints: DeepSpeed's (model, ZeRO optimizer partitions, LR scheduler) plus our state, committed atomically
 and verified on load.
 
-Layout of `--save DIR`: `DIR/step_000123/` is DeepSpeed's tag directory, to which we add `est_state.json` (step,
-consumed samples, FLOPs counters, model config, schedule, layout, args), one `rng_state_rankNNNNN.json` per rank
-(plain JSON: loading it can run no code) and, written last, `checksums.json` (size and SHA-256 of every file of
-the tag). `DIR/latest` names the newest complete tag (DeepSpeed's own format, so its tools such as zero_to_fp32.py
-work).
+The layout of `--save DIR` is est_megatron.checkpoint's: `DIR/step_000123/` is DeepSpeed's tag directory, to which
+we add the run state `est_state.json` (checkpoint.state), one `rng_state_rankNNNNN.json` per rank (plain JSON:
+loading it can run no code) and, written last, `checksums.json` (checkpoint.checksums). `DIR/latest` names the
+newest complete tag (checkpoint.tags). This module holds what needs the DeepSpeed engine: saving and restoring.
 
 DeepSpeed's own `latest` is written with a plain open/write (a crash mid-write leaves it empty or pointing at a
 half-written tag), so we save with `save_latest=False` and, after every rank has written its files, rank 0 writes
@@ -22,11 +21,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import os
 import random
-import re
 import shutil
 from typing import Optional
 
@@ -34,25 +31,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from est_megatron.checkpoint.checksums import damaged_file, write_checksums
+from est_megatron.checkpoint.durable import write_durably
+from est_megatron.checkpoint.state import read_state, write_state
+from est_megatron.checkpoint.tags import (LATEST, complete_tags, latest_tag, read_latest, step_of, tag_for,
+                                          write_latest)
 from est_megatron.config import ModelConfig
-from est_megatron.data.atomic import atomic_open
 from est_megatron.errors import UsageError
 from est_megatron.training.distributed import agree
-
-TAG_RE = re.compile(r"^step_(\d+)$")
-STATE_FILE = "est_state.json"
-CHECKSUMS = "checksums.json"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def _atomic_write(path: str, text: str) -> None:
-    with atomic_open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ---- RNG states as JSON ----
@@ -90,83 +76,6 @@ def rng_file(tag_dir: str, rank: int) -> str:
     return os.path.join(tag_dir, f"rng_state_rank{rank:05d}.json")
 
 
-# ---- checksums ----
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _tag_files(tag_dir: str) -> list:
-    """Every file of a tag (relative paths, sorted) except the checksum manifest and temporary files."""
-    found = []
-    for root, _, names in os.walk(tag_dir):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), tag_dir)
-            if rel != CHECKSUMS and ".tmp." not in name:
-                found.append(rel)
-    return sorted(found)
-
-
-def write_checksums(tag_dir: str) -> None:
-    files = {rel: {"bytes": os.path.getsize(os.path.join(tag_dir, rel)), "sha256": _sha256(os.path.join(tag_dir, rel))}
-             for rel in _tag_files(tag_dir)}
-    _atomic_write(os.path.join(tag_dir, CHECKSUMS), json.dumps({"files": files}, indent=1) + "\n")
-
-
-def damaged_file(tag_dir: str) -> Optional[str]:
-    """None when every file listed in the tag's checksums is there with its size and hash, else what is wrong."""
-    path = os.path.join(tag_dir, CHECKSUMS)
-    try:
-        with open(path) as f:
-            files = json.load(f)["files"]
-    except FileNotFoundError:
-        return f"it has no {CHECKSUMS} (an incomplete save, or a checkpoint of an older version)"
-    except (ValueError, KeyError, TypeError):
-        return f"its {CHECKSUMS} is unreadable"
-    for rel, expected in sorted(files.items()):
-        full = os.path.join(tag_dir, rel)
-        if not os.path.isfile(full):
-            return f"{rel} is missing"
-        if os.path.getsize(full) != expected["bytes"] or _sha256(full) != expected["sha256"]:
-            return f"{rel} does not match its checksum (damaged or modified)"
-    return None
-
-
-# ---- tags ----
-
-def complete_tags(save_dir: str) -> list:
-    """[(step, tag)] of the tags holding a checksum manifest, oldest first."""
-    if not os.path.isdir(save_dir):
-        return []
-    return sorted((int(m.group(1)), name) for name in os.listdir(save_dir)
-                  if (m := TAG_RE.match(name)) and os.path.isfile(os.path.join(save_dir, name, CHECKSUMS)))
-
-
-def read_latest(load_dir: str) -> Optional[str]:
-    """The tag `latest` points to, or None when the directory holds no checkpoint."""
-    path = os.path.join(load_dir, "latest")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        tag = f.read().strip()
-    if not tag or not os.path.isfile(os.path.join(load_dir, tag, STATE_FILE)):
-        raise UsageError(f"{path} points at {tag!r}, which is not a complete checkpoint; point it at a "
-                         f"step_* directory holding {STATE_FILE}")
-    return tag
-
-
-def _previous_hint(load_dir: str, tag: str) -> str:
-    older = [name for _, name in complete_tags(load_dir) if name < tag]
-    if older:
-        return (f"resume from the previous checkpoint with `echo {older[-1]} > {os.path.join(load_dir, 'latest')}`"
-                f" (or start from its weights with --init-from {os.path.join(load_dir, older[-1])})")
-    return "there is no earlier checkpoint in this directory; restore the files from a copy or start a new run"
-
-
 # ---- save ----
 
 class SaveFailed(UsageError):
@@ -191,16 +100,16 @@ def save_checkpoint(engine, save_dir: str, step: int, state: dict, keep: int) ->
     if error is None:
         try:
             os.makedirs(tag_dir, exist_ok=True)
-            _atomic_write(rng_file(tag_dir, rank), json.dumps(rng_states()))
+            write_durably(rng_file(tag_dir, rank), json.dumps(rng_states()))
             if rank == 0:
-                _atomic_write(os.path.join(tag_dir, STATE_FILE), json.dumps(state, indent=2) + "\n")
+                write_state(tag_dir, state)
         except OSError as err:
             error = err
     problem = agree(None if error is None else f"rank {rank}: {_short(error)}")
     if problem is None and rank == 0:
         try:
             write_checksums(tag_dir)
-            _atomic_write(os.path.join(save_dir, "latest"), tag)
+            write_latest(save_dir, tag)
         except OSError as err:
             error = err
     if problem is None:
@@ -219,10 +128,7 @@ def _short(error: BaseException) -> str:
 
 def _abandon(save_dir: str, tag: str, problem: str) -> None:
     """Remove the partial tag (never the one `latest` names) and raise SaveFailed on every rank."""
-    kept = None
-    if os.path.isfile(os.path.join(save_dir, "latest")):
-        with open(os.path.join(save_dir, "latest")) as f:
-            kept = f.read().strip() or None
+    kept = latest_tag(save_dir)
     if dist.get_rank() == 0 and kept != tag:
         shutil.rmtree(os.path.join(save_dir, tag), ignore_errors=True)
     dist.barrier()
@@ -236,8 +142,9 @@ def _remove_old(save_dir: str, keep: int, step: int) -> None:
     complete = [name for s, name in complete_tags(save_dir) if s <= step]
     keep_names = set(complete[-keep:])
     for name in os.listdir(save_dir):
-        m = TAG_RE.match(name)
-        if m and int(m.group(1)) < step and name not in keep_names and os.path.isdir(os.path.join(save_dir, name)):
+        tag_step = step_of(name)
+        if tag_step is not None and tag_step < step and name not in keep_names and \
+                os.path.isdir(os.path.join(save_dir, name)):
             shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
 
 
@@ -260,6 +167,14 @@ def check_model_matches(saved: dict, model: ModelConfig, where: str) -> None:
                              f"load it with the same model shape ({flags}) or start a fresh --save directory")
 
 
+def _previous_hint(load_dir: str, tag: str) -> str:
+    older = [name for _, name in complete_tags(load_dir) if name < tag]
+    if older:
+        return (f"resume from the previous checkpoint with `echo {older[-1]} > {os.path.join(load_dir, LATEST)}`"
+                f" (or start from its weights with --init-from {os.path.join(load_dir, older[-1])})")
+    return "there is no earlier checkpoint in this directory; restore the files from a copy or start a new run"
+
+
 def find_checkpoint(load_dir: str) -> Optional[tuple]:
     """Collective: (tag, our state) of the latest checkpoint of `load_dir` after verifying its checksums on rank 0,
     or None when there is none. A damaged checkpoint is one line naming the file and the previous checkpoint."""
@@ -275,8 +190,7 @@ def find_checkpoint(load_dir: str) -> Optional[tuple]:
     problem = agree(problem)
     if problem is not None:
         raise UsageError(problem)
-    with open(os.path.join(tag_dir, STATE_FILE)) as f:
-        return tag, json.load(f)
+    return tag, read_state(tag_dir)
 
 
 def restore(engine, load_dir: str, tag: str, load_rng: bool = True) -> None:

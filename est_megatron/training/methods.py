@@ -16,14 +16,13 @@ from est_megatron.config import ModelConfig, SubnetConfig
 from est_megatron.errors import UsageError
 from est_megatron.subnet.est import EstMethod
 from est_megatron.subnet.method import DenseMethod, SubnetMethod
-from est_megatron.subnet.raptr import DEFAULT_RAPTR_SCHEDULE, RAPTR_PRESETS, RaptrPlanner, parse_raptr_schedule
+from est_megatron.subnet.raptr import DEFAULT_RAPTR_SCHEDULE, RAPTR_PRESETS, RaptrMethod, parse_raptr_schedule
 from est_megatron.subnet.sat import METRICS, SELECTIONS, SatConfig, SatMethod, SatPlanner
 from est_megatron.subnet.schedule import SCHEDULE_PRESETS, parse_schedule
 
-# The sparse step's learning-rate power (SparseAdamW's lr_power): a sampled unit steps at lr * p. Measured with the
-# launcher (README, "EST against dense, measured"): at the dense model's peak learning rate the sampled stages
-# stalled on the unigram plateau; against dense, 1 ended 1.2% below on the larger model (1200 steps) where 0.5 ended
-# 0.6% below and 0 3.1% above, and 1.0% above on a third shape where 0.5 ended 1.5% above.
+# The sparse step's learning-rate power (SparseAdamW's lr_power): a sampled unit steps at lr * p. At the dense
+# model's peak learning rate with every unit at lr, the sampled stages stalled on the unigram plateau; power 1
+# measured best against 0.5 and 0 (docs/results/est_vs_dense.md).
 DEFAULT_LR_POWER = 1.0
 
 
@@ -47,11 +46,11 @@ def build_dense(ctx: MethodContext) -> DenseMethod:
     return DenseMethod()
 
 
-def build_raptr(ctx: MethodContext) -> RaptrPlanner:
+def build_raptr(ctx: MethodContext) -> RaptrMethod:
     args = ctx.args
     resolved = parse_raptr_schedule(args.raptr_schedule).resolve(ctx.model, ctx.subnet, ctx.train_steps,
                                                                  args.raptr_keep_first_last)
-    return RaptrPlanner(ctx.model, ctx.subnet, resolved, ctx.seed, args.raptr_keep_first_last,
+    return RaptrMethod(ctx.model, ctx.subnet, resolved, ctx.seed, args.raptr_keep_first_last,
                         args.raptr_scale_residual)
 
 

@@ -9,7 +9,7 @@ DataLoader workers end with the loop (`training.loader`). Every phase names itse
 ends a rank whose phase outlasts --distributed-timeout-minutes (exit status 3, with its stacks).
 
 Parameters outside the plan: a skipped layer's parameters get no gradient at all (`.grad` None), unsampled rows
-of a sampled block get zeros; the sparse optimizer step (`training.sparse_adamw`) leaves them untouched. Under
+of a sampled block get zeros; the sparse optimizer step (`optim.sparse_adamw`) leaves them untouched. Under
 ZeRO-3 the step first clears the stale gradient buffer (`training.zero3_grads`).
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ from est_megatron import host_heap
 from est_megatron.config import ModelConfig, model_preset, MODEL_PRESETS
 from est_megatron.data.sampler import PretrainingSampler
 from est_megatron.errors import UsageError
-from est_megatron.hf import load_est_weights
+from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.model.recompute import Recompute
+from est_megatron.optim.sparse_adamw import SparseAdamW
 from est_megatron.parallel.build import build_model
 from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
@@ -43,12 +44,12 @@ from est_megatron.training.loader import TrainingBatches
 from est_megatron.training.methods import MethodContext, build_method, subnet_config
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
-from est_megatron.training.optim import (ZERO3_AUTO_KEYS, bind_sparse_optimizer, build_lr_scheduler,
-                                         build_optimizer, describe_lr_schedule, load_ds_config, resolve_zero3_auto,
-                                         zero3_setting, zero_stage)
+from est_megatron.training.ds_config import (ZERO3_AUTO_KEYS, load_ds_config, resolve_zero3_auto, zero3_setting,
+                                             zero_stage)
+from est_megatron.training.optimizer_setup import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer,
+                                                   describe_lr_schedule)
 from est_megatron.training.preflight import check_directories, checkpoint_bytes
 from est_megatron.training.resume import check_resume
-from est_megatron.training.sparse_adamw import SparseAdamW
 from est_megatron.training.validation import validation_losses
 from est_megatron.training.zero3_grads import check_zero3_internals, clear_stale_zero3_grads
 
@@ -76,7 +77,9 @@ def _json_args(args) -> dict:
 
 
 def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
-    """Run training from parsed arguments (and data hooks, default pretraining shards); returns the exit status."""
+    """Run training from parsed arguments (and data hooks, default pretraining shards); returns 0 once the run has
+    ended as asked. Errors raise (a UsageError is one line and status 2 at the entry point); a stalled rank
+    exits with status 3 from `training.watchdog`."""
     preemption.install_signal_handlers()
     info = init_distributed(args.local_rank, args.distributed_timeout_minutes)
     watchdog.start(args.distributed_timeout_minutes * 60, info["rank"])
@@ -156,9 +159,8 @@ class Trainer:
         ds_config = resolve_zero3_auto(ds_config, self.model_cfg, tp)
         self.zero_config = ds_config.get("zero_optimization", {})
         watchdog.doing("start-up: building the model and the DeepSpeed engine")
-        model, pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg, self.zero_stage,
-                                        full_state, Recompute.from_args(args), ds_config)
-        self.pipe_step_plan = pipe_step_plan if pp > 1 else None
+        model, self.pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg,
+                                                 self.zero_stage, full_state, Recompute.from_args(args), ds_config)
         optimizer = build_optimizer(model, args)
         with host_heap.large_frees_returned(self.zero_stage == 3):  # ZeRO-3 gathers each weight whole in turn
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -318,7 +320,7 @@ class Trainer:
 
         device_plan = plan.to(device) if plan is not None else None
         if self.sparse_optimizer is not None:  # the optimizer step leaves what this plan does not train untouched
-            self.sparse_optimizer.set_plan(plan)
+            self.sparse_optimizer.set_plan(device_plan)  # the forward's plan objects: one SubnetIndex per layer
         if self.zero_stage == 3:
             clear_stale_zero3_grads(engine)
         self.interval["lr"] = engine.get_lr()[0]

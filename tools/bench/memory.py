@@ -18,7 +18,7 @@ which counts memory that glibc has since returned, so it is the true peak) after
 stage's peak is the high-water mark at its end, so stages run smallest first. With --device cuda (the default
 where torch sees a GPU) each process takes one GPU, NCCL and bf16, and reads torch.cuda.max_memory_allocated instead;
 the planner then counts whole reduce buckets and bf16 weights. The table prints the largest rank's
-figures, and beside each the peak est_megatron.training.memory_plan predicts for it (the planner behind
+figures, and beside each the peak est_megatron.planning.memory predicts for it (the planner behind
 tools/memory_plan.py, given the measured baseline as its fixed runtime overhead) and predicted / measured. A stage's
 prediction is the largest phase so far: the first stage's step is the run's first, before which the Adam moments do
 not exist. Keep --steps at 2 or more: ZeRO-3 records the order modules run in during a stage's first step and only
@@ -110,7 +110,8 @@ def worker(args) -> None:
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
     from est_megatron.training.distributed import teardown
-    from est_megatron.training.optim import build_optimizer, load_ds_config, resolve_zero3_auto
+    from est_megatron.training.ds_config import load_ds_config, resolve_zero3_auto
+    from est_megatron.training.optimizer_setup import build_optimizer
 
     state = initialize_model_parallel(1, 1, backend="nccl" if cuda else "gloo")
     dp = state.get_data_parallel_world_size()
@@ -161,17 +162,17 @@ def bench_plan(args, cfg, zero: int, nproc: int, baseline: int):
     from est_megatron.subnet.flops import SubnetCounts
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
-    from est_megatron.training.memory_plan import Layout, plan_memory, zero3_retained
-    from est_megatron.training.optim import resolve_zero3_auto
+    from est_megatron.planning.memory import PlannedRun, plan_memory, zero3_retained
+    from est_megatron.training.ds_config import resolve_zero3_auto
     sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:1,1,1").resolve(1), 1234)
     stages = [(name, SubnetCounts.from_sampler(sampler, rates)) for name, rates in STAGES]
     with open(config_path(args, zero)) as f:
         zero_config = resolve_zero3_auto(json.load(f), cfg).get("zero_optimization", {})
-    layout = Layout(dp=nproc, zero=zero, bf16=args.device == "cuda", micro_batch_size=args.micro_batch_size,
-                    seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute,
-                    reduce_bucket=int(zero_config.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
-                    zero3_retained=zero3_retained(zero_config))
-    return plan_memory(cfg, layout, stages, overhead_bytes=baseline, device=args.device)
+    planned = PlannedRun(dp=nproc, zero=zero, bf16=args.device == "cuda", micro_batch_size=args.micro_batch_size,
+                         seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute,
+                         reduce_bucket=int(zero_config.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
+                         zero3_retained=zero3_retained(zero_config))
+    return plan_memory(cfg, planned, stages, overhead_bytes=baseline, device=args.device)
 
 
 def predicted_peaks(plan, steps: int) -> dict:
@@ -224,7 +225,7 @@ def measured_stages(args) -> list:
     """The ZeRO stages to run: --zero's, checked against the stage --ds-config sets."""
     if not args.ds_config:
         return [int(z) for z in (args.zero or "1,2,3").split(",")]
-    from est_megatron.training.optim import zero_stage
+    from est_megatron.training.ds_config import zero_stage
     try:
         with open(args.ds_config) as f:
             stage = zero_stage(json.load(f))

@@ -36,6 +36,7 @@ from typing import List, Optional
 
 import psutil
 
+from est_megatron.checkpoint.tags import latest_step
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.help_format import HelpFormatter
 from est_megatron.training.distributed import free_port
@@ -187,16 +188,6 @@ def run_once(cmds: List[List[str]], work: str, bound: float, grace: float, stop:
                 output=output)
 
 
-def checkpoint_step(work: str) -> Optional[int]:
-    latest = os.path.join(work, "ckpt", "latest")
-    if not os.path.isfile(latest):
-        return None
-    with open(latest) as f:
-        tag = f.read().strip()
-    with open(os.path.join(work, "ckpt", tag, "est_state.json")) as f:
-        return json.load(f)["step"]
-
-
 def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: float, grace: float,
                timeout_minutes: float) -> dict:
     """Two runs with a save between them; the outcome of both. A plain cell trains to half of `steps`
@@ -209,7 +200,7 @@ def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: f
         "--distributed-timeout-minutes", str(timeout_minutes)]
     first = run_once(commands(cell, flags + ([] if cell.stop else ["--exit-interval", str(half)]), work), work,
                      bound, grace, cell.stop)
-    saved = checkpoint_step(work)
+    saved = latest_step(os.path.join(work, "ckpt"))
     problems = []
     if cell.stop and ("(checkpoint saved)" not in first["output"] or saved is None):
         problems.append("the stopped run did not save")
@@ -218,8 +209,9 @@ def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: f
     end = (saved // half + 1) * half if cell.stop and saved is not None else steps
     second = run_once(commands(cell, flags + (["--exit-interval", str(half)] if cell.stop else []), work), work,
                       bound, grace, None)
-    if any(second["statuses"]) or checkpoint_step(work) != end:
-        problems.append(f"resume: exit {second['statuses']}, checkpoint at step {checkpoint_step(work)}, not {end}")
+    resumed_to = latest_step(os.path.join(work, "ckpt"))
+    if any(second["statuses"]) or resumed_to != end:
+        problems.append(f"resume: exit {second['statuses']}, checkpoint at step {resumed_to}, not {end}")
     elif saved and f"at step {saved}" not in second["output"]:
         problems.append(f"resume did not start from step {saved}")
     runs = (first, second)

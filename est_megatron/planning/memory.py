@@ -52,7 +52,7 @@ from est_megatron.errors import UsageError
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
-from est_megatron.training.optim import zero3_live_budget, zero3_setting
+from est_megatron.training.ds_config import zero3_live_budget, zero3_setting
 
 GIB = 2 ** 30
 FP32, INT64 = 4, 8
@@ -70,8 +70,8 @@ SETUP_IMPORTS_GIB = 0.1
 
 
 @dataclass(frozen=True)
-class Layout:
-    """How one training run is laid out and batched; the flags of tools/memory_plan.py."""
+class PlannedRun:
+    """A training run as the planner sees it: how it is laid out and batched, the flags of tools/memory_plan.py."""
 
     tp: int = 1
     pp: int = 1
@@ -89,7 +89,7 @@ class Layout:
     reduce_bucket: int = DEFAULT_REDUCE_BUCKET
     zero3_retained: Optional[int] = None  # elements ZeRO-3 may keep gathered (zero3_retained; None: the shipped auto)
 
-    def check(self, model: ModelConfig) -> "Layout":
+    def check(self, model: ModelConfig) -> "PlannedRun":
         for name in ("tp", "pp", "dp", "micro_batch_size", "seq_length", "micro_batches"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -220,27 +220,27 @@ class ActivationPlan:
         return self.saved * self.in_flight + self.transient
 
 
-def activation_plan(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> ActivationPlan:
-    tokens = layout.micro_batch_size * layout.seq_length
-    act = layout.weight_bytes
-    shape = layer_shape(model, counts, layout.tp)
-    active = active_layers(model, layout, counts)
-    full = (0 if layout.recompute != "full" else
-            active if layout.recompute_num_layers is None else min(layout.recompute_num_layers, active))
-    stored = layer_activation_bytes(model, shape, act, layout.recompute)
-    gathered = gathered_weight_bytes(model, shape, layout.weight_bytes)
-    vocab = math.ceil(model.vocab_size / layout.tp)
+def activation_plan(model: ModelConfig, run: PlannedRun, counts: SubnetCounts) -> ActivationPlan:
+    tokens = run.micro_batch_size * run.seq_length
+    act = run.weight_bytes
+    shape = layer_shape(model, counts, run.tp)
+    active = active_layers(model, run, counts)
+    full = (0 if run.recompute != "full" else
+            active if run.recompute_num_layers is None else min(run.recompute_num_layers, active))
+    stored = layer_activation_bytes(model, shape, act, run.recompute)
+    gathered = gathered_weight_bytes(model, shape, run.weight_bytes)
+    vocab = math.ceil(model.vocab_size / run.tp)
     head = tokens * (vocab * FP32 + _norm_bytes(model, act) + act * model.hidden_size + 2 * INT64)
     # A fully recomputed layer keeps its input only: its gathered weights are gathered again in the backward pass.
     # RoPE's cos and sin tables (all positions, fp32) are saved once, unless recompute covers every rotation.
-    rotated = model.is_llama and active > full and layout.recompute != "selective"
+    rotated = model.is_llama and active > full and run.recompute != "selective"
     rope = 2 * model.max_position_embeddings * model.head_dim * FP32 if rotated else 0
     saved = tokens * ((active - full) * stored + full * act * model.hidden_size) + (active - full) * gathered + head \
         + rope
     # The backward pass starts with the logits' fp32 gradient (and its bf16 cast) beside the saved log-probabilities.
     logits = tokens * vocab * (FP32 + (act if act != FP32 else 0))
     recomputed = tokens * layer_activation_bytes(model, shape, act, None) + gathered if full else 0
-    in_flight = min(layout.pp, layout.micro_batches)
+    in_flight = min(run.pp, run.micro_batches)
     return ActivationPlan(saved, max(logits, recomputed), in_flight)
 
 
@@ -248,10 +248,10 @@ def activation_plan(model: ModelConfig, layout: Layout, counts: SubnetCounts) ->
 
 @dataclass
 class MemoryPlan:
-    """Per-rank bytes of one layout: model states, activations per training stage, and the phase peaks."""
+    """Per-rank bytes of one run: model states, activations per training stage, and the phase peaks."""
 
     model: ModelConfig
-    layout: Layout
+    run: PlannedRun
     parameters: int  # on the largest pipeline stage, after the tensor-parallel split
     weights: int  # this rank's own weights (its partition under ZeRO-3)
     gathered: int  # ZeRO-3: whole weights gathered from the other ranks while training (dense steps)
@@ -274,13 +274,13 @@ class MemoryPlan:
     @property
     def host_weights(self) -> int:
         """One weight partition, w P / N: what ZeRO-Infinity keeps in host memory."""
-        return math.ceil(self.parameters / self.layout.dp) * self.layout.weight_bytes
+        return math.ceil(self.parameters / self.run.dp) * self.run.weight_bytes
 
     def phases(self, stage: str, first_step: bool = False) -> Dict[str, int]:
         """Bytes at start-up (the model built), during deepspeed.initialize, in forward/backward of `stage`, and in
         the optimizer step. Before the first step the Adam moments do not exist yet (`first_step`); from then on
         they stay."""
-        on_device = lambda n: 0 if self.layout.offload_optimizer else n  # noqa: E731
+        on_device = lambda n: 0 if self.run.offload_optimizer else n  # noqa: E731
         moments = 0 if first_step else on_device(self.moments)
         kept = self.overhead + self.weights + self.gradients + on_device(self.master)
         return {
@@ -296,16 +296,16 @@ class MemoryPlan:
         copies); ZeRO-1/2 first flatten the partition's gradients beside the reduce bucket, at the end of the
         backward pass; ZeRO-3 keeps its reduce bucket."""
         step = on_device(self.fp32_partitions + self.step_transient)
-        if self.layout.zero in (1, 2):
+        if self.run.zero in (1, 2):
             return max(step, self.gradients + self.reduce_buffer)
-        return step + (self.reduce_buffer // ZERO3_BUCKETS if self.layout.zero == 3 else 0)
+        return step + (self.reduce_buffer // ZERO3_BUCKETS if self.run.zero == 3 else 0)
 
     def initialize_peak(self, master: int, gradient_partition: int) -> int:
         """deepspeed.initialize: the weights copied into a flat buffer while the originals exist, then the fp32
         master partition and a zero-filled gradient partition (ZeRO-1/2 create an fp32 one to set up the
         optimizer and free it again; ZeRO-3 keeps its flat one, and gathers every weight to register its gradient
         hook). On the CPU add what the first optimizer and DeepSpeed's checks import."""
-        if self.layout.zero == 3:
+        if self.run.zero == 3:
             gradient_partition, master = self.gradients, master + self.hook_transient
         imports = int(SETUP_IMPORTS_GIB * GIB) if self.device == "cpu" else 0
         return self.overhead + self.weights + max(self.flatten_transient, master + gradient_partition) + imports
@@ -315,7 +315,7 @@ class MemoryPlan:
 
     def table(self, gpu_memory_gb: float) -> str:
         """The printed plan: states, activations per stage, peaks, and whether each fits `gpu_memory_gb`."""
-        lay, m = self.layout, self.model
+        lay, m = self.run, self.model
         gib = lambda n: f"{n / GIB:10.2f}"  # noqa: E731
         lines = [f"model: {m.num_parameters():,} parameters; this rank holds {self.parameters:,} "
                  f"(TP {lay.tp}, PP {lay.pp}, DP {lay.dp}); ZeRO-{lay.zero}"
@@ -376,39 +376,39 @@ def stage_counts(model: ModelConfig, schedule: str, subnet: Optional[SubnetConfi
     return out
 
 
-def zero3_hook_transient(model: ModelConfig, layout: Layout, device: str) -> int:
+def zero3_hook_transient(model: ModelConfig, run: PlannedRun, device: str) -> int:
     """What ZeRO-3's initialize adds while it registers gradient hooks, gathering each weight whole (every rank,
     full size) and partitioning it again: the all-gather's output and the weight made from it, two copies of the
     largest weight at once (the launcher has glibc return each freed one on the CPU, est_megatron.host_heap), beside
     the reduce bucket allocated just before (on the CPU `torch.empty`, not resident until written)."""
-    bucket = layout.reduce_bucket if device == "cuda" else 0
-    return (2 * largest_weight(model, layout.tp) + bucket) * layout.weight_bytes
+    bucket = run.reduce_bucket if device == "cuda" else 0
+    return (2 * largest_weight(model, run.tp) + bucket) * run.weight_bytes
 
 
-def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[str, SubnetCounts]]] = None,
+def plan_memory(model: ModelConfig, run: PlannedRun, stages: Optional[List[Tuple[str, SubnetCounts]]] = None,
                 overhead_bytes: Optional[int] = None, device: str = "cuda") -> MemoryPlan:
-    """The memory plan of `model` under `layout` for each (name, counts) stage (default: dense only)."""
-    layout.check(model)
-    n, w = layout.dp, layout.weight_bytes
-    per_stage = stage_parameters(model, layout.tp, layout.pp)
+    """The memory plan of `model` under `run` for each (name, counts) stage (default: dense only)."""
+    run.check(model)
+    n, w = run.dp, run.weight_bytes
+    per_stage = stage_parameters(model, run.tp, run.pp)
     p = max(per_stage)
-    partition = math.ceil(p / n) if layout.zero >= 1 else p
+    partition = math.ceil(p / n) if run.zero >= 1 else p
     # A bucket is torch.empty: the GPU allocates all of it, the CPU makes resident what gradients are written to.
-    bucket = (layout.reduce_bucket if device == "cuda" else min(layout.reduce_bucket, p)) * w
-    if layout.zero == 3:
-        weights = 0 if layout.offload_params else math.ceil(p / n) * w
-        gathered = zero3_gathered(model, layout, p, SubnetCounts.dense(model))
+    bucket = (run.reduce_bucket if device == "cuda" else min(run.reduce_bucket, p)) * w
+    if run.zero == 3:
+        weights = 0 if run.offload_params else math.ceil(p / n) * w
+        gathered = zero3_gathered(model, run, p, SubnetCounts.dense(model))
     else:
         weights, gathered = p * w, 0
     gradients = partition * w
-    master = partition * FP32 if (layout.zero >= 1 or layout.bf16) else 0
+    master = partition * FP32 if (run.zero >= 1 or run.bf16) else 0
     moments = 2 * partition * FP32
-    fp32_partitions = partition * FP32 if layout.zero >= 1 else 0
-    reduce_buffer = {0: 0, 1: bucket, 2: bucket, 3: ZERO3_BUCKETS * bucket}[layout.zero]
-    flatten_transient = (math.ceil(p / n) if layout.zero == 3 else p) * w if layout.zero >= 1 else 0
-    unit_counts = trained_units(model, layout.tp, layout.pp) * INT64 if layout.sparse_optimizer else 0
-    host = (master + moments + fp32_partitions if layout.offload_optimizer else 0) \
-        + (math.ceil(p / n) * w if layout.offload_params else 0) + unit_counts
+    fp32_partitions = partition * FP32 if run.zero >= 1 else 0
+    reduce_buffer = {0: 0, 1: bucket, 2: bucket, 3: ZERO3_BUCKETS * bucket}[run.zero]
+    flatten_transient = (math.ceil(p / n) if run.zero == 3 else p) * w if run.zero >= 1 else 0
+    unit_counts = trained_units(model, run.tp, run.pp) * INT64 if run.sparse_optimizer else 0
+    host = (master + moments + fp32_partitions if run.offload_optimizer else 0) \
+        + (math.ceil(p / n) * w if run.offload_params else 0) + unit_counts
     # Seeded initialisation draws each part (a layer, the embedding) whole in fp32 before keeping its slice: the
     # drawn part and what is left of the part before it (or, where TP pads the vocabulary, the padded copy). Measured
     # with tools/bench/memory.py (live memory, 28M to 254M parameters, 1 and 2 ranks): 1.35 to 1.65 parts.
@@ -416,24 +416,24 @@ def plan_memory(model: ModelConfig, layout: Layout, stages: Optional[List[Tuple[
     init_transient = int(INIT_PARTS * largest_part * FP32)
     # The sparse step copies a partly trained block's rows out (parameter, gradient, both moments) or runs the masked
     # update's two full-size temporaries, one block at a time: at most four fp32 copies of the largest sampled block.
-    largest_block = model.hidden_size * max(model.qkv_rows, model.up_rows) // layout.tp
-    step_transient = 4 * FP32 * min(largest_block, partition) if layout.sparse_optimizer else 0
-    hook_transient = zero3_hook_transient(model, layout, device) if layout.zero == 3 else 0
+    largest_block = model.hidden_size * max(model.qkv_rows, model.up_rows) // run.tp
+    step_transient = 4 * FP32 * min(largest_block, partition) if run.sparse_optimizer else 0
+    hook_transient = zero3_hook_transient(model, run, device) if run.zero == 3 else 0
     if overhead_bytes is None:
         overhead_bytes = int(DEFAULT_OVERHEAD_GIB[device] * GIB)
-    plan = MemoryPlan(model, layout, p, weights, gathered, gradients, master, moments, fp32_partitions,
+    plan = MemoryPlan(model, run, p, weights, gathered, gradients, master, moments, fp32_partitions,
                       reduce_buffer, unit_counts, host, init_transient, flatten_transient, overhead_bytes,
                       step_transient, hook_transient, device)
     for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
-        plan.activations[name] = activation_plan(model, layout, counts)
-        plan.stage_gathered[name] = zero3_gathered(model, layout, p, counts) if layout.zero == 3 else 0
+        plan.activations[name] = activation_plan(model, run, counts)
+        plan.stage_gathered[name] = zero3_gathered(model, run, p, counts) if run.zero == 3 else 0
     return plan
 
 
-def active_layers(model: ModelConfig, layout: Layout, counts: SubnetCounts) -> int:
+def active_layers(model: ModelConfig, run: PlannedRun, counts: SubnetCounts) -> int:
     """Layers a step of `counts` runs on the largest pipeline stage."""
-    layers_here = model.num_layers // layout.pp
-    return max(1, round(counts.layers / layout.pp)) if counts.layers < model.num_layers else layers_here
+    layers_here = model.num_layers // run.pp
+    return max(1, round(counts.layers / run.pp)) if counts.layers < model.num_layers else layers_here
 
 
 def zero3_retained(zero_optimization: dict) -> int:
@@ -451,20 +451,20 @@ def largest_weight(model: ModelConfig, tp: int = 1) -> int:
     return max(math.ceil(model.vocab_size / tp), model.qkv_rows // tp, model.up_rows // tp) * model.hidden_size
 
 
-def zero3_gathered(model: ModelConfig, layout: Layout, parameters: int, counts: SubnetCounts) -> int:
+def zero3_gathered(model: ModelConfig, run: PlannedRun, parameters: int, counts: SubnetCounts) -> int:
     """ZeRO-3's whole weights gathered during a step of `counts` (a skipped layer is never gathered; sampled heads
     and columns come from the whole weight). Once DeepSpeed has recorded the order the modules run in, which
     repeats while every layer runs, it keeps up to `zero3_retained` elements gathered besides the module that runs
     (the largest weight: the output projection, at the start of the backward pass); a stage that samples layers
     runs another order every step, and DeepSpeed releases each module's weights after use. On one rank nothing is
     gathered from others: the running layers only."""
-    layer = model.layer_parameters(layout.tp)
-    runs = parameters - (model.num_layers // layout.pp - active_layers(model, layout, counts)) * layer
-    if layout.dp == 1:
+    layer = model.layer_parameters(run.tp)
+    runs = parameters - (model.num_layers // run.pp - active_layers(model, run, counts)) * layer
+    if run.dp == 1:
         held = ZERO3_ONE_RANK_LAYERS * layer
     else:
-        retained = layout.zero3_retained
+        retained = run.zero3_retained
         if retained is None:
-            retained = zero3_live_budget(model, layout.tp)
-        held = largest_weight(model, layout.tp) + (retained if counts.layers >= model.num_layers else 0)
-    return min(runs, held) * layout.weight_bytes
+            retained = zero3_live_budget(model, run.tp)
+        held = largest_weight(model, run.tp) + (retained if counts.layers >= model.num_layers else 0)
+    return min(runs, held) * run.weight_bytes

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from est_megatron.errors import UsageError
-from est_megatron.training.sparse_adamw import Segment
+from est_megatron.optim.param_state import Segment
 
 UNSUPPORTED = ("--est-optimizer sparse does not know how {name} lays out the optimizer's tensors (DeepSpeed "
                "{version}); use a ZeRO stage 1-3 config or --est-optimizer dense")

@@ -1,5 +1,5 @@
 """AdamW on the selected rows of blocks in one pass over just those elements: a Triton kernel on CUDA, its C twin
-on the CPU (est_megatron.training.selected_adamw_c).
+on the CPU (est_megatron.optim.selected_adamw_c).
 
 Without a kernel the sparse step's alternatives both cost more than AdamW over the whole model: the masked update
 reads and writes the whole block eight times, and copying the selected rows out and back for torch's fused kernel
@@ -20,7 +20,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from est_megatron.training import selected_adamw_c
+from est_megatron.optim import selected_adamw_c
+from est_megatron.optim.hyper import AdamHyper
 
 try:
     import triton
@@ -120,7 +121,7 @@ class Block:
     lr: float
 
 
-def adamw_blocks_(blocks: Sequence[Block], hyper) -> None:
+def adamw_blocks_(blocks: Sequence[Block], hyper: AdamHyper) -> None:
     """AdamW in place on the trained rows of `blocks` (all on one device): one C call for all of them on the CPU,
     one Triton launch per (parameter, gradient) dtype pair on CUDA. Everything else of their tensors is neither
     read nor written."""
@@ -161,7 +162,7 @@ def _entries(blocks: Sequence[Block], keep: list) -> List[tuple]:
 
 
 def _launch(entries: Sequence[tuple], device: torch.device, param_dtype: torch.dtype, grad_dtype: torch.dtype,
-            hyper) -> None:
+            hyper: AdamHyper) -> None:
     """The Triton kernel over `entries` (_entries): their table, scalar corrections and tiles built on the host,
     moved in one copy, one launch."""
     table = [field for entry in entries for field in entry[:INT_FIELDS]]
@@ -169,12 +170,11 @@ def _launch(entries: Sequence[tuple], device: torch.device, param_dtype: torch.d
     tiles = _tiles(torch.tensor(table[4::INT_FIELDS]))  # each entry's trained rows
     if tiles.numel() == 0:
         return
-    lr, weight_decay, beta1, beta2, eps = hyper
     packed = torch.cat([torch.tensor(table, dtype=torch.int64), tiles.flatten()]).to(device)
     _adamw_blocks_kernel[(tiles.shape[0],)](
-        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):], 1.0 - lr * weight_decay,
-        beta1, beta2, eps, P_DTYPE=TRITON_DTYPES[param_dtype], G_DTYPE=TRITON_DTYPES[grad_dtype],
-        BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_COLS)
+        packed, torch.tensor(scalars, dtype=torch.float32).to(device), packed[len(table):],
+        1.0 - hyper.lr * hyper.weight_decay, hyper.beta1, hyper.beta2, hyper.eps,
+        P_DTYPE=TRITON_DTYPES[param_dtype], G_DTYPE=TRITON_DTYPES[grad_dtype], BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_COLS)
 
 
 def _tiles(trained_rows: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,8 @@ from typing import Optional
 
 import torch
 
+from est_megatron.optim.hyper import AdamHyper
+
 SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -163,9 +165,9 @@ class BlockEntry(ctypes.Structure):
                 ("c2_sqrt_scalar", ctypes.c_double), ("lr", ctypes.c_double)]
 
 
-def adamw_entries_(entries, hyper) -> None:
+def adamw_entries_(entries, hyper: AdamHyper) -> None:
     """selected_adamw.adamw_blocks_ on the CPU, in one call over the blocks' entries (fp32 tensors; each entry
     carries the learning rate of its step size, `hyper`'s gives the weight decay)."""
-    lr, weight_decay, beta1, beta2, eps = hyper
     table = (BlockEntry * len(entries))(*(BlockEntry(*entry) for entry in entries))
-    library()(table, len(entries), lr, weight_decay, beta1, beta2, eps, torch.get_num_threads())
+    library()(table, len(entries), hyper.lr, hyper.weight_decay, hyper.beta1, hyper.beta2, hyper.eps,
+              torch.get_num_threads())

@@ -1,0 +1,80 @@
+"""The files of a comparison (analysis.comparison): summary.json, table.md and figure2.png in one directory.
+
+The table is markdown so that it reads as text on a terminal and pastes into a paper draft or an issue unchanged;
+summary.json keeps every number behind it, and the curves, for other plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from typing import Dict, List, Sequence
+
+from est_megatron.analysis.curves import RunCurves
+
+
+def _pm(mean, sd, digits=4, suffix=""):
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}{suffix}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _duration(seconds):
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def markdown_table(summary: dict, table_steps: Sequence[int]) -> str:
+    """Final validation loss of every run against the baseline: mean ± sd over seeds, FLOPs saved, time."""
+    base = summary["baseline"]
+    final_steps = sorted({s["final_val_step"] for r in summary["runs"] for s in r["seeds"]
+                          if s.get("final_val_step") is not None})
+    at = f"step {final_steps[0]}" if len(final_steps) == 1 else "the last evaluation"
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    over = f"mean ± standard deviation over seeds {seeds}" if len(summary["seeds"]) > 1 else f"seed {seeds}"
+    lines = [f"Validation loss (the dense model on the same held-out batches) at {at}; {over}. "
+             + (f"'vs {base}' is the relative difference to {base} with the same seed, averaged over seeds."
+                if base else "No dense run to compare with (add --run dense)."), ""]
+    header = ["run", "flags", "seeds done", "val loss"] + [f"val loss @{t}" for t in table_steps]
+    header += [f"vs {base}"] if base else []
+    header += ["FLOPs saved", "train loss", "wall-clock"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in summary["runs"]:
+        cells = [run["name"], f"`{shlex.join(run['flags'])}`" if run["flags"] else "",
+                 f"{run['seeds_finished']}/{len(run['seeds'])}",
+                 _pm(run["final_val_loss_mean"], run["final_val_loss_sd"])]
+        cells += [_pm(run[f"val_loss_at_{t}_mean"], run[f"val_loss_at_{t}_sd"]) for t in table_steps]
+        if base:
+            rel = run["val_loss_vs_baseline_pct_mean"]
+            cells.append("" if run["name"] == base else "–" if rel is None else
+                         f"{rel:+.2f}%" + (f" ± {run['val_loss_vs_baseline_pct_sd']:.2f}"
+                                           if run["val_loss_vs_baseline_pct_sd"] is not None else ""))
+        saved = run["flops_saved_frac_mean"]
+        cells += ["–" if saved is None else f"{saved * 100:.1f}%",
+                  _pm(run["final_train_loss_mean"], run["final_train_loss_sd"]),
+                  _duration(run["wall_clock_s_mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_report(summary: dict, curves: Dict[str, List[RunCurves]], output_dir: str, table_steps: Sequence[int],
+                plot: bool):
+    """summary.json, table.md and, when `plot` and some run has logs, figure2.png (matplotlib needed) in
+    output_dir. Returns ({"summary"|"table"|"figure": path}, the table)."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {"summary": os.path.join(output_dir, "summary.json"), "table": os.path.join(output_dir, "table.md")}
+    with open(paths["summary"], "w") as f:
+        json.dump(summary, f, indent=1)
+    table = markdown_table(summary, table_steps)
+    with open(paths["table"], "w") as f:
+        f.write(table)
+    if plot and curves:
+        from est_megatron.analysis.figure import save_loss_figure
+        seeds = ", ".join(map(str, summary["seeds"]))
+        paths["figure"] = save_loss_figure(curves, os.path.join(output_dir, "figure2.png"),
+                                           title=f"{' vs '.join(curves)} (seeds {seeds})")
+    return paths, table
