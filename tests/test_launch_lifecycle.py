@@ -1,33 +1,23 @@
 """Many processes through the real launchers, with the defaults users run (DataLoader workers on): every run ends,
 and nothing outlives it.
 
-- The soak's fast cells (tools/bench/soak.py): pipeline parallelism under `deepspeed` stopped by SIGTERM to the
-  launcher, then resumed; Ctrl-C (SIGINT to the process group) under torchrun, then resumed. Each run saves,
+- The soak's fast cells (est_megatron/bench/soak.py): pipeline parallelism under `deepspeed` stopped by SIGTERM
+  to the launcher, then resumed; Ctrl-C (SIGINT to the process group) under torchrun, then resumed. Each run saves,
   exits and leaves no process behind.
 - A rank that stalls on purpose ends the run within the timeout plus a minute: both ranks write what they were
   doing and their stacks, and exit non-zero.
 - Two nodes on one machine (torchrun --nnodes 2) train, save and resume exactly as one node of the same world
   size, each building its own index cache.
 """
-import importlib.util
 import json
 import os
-import sys
 import time
 
-from dist_utils import REPO, launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
-
-
-def load_soak():
-    spec = importlib.util.spec_from_file_location("soak", os.path.join(REPO, "tools", "bench", "soak.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
+from est_megatron.bench import soak
 
 
 def test_soak_fast_cells_exit_save_resume_and_leave_no_process(tiny_shards, tmp_path):  # noqa: F811
-    soak = load_soak()
     table = tmp_path / "soak.json"
     status = soak.main(["--cells", "fast", "--repeat", "1", "--train-steps", "8", "--bound", "240",
                         "--data-path", tiny_shards["prefix"], "--tokenizer-model", tiny_shards["tokenizer"],
@@ -41,7 +31,6 @@ def test_soak_fast_cells_exit_save_resume_and_leave_no_process(tiny_shards, tmp_
 
 
 def test_a_stalled_rank_ends_the_run_with_every_ranks_stacks(tiny_shards, tmp_path):  # noqa: F811
-    soak = load_soak()
     cell = soak.Cell("torchrun", 2, "zero2")
     flags = train_flags(tiny_shards, tmp_path, steps=50, **{"--distributed-timeout-minutes": "0.1",
                                                            "--save": str(tmp_path / "ckpt")})
@@ -63,7 +52,6 @@ def test_a_stalled_rank_ends_the_run_with_every_ranks_stacks(tiny_shards, tmp_pa
 def test_two_nodes_on_one_machine_train_save_and_resume_as_one_node(tiny_shards, tmp_path):  # noqa: F811
     """torchrun --nnodes 2 on localhost, each node with its own --data-cache-dir and a shared --save: two steps,
     saved; then resumed for two more. Every loss equals the one-node run of the same world size."""
-    soak = load_soak()
     one = tmp_path / "one"
     assert launch(train_flags(tiny_shards, one, steps=4), nproc=2).returncode == 0
     two = tmp_path / "two"

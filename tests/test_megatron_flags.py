@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from data_fixtures import load_tool
 from est_megatron.errors import UsageError
 from est_megatron.training.arguments import build_parser, check_args, resolve_precision
 from est_megatron.training.optimizer_setup import describe_lr_schedule
@@ -80,10 +79,10 @@ def test_the_learning_rate_power_must_be_finite():
 def parsers():
     yield "pretrain", build_parser()
     for tool in ("preprocess_data", "train_tokenizer", "inspect_data", "convert_to_hf", "convert_hf_to_est",
-                 "est_plan", "evaluate", "hessian_trace", "compare_runs", "plot_metrics", "step_speed"):
+                 "est_plan", "evaluate", "hessian_trace", "compare_runs", "plot_metrics"):
         yield tool, importlib.import_module(f"est_megatron.cli.{tool}").build_parser()
-    for bench in ("schedule_speed", "sat_importance"):
-        yield f"bench/{bench}", load_tool(f"tools/bench/{bench}.py").build_parser()
+    for bench in ("step_speed", "schedule_speed", "sat_importance", "soak"):
+        yield f"bench/{bench}", importlib.import_module(f"est_megatron.bench.{bench}").build_parser()
 
 
 @pytest.mark.parametrize("name,parser", list(parsers()), ids=lambda v: v if isinstance(v, str) else "")
