@@ -62,8 +62,11 @@ setup(
         "huggingface_hub>=0.24",  # save_torch_state_dict: sharded safetensors with an index (est_megatron.hf)
     ],
     extras_require={
+        # triton: the sparse step's GPU kernel runs under Triton's interpreter on the CPU and is compiled for
+        # Hopper without a GPU (tests/test_sparse_optimizer.py); torch's CUDA builds bring their own
         "test": ["pytest>=7", "ruff>=0.5", "transformers>=5.0,<6", "megatron-core>=0.14", "matplotlib>=3.7",
-                 "lm_eval>=0.4.9,<0.5", "accelerate>=0.26"],
+                 "lm_eval>=0.4.9,<0.5", "accelerate>=0.26",
+                 "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "gpu": ["flash-attn>=2.5"],
         "hf": ["transformers>=5.0,<6"],
         "eval": ["lm_eval>=0.4.9,<0.5", "accelerate>=0.26", "transformers>=5.0,<6"],  # tools/evaluate.py tasks

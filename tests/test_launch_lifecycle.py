@@ -6,14 +6,13 @@ and nothing outlives it.
   exits and leaves no process behind.
 - A rank that stalls on purpose ends the run within the timeout plus a minute: both ranks write what they were
   doing and their stacks, and exit non-zero.
-- Two nodes on one machine (torchrun --nnodes 2) train, save and resume exactly as one node of the same world
-  size, each building its own index cache.
+(Two nodes on one machine: tests/test_training_zero.py.)
 """
 import json
 import os
 import time
 
-from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
+from dist_utils import tiny_shards, train_flags  # noqa: F401
 from est_megatron.bench import soak
 
 
@@ -47,23 +46,3 @@ def test_a_stalled_rank_ends_the_run_with_every_ranks_stacks(tiny_shards, tmp_pa
     assert "error: rank 0 " in out and "step 3: " in out.split("error: rank 0 ")[1].splitlines()[0], out[-4000:]
     assert "stall_if_asked" in out and "(most recent call first)" in out  # the stacks
     assert not (tmp_path / "ckpt" / "latest").exists()  # nothing saved from a broken step
-
-
-def test_two_nodes_on_one_machine_train_save_and_resume_as_one_node(tiny_shards, tmp_path):  # noqa: F811
-    """torchrun --nnodes 2 on localhost, each node with its own --data-cache-dir and a shared --save: two steps,
-    saved; then resumed for two more. Every loss equals the one-node run of the same world size."""
-    one = tmp_path / "one"
-    assert launch(train_flags(tiny_shards, one, steps=4), nproc=2).returncode == 0
-    two = tmp_path / "two"
-    flags = train_flags(tiny_shards, two, steps=4, **{"--save": str(two / "ckpt"), "--load": str(two / "ckpt"),
-                                                       "--data-cache-dir": None})
-    outputs = []
-    for extra in (["--exit-interval", "2"], []):
-        run = soak.run_once(soak.commands(soak.Cell("two-node", 2, "zero2"), flags + extra, str(two)), str(two),
-                            bound=240, grace=30, stop=None)
-        assert run["statuses"] == [0, 0] and run["orphans"] == 0 and not run["hung"], run["output"][-4000:]
-        outputs.append(run["output"])
-    assert f"resumed from {two / 'ckpt'} at step 2" in outputs[1]
-    assert train_losses(read_metrics(two / "logs")) == train_losses(read_metrics(one / "logs"))
-    for node in (0, 1):  # each node built the indices it reads
-        assert len(list((two / f"cache_node{node}").glob("*_train_*.npy"))) == 3

@@ -5,13 +5,15 @@ Each stage must: exit 0 (no "terminate called" at teardown), lower the loss, kee
 identical on both ranks (--check-plan-consistency raises otherwise), log the stage transition at the scheduled
 step, and reproduce the losses of one uninterrupted 6-step ZeRO-2 run — exactly for ZeRO-2 (exact resumption),
 to float32 rounding for ZeRO-3 (which also shows that ZeRO-3 does not apply stale gradients to the layers a
-plan skips).
+plan skips). Two torchrun "nodes" on this machine (--nnodes 2, each with its own --data-cache-dir, a shared
+--save) do the same as one node.
 """
 import os
 
 import pytest
 
 from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_losses  # noqa: F401
+from est_megatron.bench import soak
 
 
 def check_run(result):
@@ -57,3 +59,19 @@ def test_zero_stage_resume_matches_uninterrupted(zero, tiny_shards, reference, t
     assert 0 < first_steps[0]["flops_saved_frac"] < 1 and first_steps[0]["mfu"] is None
     assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
     assert sorted(os.listdir(tmp_path / "ckpt" / "step_000006")) != []
+
+
+def test_two_nodes_on_one_machine_train_save_and_resume_as_one_node(tiny_shards, reference, tmp_path):  # noqa: F811
+    ckpt = str(tmp_path / "ckpt")
+    flags = train_flags(tiny_shards, tmp_path, zero=2, steps=6, **{"--check-plan-consistency": True, "--save": ckpt,
+                                                                   "--load": ckpt, "--data-cache-dir": None})
+    outputs = []
+    for extra in (["--exit-interval", "3"], []):
+        run = soak.run_once(soak.commands(soak.Cell("two-node", 2, "zero2"), flags + extra, str(tmp_path)),
+                            str(tmp_path), bound=240, grace=30, stop=None)
+        assert run["statuses"] == [0, 0] and run["orphans"] == 0 and not run["hung"], run["output"][-4000:]
+        outputs.append(run["output"])
+    assert f"resumed from {ckpt} at step 3" in outputs[1]
+    assert train_losses(read_metrics(tmp_path / "logs")) == reference
+    for node in (0, 1):  # each node built the indices it reads
+        assert len(list((tmp_path / f"cache_node{node}").glob("*_train_*.npy"))) == 3
