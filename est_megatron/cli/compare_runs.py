@@ -222,7 +222,7 @@ def check_training_flags(argv: List[str], family: str, where: str):
     from est_megatron.subnet.flops import dense_step_flops
     from est_megatron.training.arguments import build_parser as training_parser, check_args
     from est_megatron.training.trainer import build_model_config
-    from est_megatron.training.methods import MethodContext, build_method, subnet_config
+    from est_megatron.training.methods import MethodContext, build_method, method_options, subnet_config
 
     parser = training_parser(family)
 
@@ -238,7 +238,7 @@ def check_training_flags(argv: List[str], family: str, where: str):
         check_args(args)
         model = build_model_config(args, SentencePieceTokenizer(args.tokenizer_model).vocab_size)
         subnet = subnet_config(args, model)
-        build_method(args.method, MethodContext(model, subnet, args.train_steps, args.seed, args))
+        build_method(args.method, MethodContext(model, subnet, args.train_steps, args.seed, method_options(args)))
     except UsageError as err:
         raise UsageError(f"{where}: {err}") from None
     info = {"method": args.method, "schedule": args.est_schedule if args.method == "est" else None,

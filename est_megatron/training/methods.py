@@ -2,7 +2,9 @@
 registered.
 
 A method is one entry in METHODS: a builder that receives the run's `MethodContext` and returns a
-`SubnetMethod` (est_megatron.subnet.method), the protocol the loop calls every step. `add_method_args` adds the
+`SubnetMethod` (est_megatron.subnet.method), the protocol the loop calls every step. The context carries the
+method flags as one typed `MethodOptions`, built once from the command line (`method_options`), so a builder
+shows what it takes. `add_method_args` adds the
 flags of every method (EST's schedule, sampling and optimizer; RAPTR's and SAT's groups) to a parser; the
 training entry points and tools/est_plan.py share it.
 """
@@ -27,18 +29,35 @@ DEFAULT_LR_POWER = 1.0
 
 
 @dataclass(frozen=True)
+class MethodOptions:
+    """The method flags a builder reads (the sampling flags are `SubnetConfig`'s)."""
+
+    est_schedule: str
+    raptr_schedule: str
+    raptr_keep_first_last: bool
+    raptr_scale_residual: bool
+    sat: SatConfig
+    seq_length: int  # SAT's importance pre-pass prices its FLOPs by it
+
+
+def method_options(args: argparse.Namespace) -> MethodOptions:
+    return MethodOptions(args.est_schedule, args.raptr_schedule, args.raptr_keep_first_last,
+                         args.raptr_scale_residual, sat_config_from_args(args), args.seq_length)
+
+
+@dataclass(frozen=True)
 class MethodContext:
-    """What a method may build its plans from: the model, the sampling config, the run length, seed and flags."""
+    """What a method may build its plans from: the model, the sampling config, the run length, seed and options."""
 
     model: ModelConfig
     subnet: SubnetConfig
     train_steps: int
     seed: int
-    args: object  # the parsed argparse namespace, for method-specific flags
+    options: MethodOptions
 
 
 def build_est(ctx: MethodContext) -> EstMethod:
-    schedule = parse_schedule(ctx.args.est_schedule).resolve(ctx.train_steps)
+    schedule = parse_schedule(ctx.options.est_schedule).resolve(ctx.train_steps)
     return EstMethod(ctx.model, ctx.subnet, schedule, ctx.seed)
 
 
@@ -47,16 +66,16 @@ def build_dense(ctx: MethodContext) -> DenseMethod:
 
 
 def build_raptr(ctx: MethodContext) -> RaptrMethod:
-    args = ctx.args
-    resolved = parse_raptr_schedule(args.raptr_schedule).resolve(ctx.model, ctx.subnet, ctx.train_steps,
-                                                                 args.raptr_keep_first_last)
-    return RaptrMethod(ctx.model, ctx.subnet, resolved, ctx.seed, args.raptr_keep_first_last,
-                        args.raptr_scale_residual)
+    opts = ctx.options
+    resolved = parse_raptr_schedule(opts.raptr_schedule).resolve(ctx.model, ctx.subnet, ctx.train_steps,
+                                                                 opts.raptr_keep_first_last)
+    return RaptrMethod(ctx.model, ctx.subnet, resolved, ctx.seed, opts.raptr_keep_first_last,
+                       opts.raptr_scale_residual)
 
 
 def build_sat(ctx: MethodContext) -> SatMethod:
-    planner = SatPlanner(ctx.model, ctx.subnet, sat_config_from_args(ctx.args), ctx.train_steps, ctx.seed)
-    return SatMethod(planner, ctx.args.seq_length)
+    planner = SatPlanner(ctx.model, ctx.subnet, ctx.options.sat, ctx.train_steps, ctx.seed)
+    return SatMethod(planner, ctx.options.seq_length)
 
 
 METHODS: Dict[str, Callable[[MethodContext], SubnetMethod]] = {
@@ -94,7 +113,7 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
     g.add_argument("--est-lr-power", type=float, default=DEFAULT_LR_POWER, metavar="POWER",
                    help="sparse step: a row (head, MLP column) or layer norm that a sampled step trains steps at "
                         "learning rate lr * p^POWER, p the fraction of its rows the step trains times the fraction "
-                        "of layers it runs; 0 gives everything lr (see README 'EST against dense, measured')")
+                        "of layers it runs; 0 gives everything lr (measured: docs/results/est_vs_dense.md)")
     g.add_argument("--est-whole-groups", action="store_true",
                    help="sample whole key/value groups instead of query heads inside every group")
     g.add_argument("--est-head-strata", type=int, help="strata of key/value groups (whole-group sampling)")
@@ -102,7 +121,7 @@ def add_method_args(p: argparse.ArgumentParser, est_schedule_default: Optional[s
     g.add_argument("--est-layer-strata", type=int, help="strata of layers (balanced sampling)")
     g.add_argument("--est-rescale", action="store_true",
                    help="scale kept heads' and MLP columns' outputs by 1/p as the paper's eqs. 5-6 do (off by "
-                        "default: measured worse, see README 'EST against dense, measured')")
+                        "default: measured worse, docs/results/est_vs_dense.md)")
 
     raptr = p.add_argument_group("RAPTR (--method raptr)")
     raptr.add_argument("--raptr-schedule", default=DEFAULT_RAPTR_SCHEDULE,

@@ -41,7 +41,7 @@ from est_megatron.training.data_hooks import DataHooks, pretraining_hooks
 from est_megatron.training.distributed import all_reduce_mean, init_distributed, is_communication_failure, teardown
 from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check_replicas, parameters_finite
 from est_megatron.training.loader import TrainingBatches
-from est_megatron.training.methods import MethodContext, build_method, subnet_config
+from est_megatron.training.methods import MethodContext, build_method, method_options, subnet_config
 from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
 from est_megatron.training.ds_config import (ZERO3_AUTO_KEYS, load_ds_config, resolve_zero3_auto, zero3_setting,
@@ -146,7 +146,7 @@ class Trainer:
             self.model_cfg = build_model_config(args, self.tokenizer.vocab_size)
         subnet_cfg = subnet_config(args, self.model_cfg)
         self.method = build_method(args.method, MethodContext(self.model_cfg, subnet_cfg, args.train_steps,
-                                                              args.seed, args))
+                                                              args.seed, method_options(args)))
         if (tp > 1 or pp > 1) and self.method.needs_whole_model:
             raise UsageError(f"--method {args.method} needs the whole model on one rank; use "
                              "--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1")
