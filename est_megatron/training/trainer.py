@@ -29,6 +29,7 @@ from est_megatron.config import ModelConfig, model_preset, MODEL_PRESETS
 from est_megatron.data.sampler import PretrainingSampler
 from est_megatron.errors import UsageError
 from est_megatron.checkpoint.reader import load_est_weights
+from est_megatron.checkpoint.tags import read_latest
 from est_megatron.model.recompute import Recompute
 from est_megatron.optim.sparse_adamw import SparseAdamW
 from est_megatron.parallel.build import build_model
@@ -423,7 +424,7 @@ class Trainer:
     def _save(self) -> None:
         args, progress = self.args, self.progress
         if not parameters_finite(self.engine):
-            kept = ckpt.read_latest(args.save)
+            kept = read_latest(args.save)
             raise UsageError(f"step {progress.step}: the parameters are not finite, so no checkpoint is written"
                              + (f" (the last one, {os.path.join(args.save, kept)}, is kept)" if kept else "")
                              + "; lower --lr, keep --clip-grad on, or resume from an earlier checkpoint")
