@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.config import ModelConfig
@@ -26,8 +25,8 @@ from est_megatron.tensor_parallel.layout import validate_layout
 from est_megatron.tensor_parallel.mappings import group_size_rank
 from est_megatron.tensor_parallel.plan_localization import PlanHolder
 from est_megatron.tensor_parallel.sharding import mark_tensor_parallel
-from est_megatron.tensor_parallel.vocab_parallel import (OutputProjection, VocabParallelEmbedding,
-                                                         vocab_parallel_cross_entropy, vocab_range)
+from est_megatron.tensor_parallel.output_layer import OutputProjection
+from est_megatron.tensor_parallel.vocab_parallel import VocabParallelEmbedding, vocab_range
 
 
 class Transformer(nn.Module):
@@ -51,7 +50,8 @@ class Transformer(nn.Module):
         self.final_norm = build_norm(config)
         start, end = vocab_range(config.vocab_size, tp_rank, tp_size)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, end - start, bias=False)
-        self.output_projection = OutputProjection(self.embed if self.lm_head is None else self.lm_head, tp_group)
+        self.output_projection = OutputProjection(self.embed if self.lm_head is None else self.lm_head,
+                                                  config.vocab_size, tp_group)
         self.step_plan = PlanHolder(config, tp_rank, tp_size)  # the step's plan, localised to this rank
         mark_tensor_parallel(self.named_parameters(), tp_size)
         if seed is not None:
@@ -93,10 +93,5 @@ class Transformer(nn.Module):
             if layer_plan is not None and not layer_plan.active:
                 continue  # eq. 7: a skipped layer is the identity
             x = layer(x, layer_plan)
-        logits = self.output_projection(self.final_norm(x))
-        if labels is None:
-            return logits
-        if self.tp_group is None:
-            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
-                                   ignore_index=-100)
-        return vocab_parallel_cross_entropy(logits, labels, self.tp_group, self.config.vocab_size)
+        # with labels, the loss in chunks of tokens: the whole logits never exist (tensor_parallel.output_layer)
+        return self.output_projection(self.final_norm(x), labels)

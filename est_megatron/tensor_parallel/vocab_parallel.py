@@ -52,58 +52,51 @@ def parallel_logits(x: torch.Tensor, weight: torch.Tensor, group: Optional[dist.
     return F.linear(copy_to_tensor_parallel_region(x, group), weight)
 
 
-class OutputProjection(nn.Module):
-    """`parallel_logits` with the weight of `weight_owner` (the output layer, or the tied embedding), as a module of
-    its own: ZeRO-3 gathers a weight for the module whose forward reads it, so read by the model's own forward it
-    would stay gathered for the whole forward pass and count against stage3_max_live_parameters, which stops the
-    prefetching of the layers."""
+def softmax_cross_entropy(logits, target, group, vocab_start: int, vocab_size: int):
+    """Per-token cross-entropy over logits split along the vocabulary (Megatron's algorithm, fp32), and what
+    `logits_gradient` needs: (losses, (softmax, local target, target in this shard, label valid))."""
+    logits = logits.float()
+    local_vocab = logits.shape[-1]
+    padded = vocab_start + local_vocab - vocab_size
+    if padded > 0:  # padded rows of the last shard take no part in the softmax
+        logits = logits.clone()
+        logits[..., local_vocab - padded:] = float("-inf")
+    logits_max = logits.max(dim=-1).values
+    if group is not None:
+        dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
+    shifted = logits - logits_max[..., None]
+    valid = target != IGNORE_INDEX
+    in_shard = valid & (target >= vocab_start) & (target < vocab_start + local_vocab)
+    local_target = (target - vocab_start).masked_fill(~in_shard, 0)
+    predicted = shifted.gather(-1, local_target[..., None]).squeeze(-1) * in_shard
+    exp = shifted.exp()
+    sum_exp = exp.sum(dim=-1)
+    if group is not None:
+        both = torch.stack([predicted, sum_exp])
+        dist.all_reduce(both, group=group)
+        predicted, sum_exp = both[0], both[1]
+    loss = (sum_exp.log() - predicted) * valid
+    return loss, (exp.div_(sum_exp[..., None]), local_target, in_shard, valid)
 
-    def __init__(self, weight_owner: nn.Module, group: Optional[dist.ProcessGroup] = None):
-        super().__init__()
-        self.__dict__["weight_owner"] = weight_owner  # not a submodule: the weight keeps its one name
-        self.group = group
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return parallel_logits(x, self.weight_owner.weight, self.group)
+def logits_gradient(softmax, local_target, in_shard, valid) -> torch.Tensor:
+    """d(sum of the losses)/d(logits) of this shard: softmax minus the one-hot target, zero for ignored labels
+    (overwrites `softmax`)."""
+    softmax.scatter_add_(-1, local_target[..., None], -in_shard.to(softmax.dtype)[..., None])
+    return softmax.mul_(valid.to(softmax.dtype)[..., None])
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Per-token cross-entropy over logits split along the vocabulary (Megatron's algorithm, fp32)."""
-
     @staticmethod
     def forward(ctx, logits, target, group, vocab_start, vocab_size):
-        logits = logits.float()
-        local_vocab = logits.shape[-1]
-        padded = vocab_start + local_vocab - vocab_size
-        if padded > 0:  # padded rows of the last shard take no part in the softmax
-            logits = logits.clone()
-            logits[..., local_vocab - padded:] = float("-inf")
-        logits_max = logits.max(dim=-1).values
-        if group is not None:
-            dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
-        shifted = logits - logits_max[..., None]
-        valid = target != IGNORE_INDEX
-        in_shard = valid & (target >= vocab_start) & (target < vocab_start + local_vocab)
-        local_target = (target - vocab_start).masked_fill(~in_shard, 0)
-        predicted = shifted.gather(-1, local_target[..., None]).squeeze(-1) * in_shard
-        exp = shifted.exp()
-        sum_exp = exp.sum(dim=-1)
-        if group is not None:
-            both = torch.stack([predicted, sum_exp])
-            dist.all_reduce(both, group=group)
-            predicted, sum_exp = both[0], both[1]
-        loss = (sum_exp.log() - predicted) * valid
-        ctx.save_for_backward(exp.div_(sum_exp[..., None]), local_target, in_shard, valid)
-        ctx.dtype = logits.dtype
+        loss, saved = softmax_cross_entropy(logits, target, group, vocab_start, vocab_size)
+        ctx.save_for_backward(*saved)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        softmax, local_target, in_shard, valid = ctx.saved_tensors
-        grad = softmax.clone()
-        grad.scatter_add_(-1, local_target[..., None], -in_shard.to(grad.dtype)[..., None])
-        grad.mul_((grad_loss * valid)[..., None])
-        return grad, None, None, None, None
+        softmax, *rest = ctx.saved_tensors
+        return logits_gradient(softmax.clone(), *rest).mul_(grad_loss[..., None]), None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, group: Optional[dist.ProcessGroup],
