@@ -71,3 +71,11 @@ def test_sat_importance_smoke(tmp_path):
     assert out["share_per_optimizer_step"] == pytest.approx(
         out["importance_s"] / (out["importance_s"] + 4 * out["step_s"]))
     assert 0 < out["flops_ratio_per_micro_batch"] < 1
+
+
+def test_loss_memory_smoke(tmp_path):
+    path = tmp_path / "loss.json"
+    assert load("loss_memory").main(["--tokens", "256", "--hidden-size", "32", "--vocab-size", "500", "--device",
+                                     "cpu", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert set(out["peaks"]) == {"whole", "chunked"} and out["logits_and_grad"] == 2 * 256 * 500 * 4

@@ -24,6 +24,10 @@ timeout 240 python3 tools/bench/step_speed.py --model tinyllama-1.1b --seq-lengt
 step "memory: the bench's 200M model, ZeRO-2 and ZeRO-3, one GPU, bf16"
 timeout 150 python3 tools/bench/memory.py --device cuda --zero 2,3 --nproc 1 --json "$out/memory.json"
 
+step "loss memory: whole logits against the chunked output layer, TinyLlama's micro-batch (8 x 2048, vocab 32000)"
+timeout 60 python3 tools/bench/loss_memory.py --device cuda --tokens 16384 --hidden-size 2048 --vocab-size 32000 \
+    --json "$out/loss_memory.json"
+
 step "demo: EST (tinyllama schedule, sparse AdamW), one GPU"
 demo=/tmp/gpu_check_demo
 timeout 200 python3 launch/pretrain_tinyllama.py --demo --demo-dir "$demo" --no-progress
