@@ -13,7 +13,7 @@ from data_fixtures import load_tool
 from dist_utils import tiny_shards  # noqa: F401
 from est_megatron.checkpoint.standalone import save_est_checkpoint
 from est_megatron.config import ModelConfig
-from est_megatron.evaluation.hessian import hutchinson_trace, model_groups, parameter_kind
+from est_megatron.evaluation.hessian import hutchinson_trace, model_groups, parameter_kind, whole_logits_loss
 from est_megatron.model.transformer import Transformer
 
 
@@ -71,7 +71,7 @@ def _exact_diagonal(model, batch):
         for name, shape in zip(names, shapes):
             tensors[name] = theta[start:start + shape.numel()].view(shape)
             start += shape.numel()
-        return functional_call(model, tensors, (batch[:, :-1],), {"labels": batch[:, 1:]})
+        return whole_logits_loss(functional_call(model, tensors, (batch[:, :-1],)), batch[:, 1:])
 
     with sdpa_kernel(SDPBackend.MATH):
         hessian = torch.autograd.functional.hessian(loss, flat, vectorize=True)
@@ -99,7 +99,7 @@ def test_small_llama_trace_within_stated_error():
     assert sorted(sum((groups[k] for k in ("attention", "mlp", "embeddings", "norms")), [])) == sorted(params)
 
     def loss(batch):
-        return model(batch[:, :-1], labels=batch[:, 1:])
+        return whole_logits_loss(model(batch[:, :-1]), batch[:, 1:])
 
     est = hutchinson_trace(loss, params, batches, probes=64, groups=groups, seed=5, progress=False)
     per_param = [_exact_diagonal(model, b) for b in batches]

@@ -48,7 +48,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from est_megatron.data import build_datasets
-    from est_megatron.evaluation.hessian import format_table, hutchinson_trace, model_groups
+    from est_megatron.evaluation.hessian import format_table, hutchinson_trace, model_groups, whole_logits_loss
     from est_megatron.evaluation.source import check_directory, load_model
     check_directory(args.load)
     for name in ("seq_length", "batches", "micro_batch_size"):
@@ -70,7 +70,7 @@ def main(argv=None):
             yield torch.from_numpy(np.stack(rows)).to(device)
 
     def loss(batch):
-        return model(batch[:, :-1], labels=batch[:, 1:])
+        return whole_logits_loss(model(batch[:, :-1]), batch[:, 1:])
 
     params = dict(model.named_parameters())
     groups = model_groups(list(params))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
@@ -73,6 +74,12 @@ class TraceEstimate:
                 "groups": {g: {"trace": self.trace[g], "stderr": self.stderr[g], "stderr_data": self.stderr_data[g],
                                "parameters": self.num_parameters[g], "per_batch": self.per_batch[g]}
                            for g in self.trace}}
+
+
+def whole_logits_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss from whole logits: twice differentiable, as Hessian-vector products need (the model's
+    own loss, given labels, is computed in chunks with a backward that is differentiable once only)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-100)
 
 
 def hutchinson_trace(loss_fn: Callable, params: Dict[str, torch.nn.Parameter], batches: Iterable, probes: int,

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from est_megatron.tensor_parallel.mappings import copy_to_tensor_parallel_region, group_size_rank
 from est_megatron.tensor_parallel.vocab_parallel import (IGNORE_INDEX, logits_gradient, parallel_logits,
@@ -48,6 +49,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return total / valid
 
     @staticmethod
+    @once_differentiable  # the gradients were computed in the forward pass: a second derivative is an error
     def backward(ctx, grad_loss):
         saved = iter(ctx.saved_tensors)
         wants_x, wants_w = ctx.wants
