@@ -6,14 +6,27 @@ and nothing outlives it.
   exits and leaves no process behind.
 - A rank that stalls on purpose ends the run within the timeout plus a minute: both ranks write what they were
   doing and their stacks, and exit non-zero.
+- SIGTERM to the process group while a rank is still starting (stalled on purpose) ends every process at once.
 (Two nodes on one machine: tests/test_training_zero.py.)
 """
 import json
 import os
+import signal
+import subprocess
 import time
+
+import pytest
 
 from dist_utils import tiny_shards, train_flags  # noqa: F401
 from est_megatron.bench import soak
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_comm_op():
+    """DeepSpeed compiles its CPU communication op on a machine's first run, inside start-up (~90 s): done here
+    first, so the short watchdog timeouts below time the run and not that build."""
+    from deepspeed.comm.torch import build_shm_op
+    build_shm_op()
 
 
 def test_soak_fast_cells_exit_save_resume_and_leave_no_process(tiny_shards, tmp_path):  # noqa: F811
@@ -47,3 +60,31 @@ def test_a_stalled_rank_ends_the_run_with_every_ranks_stacks(tiny_shards, tmp_pa
     assert "error: rank 0 " in out and "step 3: " in out.split("error: rank 0 ")[1].splitlines()[0], out[-4000:]
     assert "stall_if_asked" in out and "(most recent call first)" in out  # the stacks
     assert not (tmp_path / "ckpt" / "latest").exists()  # nothing saved from a broken step
+
+
+def test_a_stop_signal_during_start_up_ends_every_process(tiny_shards, tmp_path):  # noqa: F811
+    """Rank 1 stalls in start-up (EST_MEGATRON_TEST_STALL=1:0) while rank 0 waits for it; SIGTERM to the process
+    group (scancel) ends both at once, with nothing to save, and leaves no process."""
+    mark = "startup-" + os.urandom(4).hex()
+    flags = train_flags(tiny_shards, tmp_path, steps=50, **{"--save": str(tmp_path / "ckpt")})
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", EST_MEGATRON_TEST_STALL="1:0",
+               **{soak.MARK: mark})
+    log = open(tmp_path / "launcher.log", "w")
+    proc = subprocess.Popen(soak.commands(soak.Cell("torchrun", 2, "zero2"), flags, str(tmp_path))[0], env=env,
+                            cwd=soak.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("*_train_*_shuffle.npy")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # rank 0 has built the indices and now waits for rank 1
+    time.sleep(1.0)
+    stopped = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    took = time.monotonic() - stopped
+    time.sleep(5)  # DataLoader workers have none here; the ranks' own exit
+    left = soak.marked(mark)
+    soak.kill_all(left)
+    log.close()
+    out = (tmp_path / "launcher.log").read_text()
+    assert not left and took < 45, (took, out[-4000:])
+    assert "stopping on SIGTERM during start-up: nothing trained yet, nothing saved" in out, out[-4000:]
+    assert not (tmp_path / "ckpt" / "latest").exists()

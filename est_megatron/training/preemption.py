@@ -7,6 +7,8 @@ per-node `deepspeed.launcher.launch` sends SIGTERM), or the training processes t
   at the end of the step, saves and exits 0;
 - DataLoader workers ignore them (a worker killed by the group-wide signal would end the run with nothing saved;
   the main process shuts them down itself, `training.loader`);
+- before the first step nothing is worth saving, and a rank may wait for ever in start-up (for a peer, a lock, a
+  build), so there a stop signal ends the process at once (exit status 128 + the signal);
 - a launcher that dies without forwarding the signal (the `deepspeed` command exits at once on SIGTERM, torchrun
   on SIGUSR1) is noticed at the next step and treated like the signal, so its workers save instead of training
   on as orphans.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Optional
 
 import psutil
@@ -23,19 +26,28 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # How a launcher's command line starts: its script (torchrun, deepspeed) or `python -m MODULE`.
 _LAUNCHERS = {"torchrun", "deepspeed", "torch.distributed.run", "deepspeed.launcher.launch",
               "deepspeed.launcher.runner"}
-_state = {"signum": None, "launchers": ()}
+_state = {"signum": None, "launchers": (), "training": False}
 
 
 def _on_signal(signum, frame):
     _state["signum"] = signum
+    if not _state["training"]:  # still starting (waiting for a peer, a lock, a build): nothing to save, stop now
+        print(f"stopping on {signal.Signals(signum).name} during start-up: nothing trained yet, nothing saved",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
 
 
 def install_signal_handlers() -> None:
-    """Catch the stop signals and remember which launcher processes this one runs under."""
+    """Catch the stop signals and remember which launcher processes this one runs under. Until
+    `training_started`, a stop signal ends the process at once."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
-    _state["signum"] = None
-    _state["launchers"] = _launcher_ancestors()
+    _state.update(signum=None, training=False, launchers=_launcher_ancestors())
+
+
+def training_started() -> None:
+    """From the first step on, a stop signal waits for the end of the step, then saves."""
+    _state["training"] = True
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

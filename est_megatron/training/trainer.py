@@ -82,8 +82,10 @@ def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
     ended as asked. Errors raise (a UsageError is one line and status 2 at the entry point); a stalled rank
     exits with status 3 from `training.watchdog`."""
     preemption.install_signal_handlers()
+    watchdog.start(args.distributed_timeout_minutes * 60, int(os.environ.get("RANK", 0)))
+    watchdog.doing("start-up: the process group and DeepSpeed's communication op")
     info = init_distributed(args.local_rank, args.distributed_timeout_minutes)
-    watchdog.start(args.distributed_timeout_minutes * 60, info["rank"])
+    watchdog.stall_if_asked(info["rank"], 0)
     trainer = None
     clean = False
     try:
@@ -252,6 +254,7 @@ class Trainer:
     def _train_steps(self, batches) -> None:
         """The steps from where the run stands to --train-steps, a stop request or --exit-interval."""
         args, progress, log = self.args, self.progress, self.log
+        preemption.training_started()
         self.dense_per_step = dense_step_flops(self.model_cfg, args.global_batch_size, args.seq_length)
         self._reset_interval()
         last_eval = None

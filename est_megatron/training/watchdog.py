@@ -10,8 +10,8 @@ once one operation has lasted longer than the timeout. That thread also keeps re
 little further out: where a call that holds the GIL keeps the thread from running, the timer fires and writes the
 stacks and exits from C.
 
-`EST_MEGATRON_TEST_STALL=RANK:STEP` makes rank RANK stop at the start of step STEP for ever: the tests use it to
-prove that a stall ends the run.
+`EST_MEGATRON_TEST_STALL=RANK:STEP` makes rank RANK stop at the start of step STEP (0: in start-up) for ever: the
+tests use it to prove that a stall ends the run.
 """
 from __future__ import annotations
 
