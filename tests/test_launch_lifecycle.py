@@ -73,9 +73,9 @@ def test_a_stop_signal_during_start_up_ends_every_process(tiny_shards, tmp_path)
     proc = subprocess.Popen(soak.commands(soak.Cell("torchrun", 2, "zero2"), flags, str(tmp_path))[0], env=env,
                             cwd=soak.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
-    while not list((tmp_path / "cache").glob("*_train_*_shuffle.npy")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # rank 0 has built the indices and now waits for rank 1
-    time.sleep(1.0)
+    while (tmp_path / "launcher.log").read_text().count("built successfully") < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # both ranks have their process group (DeepSpeed's op line); rank 1 now stalls
+    time.sleep(2.0)  # rank 0 waits for rank 1 in its first collective
     stopped = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=120)
