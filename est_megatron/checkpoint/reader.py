@@ -13,7 +13,7 @@ from est_megatron.checkpoint.merge import training_weights
 from est_megatron.checkpoint.safetensors_files import WEIGHTS, has_safetensors
 from est_megatron.checkpoint.standalone import read_standalone
 from est_megatron.checkpoint.state import STATE_FILE, read_state
-from est_megatron.checkpoint.tags import complete_tags, tag_dir_of
+from est_megatron.checkpoint.tags import previous_tag, tag_dir_of
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
 
@@ -26,9 +26,9 @@ def check_intact(tag_dir: str) -> None:
     if damage is None:
         return
     run_dir, tag = os.path.split(os.path.normpath(tag_dir))
-    older = [name for _, name in complete_tags(run_dir) if name < tag]
-    fix = (f"give the previous checkpoint {os.path.join(run_dir, older[-1])} instead" if older else
-           "restore the files from a copy")
+    older = previous_tag(run_dir, tag)
+    fix = f"give the previous checkpoint {os.path.join(run_dir, older)} instead" if older else \
+        "restore the files from a copy"
     raise UsageError(f"checkpoint {tag_dir} cannot be trusted: {damage}; {fix}")
 
 

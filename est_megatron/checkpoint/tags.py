@@ -37,6 +37,12 @@ def complete_tags(save_dir: str) -> List[Tuple[int, str]]:
                   if (step := step_of(name)) is not None and os.path.isfile(os.path.join(save_dir, name, CHECKSUMS)))
 
 
+def previous_tag(directory: str, tag: str) -> Optional[str]:
+    """The newest complete tag older than `tag`: what to fall back to when `tag` is damaged."""
+    older = [name for _, name in complete_tags(directory) if name < tag]
+    return older[-1] if older else None
+
+
 def latest_tag(directory: str) -> Optional[str]:
     """The tag `directory/latest` names, as written (None when there is no `latest`, or it is empty)."""
     path = os.path.join(directory, LATEST)

@@ -34,8 +34,8 @@ import torch.distributed as dist
 from est_megatron.checkpoint.checksums import damaged_file, write_checksums
 from est_megatron.checkpoint.durable import write_durably
 from est_megatron.checkpoint.state import read_state, write_state
-from est_megatron.checkpoint.tags import (LATEST, complete_tags, latest_tag, read_latest, step_of, tag_for,
-                                          write_latest)
+from est_megatron.checkpoint.tags import (LATEST, complete_tags, latest_tag, previous_tag, read_latest, step_of,
+                                          tag_for, write_latest)
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
 from est_megatron.training.distributed import agree
@@ -168,10 +168,10 @@ def check_model_matches(saved: dict, model: ModelConfig, where: str) -> None:
 
 
 def _previous_hint(load_dir: str, tag: str) -> str:
-    older = [name for _, name in complete_tags(load_dir) if name < tag]
+    older = previous_tag(load_dir, tag)
     if older:
-        return (f"resume from the previous checkpoint with `echo {older[-1]} > {os.path.join(load_dir, LATEST)}`"
-                f" (or start from its weights with --init-from {os.path.join(load_dir, older[-1])})")
+        return (f"resume from the previous checkpoint with `echo {older} > {os.path.join(load_dir, LATEST)}`"
+                f" (or start from its weights with --init-from {os.path.join(load_dir, older)})")
     return "there is no earlier checkpoint in this directory; restore the files from a copy or start a new run"
 
 

@@ -62,10 +62,6 @@ def doing(operation: str) -> None:
         _state["operation"], _state["since"] = operation, time.monotonic()
 
 
-def operation() -> str:
-    return _state["operation"]
-
-
 def stalled_line(cause: str) -> str:
     """The one line a stalled rank writes before its stacks."""
     minutes = (_state["timeout"] or 0.0) / 60.0
