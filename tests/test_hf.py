@@ -13,7 +13,9 @@ from est_megatron.checkpoint.standalone import save_est_checkpoint
 from est_megatron.config import model_preset
 from est_megatron.errors import UsageError
 from est_megatron.hf import est_to_hf_state, hf_to_est_state, model_config_from_hf
+from est_megatron.model.documents import DocumentResets
 from est_megatron.model.transformer import Transformer
+from est_megatron.training.packed_documents import PackedDocuments
 
 to_est = load_tool("tools/convert_hf_to_est.py")
 to_hf = load_tool("tools/convert_to_hf.py")
@@ -68,6 +70,28 @@ def test_import_export_round_trip_is_lossless_and_logits_match(make, tmp_path):
             assert torch.equal(tensor, original[name]), name  # bit-exact re-layout
     with torch.no_grad():
         torch.testing.assert_close(back(IDS).logits, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama-gqa", "gpt2"])
+def test_packed_documents_match_hf_on_each_document(make):
+    """--reset-position-ids --reset-attention-mask --eod-mask-loss on two packed documents: our logits and loss are
+    HF's on each document run alone, with no loss on the prediction made at the EOD."""
+    hf_model, eod = make(), 2
+    ours = Transformer(model_config_from_hf(hf_model.config.to_dict())).eval()
+    ours.load_state_dict(hf_to_est_state(ours.config, hf_model.state_dict()), strict=True)
+    gen = torch.Generator().manual_seed(3)
+    first = torch.cat([torch.randint(3, 97, (5,), generator=gen), torch.tensor([eod])])
+    second = torch.randint(3, 97, (8,), generator=gen)
+    tokens = torch.cat([first, second])[None]
+    packing = PackedDocuments(eod, DocumentResets(position_ids=True, attention_mask=True), eod_mask_loss=True)
+    inputs, labels, documents = packing.split(tokens[:, :-1], tokens[:, 1:])
+    with torch.no_grad():
+        expected = torch.cat([hf_model(first[None]).logits, hf_model(second[None, :-1]).logits], dim=1)
+        torch.testing.assert_close(ours(inputs, documents=documents), expected, atol=1e-5, rtol=1e-5)
+        loss = ours(inputs, labels=labels, documents=documents)
+    assert int((labels == -100).sum()) == 1  # the prediction at the EOD: the next document's first token
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(expected[0], labels[0]), atol=1e-5,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])

@@ -1,7 +1,8 @@
 """The real training loop (launch/pretrain_tinyllama.py) under TP=2 and PP=2 reproduces the single-process losses.
 
 3 steps of the tiny Llama on tiny shards with a stage-1 EST schedule (0.5, 0.5, 0.5) then dense, ZeRO-1, plan and
-replica checks on, validation at the end (the pipeline evaluates through eval_batch).
+replica checks on, validation at the end (the pipeline evaluates through eval_batch), packed documents kept apart
+(--reset-position-ids, --reset-attention-mask, --eod-mask-loss: the document ids travel between pipeline stages).
 """
 import pytest
 
@@ -11,7 +12,8 @@ from dist_utils import launch, read_metrics, tiny_shards, train_flags, train_los
 def run(shards, workdir, nproc, tp=1, pp=1):
     flags = train_flags(shards, workdir, zero=1, steps=3, **{
         "--check-plan-consistency": True, "--tensor-model-parallel-size": str(tp),
-        "--pipeline-model-parallel-size": str(pp), "--eval-interval": "3"})
+        "--pipeline-model-parallel-size": str(pp), "--eval-interval": "3",
+        "--reset-position-ids": True, "--reset-attention-mask": True, "--eod-mask-loss": True})
     result = launch(flags, nproc=nproc)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]

@@ -19,9 +19,12 @@ def test_run_writes_new_metrics_and_tensorboard_scalars(tiny_shards, tmp_path): 
     flags = train_flags(tiny_shards, tmp_path, zero=1, **{
         "--train-steps": None, "--train-iters": "3", "--lr-warmup-steps": None, "--lr-warmup-iters": "1",
         "--lr-decay-iters": "2", "--data-cache-dir": None, "--data-cache-path": str(tmp_path / "cache"),
-        "--tensorboard-dir": str(tb_dir), "--eval-interval": "2"})
+        "--tensorboard-dir": str(tb_dir), "--eval-interval": "2",
+        "--reset-position-ids": True, "--reset-attention-mask": True, "--eod-mask-loss": True})
     done = launch(flags)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "packed documents (EOD id 2): positions restart, attention stays inside each document, no loss where " \
+        "the input is EOD" in done.stdout + done.stderr
     rows = [r for r in read_metrics(tmp_path / "logs") if "loss" in r and "event" not in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert [r["tokens"] for r in rows] == [TOKENS_PER_STEP * s for s in (1, 2, 3)]
@@ -29,7 +32,9 @@ def test_run_writes_new_metrics_and_tensorboard_scalars(tiny_shards, tmp_path): 
     assert 0 < rows[0]["flops"] < rows[1]["flops"] < rows[2]["flops"]
     assert rows[2]["lr"] == pytest.approx(3e-4)  # --lr-decay-iters 2: the decay ended at --min-lr
     with open(tmp_path / "logs" / "args.json") as f:
-        assert json.load(f)["train_steps"] == 3
+        recorded = json.load(f)
+    assert recorded["train_steps"] == 3
+    assert recorded["reset_position_ids"] and recorded["reset_attention_mask"] and recorded["eod_mask_loss"]
 
     events = EventAccumulator(str(tb_dir))
     events.Reload()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.model.activation_checkpoint import recomputed
+from est_megatron.model.documents import Documents
 from est_megatron.model.gather import gather
 from est_megatron.model.rope import RotaryTables, apply_rope
 from est_megatron.subnet.plan import LayerPlan
@@ -22,23 +23,44 @@ from est_megatron.tensor_parallel.mappings import (RowParallelLinear, copy_to_te
                                                   row_parallel_linear)
 
 try:  # optional: flash-attn kernels on CUDA
-    from flash_attn import flash_attn_func
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
 except ImportError:  # pragma: no cover - depends on the installation
-    flash_attn_func = None
+    flash_attn_func = flash_attn_varlen_func = None
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def uses_flash_attn(q: torch.Tensor) -> bool:
+    return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     documents: Optional[Documents] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with a causal mask; q (b, hq, s, d), k and v (b, hkv, s, d), hq % hkv == 0.
 
     Query head i attends with key/value head i // (hq / hkv). flash-attn when importable on a CUDA half-precision
     tensor, else torch's scaled_dot_product_attention (which picks its own flash/memory-efficient kernel).
+    `documents` that separate attention keep every query inside its own document.
     """
-    if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if documents is not None and documents.separate_attention:
+        return document_attention(q, k, v, documents)
+    if uses_flash_attn(q):
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return out.transpose(1, 2)
     if q.shape[1] != k.shape[1]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, documents: Documents) -> torch.Tensor:
+    """`causal_attention` inside each document: flash-attn's variable-length kernel over the flattened batch's
+    documents, else SDPA with the block-diagonal causal mask (no flash kernel takes an arbitrary mask)."""
+    if uses_flash_attn(q):
+        batch, heads, seq, dim = q.shape
+        lengths, longest = documents.cumulative_lengths
+        out = flash_attn_varlen_func(*(t.transpose(1, 2).reshape(batch * seq, -1, dim) for t in (q, k, v)),
+                                     lengths, lengths, longest, longest, causal=True)
+        return out.view(batch, seq, heads, dim).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=documents.attention_mask,
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 class SubnetIndex:
@@ -94,7 +116,8 @@ class Attention(nn.Module):
             slices += [(self.qkv.bias, 0, qkv_rows), (self.out.bias, None, None)]
         return slices
 
-    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None,
+                documents: Optional[Documents] = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         x = copy_to_tensor_parallel_region(x, self.tp_group)
         if plan is None or plan.query_heads is None:  # dense fast path: no gather, no scale
@@ -108,21 +131,27 @@ class Attention(nn.Module):
             out_w = gather(self.out.weight, 0, index.out_rows, plan.head_scale)
             groups, per_group = index.num_groups, index.heads_per_group
         qkv = F.linear(x, qkv_w, qkv_b).view(batch, seq, groups, per_group + 2, self.head_dim)
-        context = recomputed(self.recompute_core, self.core, qkv)
+        context = recomputed(self.recompute_core, self.core, qkv, documents)
         # the output bias is not part of the head sum: it is never scaled (and is added once under TP)
         return row_parallel_linear(context, out_w, self.out.bias, self.tp_group)
 
-    def core(self, qkv: torch.Tensor) -> torch.Tensor:
+    def core(self, qkv: torch.Tensor, documents: Optional[Documents] = None) -> torch.Tensor:
         """The attention core, (batch, seq, groups, heads per group + 2, head_dim) QKV -> (batch, seq, heads x
-        head_dim) context: what selective recompute runs again in the backward pass."""
+        head_dim) context: what selective recompute runs again in the backward pass. `documents`: packed
+        documents whose positions restart or whose attention is kept apart (None: one sequence per row)."""
         batch, seq, groups, slots, _ = qkv.shape
         per_group = slots - 2
         # split, not indexing: its backward is one cat instead of a zero-filled full-size gradient per slice
         qk, v = qkv.split([per_group + 1, 1], dim=3)
         if self.rotary is not None:  # queries and their group's key rotate together, in one pass
             cos, sin = self.rotary.get(seq, qkv)
-            qk = apply_rope(qk, cos[:, None, None], sin[:, None, None])
+            positions = None if documents is None else documents.position_ids
+            if positions is None:
+                cos, sin = cos[:, None, None], sin[:, None, None]
+            else:  # one table row per token: (batch, seq, 1, 1, head_dim)
+                cos, sin = cos[positions][:, :, None, None], sin[positions][:, :, None, None]
+            qk = apply_rope(qk, cos, sin)
         q, k = qk.split([per_group, 1], dim=3)
         q = q.reshape(batch, seq, groups * per_group, self.head_dim).transpose(1, 2)
         k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)
-        return causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq, -1)
+        return causal_attention(q, k, v, documents).transpose(1, 2).reshape(batch, seq, -1)

@@ -1,8 +1,9 @@
 """One pre-norm transformer layer (attention, then MLP, each with a residual) that runs any sampled subnetwork.
 
-`forward(x, layer_plan)`: with a `LayerPlan` the attention and MLP blocks gather their sampled heads and columns;
-with None the layer is dense. Under tensor parallelism (`tp_group`) the layer holds this rank's key/value groups
-and MLP columns. `reset_parameters` is the model's init rule, also used by `model.init` to draw seeded weights.
+`forward(x, layer_plan, documents)`: with a `LayerPlan` the attention and MLP blocks gather their sampled heads and
+columns; with None the layer is dense. `documents` (packed documents kept apart) reach the attention only. Under
+tensor parallelism (`tp_group`) the layer holds this rank's key/value groups and MLP columns. `reset_parameters`
+is the model's init rule, also used by `model.init` to draw seeded weights.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from est_megatron.config import ModelConfig
 from est_megatron.model.activation_checkpoint import recomputed
 from est_megatron.model.attention import Attention
+from est_megatron.model.documents import Documents
 from est_megatron.model.mlp import MLP
 from est_megatron.model.norms import build_norm
 from est_megatron.model.rope import RotaryTables
@@ -51,13 +53,15 @@ class TransformerLayer(nn.Module):
         norms = [(param, None, None) for norm in (self.attn_norm, self.mlp_norm) for param in norm.parameters()]
         return self.attn.trained_slices(plan) + self.mlp.trained_slices(plan) + norms
 
-    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
-        return recomputed(self.recompute, self.block, x, plan)
+    def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None,
+                documents: Optional[Documents] = None) -> torch.Tensor:
+        return recomputed(self.recompute, self.block, x, plan, documents)
 
-    def block(self, x: torch.Tensor, plan: Optional[LayerPlan] = None) -> torch.Tensor:
+    def block(self, x: torch.Tensor, plan: Optional[LayerPlan] = None,
+              documents: Optional[Documents] = None) -> torch.Tensor:
         scale = 1.0 if plan is None else plan.residual_scale  # RAPTR's optional residual-branch scale
         if scale != 1.0:
-            x = x + scale * self.attn(self.attn_norm(x), plan)
+            x = x + scale * self.attn(self.attn_norm(x), plan, documents)
             return x + scale * self.mlp(self.mlp_norm(x), plan)
-        x = x + self.attn(self.attn_norm(x), plan)
+        x = x + self.attn(self.attn_norm(x), plan, documents)
         return x + self.mlp(self.mlp_norm(x), plan)

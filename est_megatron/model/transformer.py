@@ -1,7 +1,8 @@
 """The decoder-only Transformer (Llama and GPT-2 flavours); each step may run a sampled subnetwork.
 
-`forward(input_ids, plan=None, labels=None)`: with a `StepPlan`, skipped layers are the identity (paper eq. 7)
-and active layers run their sampled heads and columns; with `plan=None` the model is the plain dense model.
+`forward(input_ids, plan=None, labels=None, documents=None)`: with a `StepPlan`, skipped layers are the identity
+(paper eq. 7) and active layers run their sampled heads and columns; with `plan=None` the model is the plain dense
+model. `documents` (`model.documents`) restart the positions and keep attention inside each packed document.
 
 Under tensor parallelism (`tp_group`) each rank holds its key/value groups and MLP columns of every layer
 (column-parallel QKV and [gate; up], row-parallel output and down projections), its vocabulary shard of the
@@ -13,9 +14,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from est_megatron.config import ModelConfig
+from est_megatron.model.documents import Documents
 from est_megatron.model.init import initialize_from_seed
 from est_megatron.model.layer import TransformerLayer
 from est_megatron.model.norms import build_norm
@@ -77,9 +80,9 @@ class Transformer(nn.Module):
         return self.output_projection.weight_owner.weight
 
     def forward(self, input_ids: torch.Tensor, plan: Optional[StepPlan] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+                labels: Optional[torch.Tensor] = None, documents: Optional[Documents] = None) -> torch.Tensor:
         """Logits (batch, seq, vocab; this rank's vocabulary shard under TP), or the mean next-token
-        cross-entropy when `labels` are given (-100 ignored)."""
+        cross-entropy when `labels` are given (-100 ignored); `documents`: the rows' packed documents."""
         seq = input_ids.shape[1]
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
@@ -87,11 +90,17 @@ class Transformer(nn.Module):
         self.step_plan.set(plan)
         x = self.embed(input_ids)
         if self.pos_embed is not None:
-            x = x + self.pos_embed.weight[:seq]
+            x = x + learned_positions(self.pos_embed.weight, seq, documents)
         for index, layer in enumerate(self.layers):
             layer_plan = self.step_plan.layer(index)
             if layer_plan is not None and not layer_plan.active:
                 continue  # eq. 7: a skipped layer is the identity
-            x = layer(x, layer_plan)
+            x = layer(x, layer_plan, documents)
         # with labels, the loss in chunks of tokens: the whole logits never exist (tensor_parallel.output_layer)
         return self.output_projection(self.final_norm(x), labels)
+
+
+def learned_positions(weight: torch.Tensor, seq: int, documents: Optional[Documents]) -> torch.Tensor:
+    """GPT-2's position embeddings of a row: (seq, hidden), or (batch, seq, hidden) where documents restart them."""
+    positions = None if documents is None else documents.position_ids
+    return weight[:seq] if positions is None else F.embedding(positions, weight)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from est_megatron.config import ModelConfig
+from est_megatron.model.documents import DocumentResets
 from est_megatron.model.init import load_full_state
 from est_megatron.model.recompute import Recompute
 from est_megatron.model.transformer import Transformer
@@ -26,17 +27,19 @@ from est_megatron.tensor_parallel.plan_localization import PlanHolder
 
 def build_model(cfg: ModelConfig, state, seed: int, subnet_cfg=None, zero_stage: int = 0,
                 full_state: Optional[Dict[str, torch.Tensor]] = None, recompute: Optional[Recompute] = None,
-                ds_config: Optional[dict] = None) -> Tuple[torch.nn.Module, Optional[PlanHolder]]:
+                ds_config: Optional[dict] = None, resets: Optional[DocumentResets] = None) \
+        -> Tuple[torch.nn.Module, Optional[PlanHolder]]:
     """(model, step_plan): `step_plan` is the holder a pipeline model reads the step's plan from (set it before
     `train_batch`; None without pipeline parallelism, where the plan is an argument of the forward);
     `full_state`, a single-process state dict, replaces the seeded weights (e.g. --init-from); `recompute` marks
     layers for activation recompute; with ZeRO-3 and `ds_config` (the engine's config: dtype, parameter offload)
-    the model is built partitioned, inside `deepspeed.zero.Init`."""
+    the model is built partitioned, inside `deepspeed.zero.Init`; `resets`: what packed documents reset, for the
+    pipeline stages (the other layouts take them with each forward)."""
     tp, pp = state.tp_size, state.get_pipe_parallel_world_size()
     validate_layout(cfg, tp, pp, dist.get_world_size(), subnet_cfg, zero_stage)
     step_plan = PlanHolder(cfg, state.tp_rank, tp) if pp > 1 else None
     if pp > 1:
-        model = build_pipeline_model(cfg, state, step_plan, seed, subnet_cfg)
+        model = build_pipeline_model(cfg, state, step_plan, seed, subnet_cfg, resets)
         named = global_named_parameters(model)
     elif zero_stage == 3 and ds_config is not None:
         import deepspeed

@@ -7,8 +7,11 @@ embeddings (GPT-2) are one `TiedLayerSpec` used by the first and the last stage;
 over the two. Every layer can also be tensor-parallel: a pipe layer is built with the TP group.
 
 Layers find the step's plan in a shared `PlanHolder` (est_megatron.tensor_parallel.plan_localization); a
-skipped layer returns its input unchanged. Every pipe module records `weight_prefix`, the global name of its
-parameters, so the seeded initialisation gives each stage exactly the weights of the single-process model.
+skipped layer returns its input unchanged. Packed documents kept apart (--reset-position-ids,
+--reset-attention-mask) travel as their document ids beside the activations, a (hidden, document ids) tuple from
+the embedding to the final norm; each stage rebuilds their positions and masks with the run's `DocumentResets`.
+Every pipe module records `weight_prefix`, the global name of its parameters, so the seeded initialisation gives
+each stage exactly the weights of the single-process model.
 """
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ from torch import nn
 
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
+from est_megatron.model.documents import DocumentResets
 from est_megatron.model.init import initialize_from_seed
 from est_megatron.model.layer import TransformerLayer
 from est_megatron.model.norms import build_norm
 from est_megatron.model.rope import rotary_tables
+from est_megatron.model.transformer import learned_positions
 from est_megatron.tensor_parallel.layout import validate_layout
 from est_megatron.tensor_parallel.mappings import group_size_rank
 from est_megatron.tensor_parallel.plan_localization import PlanHolder
@@ -40,11 +45,15 @@ class EmbeddingPipe(VocabParallelEmbedding):
         self.weight_prefix = "embed."
         self.max_positions = cfg.max_position_embeddings
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if input_ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+    def forward(self, inputs):
+        """Embeddings of the input ids; of (input ids, document ids), (embeddings, document ids)."""
+        if isinstance(inputs, tuple):
+            input_ids, ids = inputs
+            return self.forward(input_ids), ids
+        if inputs.shape[1] > self.max_positions:
+            raise ValueError(f"sequence length {inputs.shape[1]} exceeds max_position_embeddings "
                              f"{self.max_positions}")
-        return super().forward(input_ids)
+        return super().forward(inputs)
 
 
 def tied_head_forward(module: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
@@ -54,25 +63,34 @@ def tied_head_forward(module: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
 class PositionEmbeddingPipe(nn.Embedding):
     """GPT-2's learned positions, added after the token embedding."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, resets: Optional[DocumentResets] = None):
         super().__init__(cfg.max_position_embeddings, cfg.hidden_size)
         self.weight_prefix = "pos_embed."
+        self.resets = resets
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.weight[: x.shape[1]]
+    def forward(self, inputs):
+        if isinstance(inputs, tuple):
+            x, ids = inputs
+            return x + learned_positions(self.weight, x.shape[1], self.resets.documents(ids)), ids
+        return inputs + self.weight[: inputs.shape[1]]
 
 
 class TransformerLayerPipe(TransformerLayer):
-    def __init__(self, cfg: ModelConfig, index: int, step_plan: PlanHolder, tp_group=None):
+    def __init__(self, cfg: ModelConfig, index: int, step_plan: PlanHolder, tp_group=None,
+                 resets: Optional[DocumentResets] = None):
         super().__init__(cfg, rotary_tables(cfg), tp_group, index)
         self.step_plan = step_plan
         self.weight_prefix = f"layers.{index}."
+        self.resets = resets
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs):
         layer_plan = self.step_plan.layer(self.index)
         if layer_plan is not None and not layer_plan.active:
-            return x  # eq. 7: a skipped layer passes the activations through
-        return super().forward(x, layer_plan)
+            return inputs  # eq. 7: a skipped layer passes the activations through
+        if isinstance(inputs, tuple):
+            x, ids = inputs
+            return super().forward(x, layer_plan, self.resets.documents(ids)), ids
+        return super().forward(inputs, layer_plan)
 
 
 class FinalNormPipe(nn.Module):
@@ -81,8 +99,8 @@ class FinalNormPipe(nn.Module):
         self.final_norm = build_norm(cfg)
         self.weight_prefix = ""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_norm(x)
+    def forward(self, inputs):
+        return self.final_norm(inputs[0] if isinstance(inputs, tuple) else inputs)  # the document ids end here
 
 
 class LMHeadPipe(nn.Module):
@@ -101,9 +119,10 @@ class LMHeadPipe(nn.Module):
 
 
 def build_pipeline_model(cfg: ModelConfig, state, step_plan: PlanHolder, seed: Optional[int] = None,
-                         subnet_cfg=None):
+                         subnet_cfg=None, resets: Optional[DocumentResets] = None):
     """A DeepSpeed PipelineModule of the model on `state`'s topology (a ParallelState); pass it to
-    `deepspeed.initialize(model=..., mpu=None)`. `step_plan` is set by the loop before each `train_batch()`."""
+    `deepspeed.initialize(model=..., mpu=None)`. `step_plan` is set by the loop before each `train_batch()`;
+    `resets`: what the document ids of (input ids, document ids) micro-batches reset."""
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
     pp = state.get_pipe_parallel_world_size()
@@ -112,8 +131,8 @@ def build_pipeline_model(cfg: ModelConfig, state, step_plan: PlanHolder, seed: O
     specs = [TiedLayerSpec("embed", EmbeddingPipe, cfg, group) if cfg.tie_embeddings
              else LayerSpec(EmbeddingPipe, cfg, group)]
     if not cfg.is_llama:
-        specs.append(LayerSpec(PositionEmbeddingPipe, cfg))
-    specs += [LayerSpec(TransformerLayerPipe, cfg, i, step_plan, group) for i in range(cfg.num_layers)]
+        specs.append(LayerSpec(PositionEmbeddingPipe, cfg, resets))
+    specs += [LayerSpec(TransformerLayerPipe, cfg, i, step_plan, group, resets) for i in range(cfg.num_layers)]
     specs.append(LayerSpec(FinalNormPipe, cfg))
     specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, group, forward_fn=tied_head_forward)
                  if cfg.tie_embeddings else LayerSpec(LMHeadPipe, cfg, group))

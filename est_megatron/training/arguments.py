@@ -16,6 +16,7 @@ from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args
 from est_megatron.errors import UsageError
 from est_megatron.help_format import HelpFormatter
 from est_megatron.training.methods import add_method_args
+from est_megatron.training.packed_documents import add_packed_document_args
 from est_megatron.training.resume import OVERRIDABLE, normalise_override
 
 # The DeepSpeed configs are package data (a checkout's top-level ds_configs/ links here), so the default
@@ -71,6 +72,7 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--data-cache-dir", "--data-cache-path", dest="data_cache_dir",
                    help="where sample indices are cached (default: beside the shards)")
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    add_packed_document_args(g)
 
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=d["micro_batch_size"],

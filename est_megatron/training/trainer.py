@@ -5,7 +5,8 @@ and every rank runs all `gradient_accumulation_steps` micro-batches of the step 
 engine.step); DeepSpeed reduces gradients, clips, steps the optimizer and the LR schedule at the accumulation
 boundary. Then: log, validate (dense model, `training.validation`), checkpoint, and stop on --exit-interval or a
 SIGTERM/SIGINT/SIGUSR1 (saved first, exit status 0). Batches come from `DataHooks` (`training.data_hooks`); their
-DataLoader workers end with the loop (`training.loader`). Every phase names itself to `training.watchdog`, which
+DataLoader workers end with the loop (`training.loader`); packed documents are kept apart on request
+(`training.packed_documents`). Every phase names itself to `training.watchdog`, which
 ends a rank whose phase outlasts --distributed-timeout-minutes (exit status 3, with its stacks).
 
 Parameters outside the plan: a skipped layer's parameters get no gradient at all (`.grad` None), unsampled rows
@@ -47,6 +48,7 @@ from est_megatron.training.metrics import MetricsLogger, memory_gb, peak_tflops
 from est_megatron.training.metrics_file import start_metrics_file
 from est_megatron.training.ds_config import (ZERO3_AUTO_KEYS, load_ds_config, resolve_zero3_auto, zero3_setting,
                                              zero_stage)
+from est_megatron.training.packed_documents import PackedDocuments, model_batch, pipeline_batch
 from est_megatron.training.optimizer_setup import (bind_sparse_optimizer, build_lr_scheduler, build_optimizer,
                                                    describe_lr_schedule)
 from est_megatron.training.preflight import check_directories, checkpoint_bytes
@@ -138,6 +140,7 @@ class Trainer:
 
         watchdog.doing("start-up: building the datasets (rank 0 first)")
         self.tokenizer, (self.train_ds, self.valid_ds, self.test_ds) = hooks.build_data(args, info)
+        self.packing = PackedDocuments.from_args(args, self.tokenizer)  # None: the flags are off
         full_state = None
         if getattr(args, "init_from", None):  # the model's shape is the checkpoint's (a resumed --load overrides)
             self.model_cfg, full_state = load_est_weights(args.init_from)
@@ -163,7 +166,8 @@ class Trainer:
         self.zero_config = ds_config.get("zero_optimization", {})
         watchdog.doing("start-up: building the model and the DeepSpeed engine")
         model, self.pipe_step_plan = build_model(self.model_cfg, self.layout, args.seed, subnet_cfg,
-                                                 self.zero_stage, full_state, Recompute.from_args(args), ds_config)
+                                                 self.zero_stage, full_state, Recompute.from_args(args), ds_config,
+                                                 None if self.packing is None else self.packing.resets)
         optimizer = build_optimizer(model, args)
         with host_heap.large_frees_returned(self.zero_stage == 3):  # ZeRO-3 gathers each weight whole in turn
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -220,6 +224,8 @@ class Trainer:
                      f"gathered when it is used again within {reuse:,} (stage3_max_reuse_distance)")
         log.line(describe_lr_schedule(args))
         log.line(self.method.describe())
+        if self.packing is not None:
+            log.line(self.packing.describe())
         if self.sparse_optimizer is not None:
             log.line(f"optimizer: sparse AdamW (what a step's plan does not train keeps its values and moments; "
                      f"bias correction by {self.sparse_optimizer.bias_correction} step counts)")
@@ -328,17 +334,19 @@ class Trainer:
         if self.zero_stage == 3:
             clear_stale_zero3_grads(engine)
         self.interval["lr"] = engine.get_lr()[0]
-        micro_batches = (self.hooks.split(first if micro == 0 else next(batches).to(device, non_blocking=True))
-                         for micro in range(self.accumulation))
+        micro_batches = (model_batch(self.packing, *self.hooks.split(
+            first if micro == 0 else next(batches).to(device, non_blocking=True)))
+            for micro in range(self.accumulation))
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         if self.pipe_step_plan is not None:  # the pipeline engine runs all micro-batches; its stages read the plan here
             watchdog.doing(f"step {step}: pipeline forward/backward (send/receive between stages) and optimizer step")
             self.pipe_step_plan.set(device_plan)
-            step_loss += engine.train_batch(micro_batches).detach().double() * self.accumulation
+            step_loss += engine.train_batch(pipeline_batch(*batch) for batch in micro_batches).detach().double() \
+                * self.accumulation
         else:
             watchdog.doing(f"step {step}: forward/backward and optimizer step (gradient reduction)")
-            for inputs, labels in micro_batches:
-                loss = engine(inputs, plan=device_plan, labels=labels)
+            for inputs, labels, documents in micro_batches:
+                loss = engine(inputs, plan=device_plan, labels=labels, documents=documents)
                 engine.backward(loss)
                 engine.step()
                 step_loss += loss.detach().double()
@@ -405,7 +413,7 @@ class Trainer:
         key, title = ("val", "validation") if kind == "valid" else ("test", "test")
 
         val, by_corpus = validation_losses(self.engine, data, self.args, self.dp_rank, self.dp_size, self.device,
-                                           self.hooks, self.pipe_step_plan)
+                                           self.hooks, self.pipe_step_plan, self.packing)
         if val is not None:
             ppl = math.exp(min(val, 80.0))
             record = {"step": step, f"{key}_loss": val, f"{key}_ppl": ppl}

@@ -1,0 +1,84 @@
+"""Packed documents kept apart (--reset-position-ids, --reset-attention-mask, --eod-mask-loss): the positions and
+masks built from a packed row, and a packed forward equal to running each document alone (dense and EST)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from est_megatron.config import SubnetConfig, model_preset
+from est_megatron.errors import UsageError
+from est_megatron.model.documents import DocumentResets, document_ids
+from est_megatron.model.recompute import Recompute
+from est_megatron.model.transformer import Transformer
+from est_megatron.subnet.plan import PlanSampler
+from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.training.arguments import build_parser
+from est_megatron.training.packed_documents import PackedDocuments
+
+EOD = 2
+BOTH = DocumentResets(position_ids=True, attention_mask=True)
+
+
+def test_positions_masks_and_lengths_of_a_packed_row():
+    row = torch.tensor([[5, 6, EOD, 7, EOD, 8, 9], [EOD, 3, 4, 5, 6, 7, 8]])
+    ids = document_ids(row, EOD)
+    assert ids.tolist() == [[0, 0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1]]
+    documents = BOTH.documents(ids)
+    assert documents.position_ids.tolist() == [[0, 1, 2, 0, 1, 0, 1], [0, 0, 1, 2, 3, 4, 5]]
+    mask = documents.attention_mask
+    assert mask.shape == (2, 1, 7, 7)
+    assert mask[0, 0, 3].tolist() == [False, False, False, True, False, False, False]  # first token of document 1
+    assert mask[0, 0, 6].tolist() == [False] * 5 + [True, True]
+    assert torch.equal(mask[1, 0, 1:, 1:], torch.ones(6, 6, dtype=torch.bool).tril())
+    lengths, longest = documents.cumulative_lengths
+    assert lengths.tolist() == [0, 3, 5, 7, 8, 14] and longest == 6
+    assert DocumentResets(attention_mask=True).documents(ids).position_ids is None
+
+
+def test_eod_mask_loss_ignores_the_predictions_made_at_an_eod():
+    """Megatron's loss_mask[tokens == eod] = 0: the target after an EOD (the next document's first token)."""
+    tokens = torch.tensor([[5, 6, EOD, 7, 8, EOD, 9]])
+    packing = PackedDocuments(EOD, DocumentResets(), eod_mask_loss=True)
+    inputs, labels, documents = packing.split(tokens[:, :-1], tokens[:, 1:])
+    assert labels.tolist() == [[6, EOD, -100, 8, EOD, -100]] and documents is None
+    assert tokens[0, 3] == 7  # the batch itself is untouched
+
+
+def packed_and_alone(preset, plan_rates=None, recompute=None):
+    cfg = model_preset(preset)
+    torch.manual_seed(0)
+    model = Transformer(cfg).double().eval()
+    if recompute:
+        Recompute(recompute).apply(model)
+    plan = None
+    if plan_rates:
+        schedule = parse_schedule("10:{},{},{}".format(*plan_rates)).resolve(10)
+        plan = PlanSampler(cfg, SubnetConfig(), schedule, seed=3).plan(1)
+        assert plan.layers[0].query_heads is not None  # sampled heads: the gathered path
+    gen = torch.Generator().manual_seed(1)
+    first = torch.cat([torch.randint(3, cfg.vocab_size, (6,), generator=gen), torch.tensor([EOD])])
+    second = torch.randint(3, cfg.vocab_size, (9,), generator=gen)
+    packed = torch.cat([first, second])[None]
+    documents = BOTH.documents(document_ids(packed, EOD))
+    with torch.no_grad():
+        together = model(packed, plan, documents=documents)
+        alone = torch.cat([model(first[None], plan), model(second[None], plan)], dim=1)
+    return together, alone, model(packed, plan)
+
+
+@pytest.mark.parametrize("preset, rates, recompute", [
+    ("tiny", None, None), ("tiny", (0.5, 0.5, 1.0), None), ("tiny", (0.5, 1.0, 1.0), "selective"),
+    ("tiny-gpt2", (0.5, 0.5, 1.0), None)], ids=["dense", "est-heads", "est-selective-recompute", "gpt2-est"])
+def test_a_packed_forward_equals_each_document_alone(preset, rates, recompute):
+    together, alone, unseparated = packed_and_alone(preset, rates, recompute)
+    torch.testing.assert_close(together, alone, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(unseparated[:, 7:], alone[:, 7:])  # without the flags, the second document differs
+
+
+def test_flags_off_build_nothing_and_a_tokenizer_without_eos_is_refused():
+    args = build_parser().parse_args(["--data-path", "x", "--reset-attention-mask"])
+    assert PackedDocuments.from_args(build_parser().parse_args(["--data-path", "x"]), SimpleNamespace(eos_id=2)) \
+        is None
+    assert PackedDocuments.from_args(args, SimpleNamespace(eos_id=2)).resets == DocumentResets(attention_mask=True)
+    with pytest.raises(UsageError, match="^--reset-attention-mask needs the tokenizer's end-of-document"):
+        PackedDocuments.from_args(args, SimpleNamespace(eos_id=-1))
