@@ -7,11 +7,15 @@ import torch
 
 from est_megatron.config import SubnetConfig, model_preset
 from est_megatron.errors import UsageError
+from est_megatron.model import attention
 from est_megatron.model.documents import DocumentResets, document_ids
 from est_megatron.model.recompute import Recompute
 from est_megatron.model.transformer import Transformer
+from est_megatron.parallel.pipeline import (EmbeddingPipe, FinalNormPipe, PositionEmbeddingPipe, TransformerLayerPipe,
+                                            tied_head_forward)
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.tensor_parallel.plan_localization import PlanHolder
 from est_megatron.training.arguments import build_parser
 from est_megatron.training.packed_documents import PackedDocuments
 
@@ -82,3 +86,48 @@ def test_flags_off_build_nothing_and_a_tokenizer_without_eos_is_refused():
     assert PackedDocuments.from_args(args, SimpleNamespace(eos_id=2)).resets == DocumentResets(attention_mask=True)
     with pytest.raises(UsageError, match="^--reset-attention-mask needs the tokenizer's end-of-document"):
         PackedDocuments.from_args(args, SimpleNamespace(eos_id=-1))
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
+    """flash_attn_varlen_func's contract, written plainly: causal attention inside each [cu[i], cu[i+1]) span."""
+    assert causal and torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and max_q == max_k
+    out, group = torch.empty_like(q), q.shape[1] // k.shape[1]
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        assert end - start <= max_q
+        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(group, 0), vs.repeat_interleave(group, 0)
+        out[start:end] = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1)
+    return out
+
+
+def test_the_flash_attn_varlen_call_equals_the_masked_attention(monkeypatch):
+    """The flash-attn branch's layout and cumulative lengths (the kernel itself needs CUDA and flash-attn)."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, heads, 7, 8, generator=gen) for heads in (4, 2, 2))
+    documents = BOTH.documents(document_ids(torch.tensor([[5, 6, EOD, 7, EOD, 8, 9], [EOD, 3, 4, 5, 6, 7, 8]]), EOD))
+    masked = attention.causal_attention(q, k, v, documents)
+    monkeypatch.setattr(attention, "uses_flash_attn", lambda _: True)
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", reference_varlen)
+    torch.testing.assert_close(attention.causal_attention(q, k, v, documents), masked)
+
+
+def test_pipeline_stages_pass_the_document_ids_along():
+    """The pipe layers run in a row on one process (GPT-2: learned positions, tied head) equal the model."""
+    cfg = model_preset("tiny-gpt2")
+    torch.manual_seed(0)
+    model = Transformer(cfg).double().eval()
+    holder = PlanHolder(cfg)
+    holder.set(PlanSampler(cfg, SubnetConfig(), parse_schedule("10:0.5,0.5,1").resolve(10), seed=3).plan(1))
+    stages = [EmbeddingPipe(cfg), PositionEmbeddingPipe(cfg, BOTH)]
+    stages += [TransformerLayerPipe(cfg, i, holder, None, BOTH) for i in range(cfg.num_layers)] + [FinalNormPipe(cfg)]
+    weights = model.state_dict()
+    for stage in stages:
+        stage.double().load_state_dict({n: weights[stage.weight_prefix + n] for n, _ in stage.named_parameters()})
+    packed = torch.tensor([[5, 6, EOD, 7, 8, 9, EOD, 10, 11]])
+    ids = document_ids(packed, EOD)
+    activations = (packed, ids)
+    with torch.no_grad():
+        for stage in stages:
+            activations = stage(activations)
+        expected = model(packed, holder.plan, documents=BOTH.documents(ids))
+    torch.testing.assert_close(tied_head_forward(stages[0], activations), expected)
