@@ -16,6 +16,7 @@ from est_megatron.model.transformer import Transformer
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.planning.launch_command import split_launch_command
 from est_megatron.planning.memory import (FP32, GIB, PlannedRun, activation_plan, plan_memory, stage_counts,
                                           stage_parameters, zero3_retained)
 from est_megatron.training.ds_config import resolve_zero3_auto
@@ -146,7 +147,9 @@ def test_est_stages_and_recompute_order_the_activations():
     none, selective, full = (plan_memory(cfg, PlannedRun(recompute=r, **lay)).activations["dense"].saved
                              for r in (None, "selective", "full"))
     assert full < 0.25 * none and selective < none  # full recompute keeps one hidden state per layer
-    assert FP32 * cfg.vocab_size * 8 * 2048 < full  # the loss's fp32 log-probabilities stay
+    # The chunked loss keeps the output weight's fp32 gradient, never the fp32 logits of the micro-batch.
+    head = plan_memory(cfg, PlannedRun(**lay)).activations["dense"].head
+    assert FP32 * cfg.vocab_size * cfg.hidden_size < head < FP32 * cfg.vocab_size * 8 * 2048
 
 
 def test_tool_prints_the_plan_and_refuses_bad_layouts(capsys):
@@ -157,12 +160,93 @@ def test_tool_prints_the_plan_and_refuses_bad_layouts(capsys):
     assert tool.main(["--model", "llama2-7b", "--seq-length", "4096", "--micro-batch-size", "4",
                       "--gpu-memory-gb", "24"]) == 0
     assert "does not fit a 24 GB GPU" in capsys.readouterr().out
-    for bad, message in ((["--tp", "3"], "--tp 3 does not divide"), (["--pp", "2", "--zero", "2"], "ZeRO-2 does not"),
-                         (["--offload-params"], "--offload-params needs --zero 3"),
-                         (["--seq-length", "9999"], "exceeds the model's 2048 positions")):
+    for bad, message in ((["--tp", "3"], "--tensor-model-parallel-size 3 does not divide"),
+                         (["--pp", "2", "--zero", "2"], "ZeRO stage 2 cannot run with pipeline parallelism"),
+                         (["--offload-params"], "--offload-params needs --zero 3")):
         with pytest.raises(SystemExit):
             tool.main(bad)
         assert message in capsys.readouterr().err
     with pytest.raises(UsageError, match="--recompute-num-layers needs --recompute full"):
         PlannedRun(recompute_num_layers=2).check(small("llama"))
     assert GIB == 2 ** 30
+
+
+def test_chunked_loss_keeps_gradients_not_logits():
+    """More tokens than the hidden size: the loss saves the hidden states' and output weight's gradients (what
+    autograd holds), not the logits; a pipeline's last stage holds the whole logits."""
+    cfg = small("llama")
+    batch, seq = 2, 200
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    ids, labels = (torch.randint(0, cfg.vocab_size, (batch, seq)) for _ in range(2))
+    measured = autograd_saved_bytes(model, ids, labels, None)
+    planned = activation_plan(cfg, PlannedRun(bf16=False, micro_batch_size=batch, seq_length=seq),
+                              SubnetCounts.dense(cfg))
+    assert abs(planned.saved - measured) <= 0.002 * measured, (planned.saved, measured)
+    logits = batch * seq * cfg.vocab_size * FP32
+    assert planned.head < logits
+    pipelined = activation_plan(cfg, PlannedRun(pp=2, micro_batches=4, micro_batch_size=batch, seq_length=seq),
+                                SubnetCounts.dense(cfg))
+    assert pipelined.head > logits and pipelined.in_flight == 2
+    assert pipelined.peak == max(2 * pipelined.layers + pipelined.layer_transient,
+                                 pipelined.saved + pipelined.transient)
+
+
+def test_launch_command_prefix():
+    command = split_launch_command(["deepspeed", "--num_gpus=8", "--num_nodes", "2", "--master_port", "29501",
+                                    "launch/pretrain_gpt2.py", "--lr", "1e-4"])
+    assert (command.training_flags, command.family, command.processes) == (["--lr", "1e-4"], "gpt2", 16)
+    command = split_launch_command(["torchrun", "--standalone", "--nproc_per_node", "4", "-m",
+                                    "est_megatron.cli.pretrain_tinyllama", "--tp", "2"])
+    assert (command.training_flags, command.family, command.processes) == (["--tp", "2"], "tinyllama", 4)
+    command = split_launch_command(["python", "-m", "est_megatron.cli.pretrain_gpt2", "--seq-length", "512"])
+    assert (command.training_flags, command.family, command.processes) == (["--seq-length", "512"], "gpt2", None)
+    assert split_launch_command(["--tp", "2"]).training_flags == ["--tp", "2"]
+
+
+def plan_output(capsys, argv):
+    assert tool.main(argv) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pasted, explicit", [
+    (["deepspeed", "--num_gpus", "8", "--num_nodes", "2", "launch/pretrain_tinyllama.py",
+      "--ds_config", os.path.join(REPO, "ds_configs", "zero3_offload.json"), "--tensor-model-parallel-size", "2",
+      "--pipeline-model-parallel-size", "1", "--recompute-granularity", "full", "--recompute-num-layers", "4",
+      "--micro-batch-size", "4", "--global-batch-size", "256", "--seq-length", "1024", "--bf16",
+      "--data-path", "0.7", "shards/a", "0.3", "shards/b", "--tokenizer-model", "tok.model", "--lr", "3e-4",
+      "--save", "ckpt", "--log-dir", "logs", "--train-steps", "10", "--deepspeed"],
+     ["--tp", "2", "--dp", "8", "--zero", "3", "--offload-optimizer", "--offload-params", "--recompute", "full",
+      "--recompute-num-layers", "4", "--micro-batch-size", "4", "--micro-batches", "8", "--seq-length", "1024"]),
+    (["torchrun", "--nproc_per_node", "4", "launch/pretrain_gpt2.py", "--pipeline-model-parallel-size", "2",
+      "--ds_config", os.path.join(REPO, "ds_configs", "zero1_pipeline.json"), "--recompute-activations",
+      "--method", "dense", "--data-path", "shards/owt", "--save", "ckpt"],
+     ["--model", "gpt2-124m", "--pp", "2", "--dp", "2", "--recompute", "selective", "--seq-length", "1024",
+      "--micro-batch-size", "16", "--micro-batches", "16", "--est-schedule", "dense", "--dense-optimizer"]),
+], ids=["zero3-offload-tp-recompute", "gpt2-pipeline"])
+def test_pasted_training_command_plans_as_the_explicit_options(capsys, pasted, explicit):
+    out = plan_output(capsys, pasted)
+    assert out == plan_output(capsys, explicit)
+    assert "this rank holds" in out and "dense" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ds_config", "no/such.json"], "DeepSpeed config no/such.json does not exist"),
+    (["--ds_config", os.path.join(REPO, "ds_configs", "zero2.json"), "--zero", "3"], "--zero 3 disagrees with"),
+    (["--ds_config", os.path.join(REPO, "ds_configs", "zero2.json"), "--offload-params"],
+     "--offload-params disagrees with"),
+    (["--tensor-model-parallel-size", "3"], "--tensor-model-parallel-size 3 does not divide the 32 attention heads"),
+    (["deepspeed", "--num_gpus", "6", "launch/pretrain_tinyllama.py", "--tp", "4"], "6 processes are not divisible"),
+    (["deepspeed", "--num_gpus", "8", "launch/pretrain_tinyllama.py", "--dp", "2"], "--dp 2 disagrees"),
+    (["--dp", "3"], "--global-batch-size 1024 is not divisible by micro-batch 8 x data-parallel size 3"),
+    (["--recompute-activations", "--recompute-granularity", "full"], "conflicts with --recompute-granularity"),
+    (["--micro-batches", "2", "--global-batch-size", "8"], "--micro-batches 2 gives a global batch of 16"),
+    (["--lr", "3e-4", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_input_is_one_error_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err

@@ -47,7 +47,6 @@ from est_megatron.training.arguments import DS_CONFIG_DIR
 
 STAGES = (("est stage 1", (0.5, 0.5, 0.5)), ("est stage 2", (0.5, 0.5, 1.0)), ("dense", (1.0, 1.0, 1.0)))
 GIB = 2 ** 30
-DEEPSPEED_REDUCE_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size when a config leaves it out
 
 
 def peak_rss() -> int:
@@ -161,16 +160,16 @@ def bench_plan(args, cfg, zero: int, nproc: int, baseline: int):
     from est_megatron.subnet.flops import SubnetCounts
     from est_megatron.subnet.plan import PlanSampler
     from est_megatron.subnet.schedule import parse_schedule
-    from est_megatron.planning.memory import PlannedRun, plan_memory, zero3_retained
+    from est_megatron.planning.memory import PlannedRun, plan_memory
+    from est_megatron.planning.training_run import ZeroLayout
     from est_megatron.training.ds_config import resolve_zero3_auto
     sampler = PlanSampler(cfg, SubnetConfig(), parse_schedule("1:1,1,1").resolve(1), 1234)
     stages = [(name, SubnetCounts.from_sampler(sampler, rates)) for name, rates in STAGES]
     with open(config_path(args, zero)) as f:
-        zero_config = resolve_zero3_auto(json.load(f), cfg).get("zero_optimization", {})
+        layout = ZeroLayout.from_section(resolve_zero3_auto(json.load(f), cfg).get("zero_optimization", {}))
     planned = PlannedRun(dp=nproc, zero=zero, bf16=args.device == "cuda", micro_batch_size=args.micro_batch_size,
                          seq_length=args.seq_length, micro_batches=args.accumulation, recompute=args.recompute,
-                         reduce_bucket=int(zero_config.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
-                         zero3_retained=zero3_retained(zero_config))
+                         reduce_bucket=layout.reduce_bucket, zero3_retained=layout.retained)
     return plan_memory(cfg, planned, stages, overhead_bytes=baseline, device=args.device)
 
 

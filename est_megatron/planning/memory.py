@@ -33,11 +33,14 @@ sizes a plan realises (`PlanSampler.counts`, the same counts `subnet.flops` pric
 heads and MLP columns, skips layers, and saves its gathered weight slices (they are new tensors). Selective
 recompute keeps the QKV projection and the attention output instead of the attention core's tensors; full
 recompute keeps each recomputed layer's input only and re-materialises one layer at a time in the backward
-pass. Under pipeline parallelism the first stage holds `min(PP, micro-batches)` micro-batches in flight (1F1B).
+pass. The loss is computed in chunks of tokens (`loss_activations`): it keeps the gradients of the hidden states and
+of the output weight instead of the logits, and holds a chunk's logits at a time; only a pipeline's last stage
+materialises the whole logits. Under pipeline parallelism the first stage holds `min(PP, micro-batches)`
+micro-batches of layer activations in flight (1F1B), the last stage one and the loss.
 
 The peak is the largest of four phases: start-up (weights plus the seeded initialisation's full-size draw of
 the largest part), during `deepspeed.initialize`, forward/backward (states + gathered weights + the reduce buckets +
-activations + the loss's logits and their gradient), and the optimizer step, each plus
+activations + the loss's chunk or whole logits), and the optimizer step, each plus
 the fixed runtime overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed
 on the CPU). `tools/bench/memory.py` prints these predictions beside the peaks it measures.
 """
@@ -52,6 +55,7 @@ from est_megatron.errors import UsageError
 from est_megatron.subnet.flops import SubnetCounts
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
+from est_megatron.tensor_parallel.output_layer import CHUNK_LOGITS
 from est_megatron.training.ds_config import zero3_live_budget, zero3_setting
 
 GIB = 2 ** 30
@@ -71,7 +75,8 @@ SETUP_IMPORTS_GIB = 0.1
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """A training run as the planner sees it: how it is laid out and batched, the flags of tools/memory_plan.py."""
+    """A training run as the planner sees it: how it is laid out and batched (planning.training_run reads it from the
+    training flags)."""
 
     tp: int = 1
     pp: int = 1
@@ -211,13 +216,55 @@ def gathered_weight_bytes(model: ModelConfig, shape: LayerShape, weight: int) ->
 class ActivationPlan:
     """Per micro-batch activation bytes of one stage of training on the largest pipeline stage."""
 
-    saved: int  # kept through the forward pass, for the backward pass
-    transient: int  # the largest short-lived addition: the loss's logits and their gradient, or a recomputed layer
-    in_flight: int  # micro-batches whose activations coexist (pipeline 1F1B)
+    layers: int  # what the transformer layers keep through the forward pass, for the backward pass
+    head: int  # what the output layer and the loss keep (on the pipeline's last stage when pipelined)
+    layer_transient: int  # a fully recomputed layer's tensors, re-materialised in the backward pass
+    head_transient: int  # the loss's largest short-lived addition: a chunk's logits, or the whole logits' gradient
+    in_flight: int  # micro-batches whose layer activations coexist on the first pipeline stage (1F1B)
+
+    @property
+    def saved(self) -> int:
+        return self.layers + self.head
+
+    @property
+    def transient(self) -> int:
+        return max(self.layer_transient, self.head_transient)
 
     @property
     def peak(self) -> int:
-        return self.saved * self.in_flight + self.transient
+        """Without a pipeline one micro-batch is in flight. With one, the first stage holds `in_flight` micro-batches
+        of layer activations and no loss, the last stage one micro-batch and the loss: the larger of the two (the
+        model states are those of the largest stage, so the sum bounds either)."""
+        last = self.saved + self.transient
+        if self.in_flight == 1:
+            return last
+        return max(self.layers * self.in_flight + self.layer_transient, last)
+
+
+def loss_activations(model: ModelConfig, run: PlannedRun) -> Tuple[int, int]:
+    """(saved, transient) bytes of the output layer and the loss for one micro-batch, besides the final norm's.
+
+    Without a pipeline the loss is computed in chunks of tokens (est_megatron.tensor_parallel.output_layer): each
+    chunk's logits, loss and logit gradient at once, the gradients of the hidden states (tokens x hidden, in the
+    activations' type) and of this rank's output weight (fp32) accumulated in the forward pass and kept for the
+    backward pass; the working set is a chunk's fp32 logits, their shifted copy and exponent, the previous chunk's
+    softmax and its cast (or, with one chunk, the cast gradient and its fp32 copy for the weight gradient), and the
+    backward pass scales both saved gradients into new tensors (the weight's then cast). A pipeline's last stage
+    materialises the whole logits (parallel.pipeline.LMHeadPipe): the loss keeps their fp32 softmax, the projection
+    its input, the targets their int64 indices; the loss's forward pass holds the logits, their fp32 copy and the
+    shifted copy beside the softmax (more than its backward pass: the logits' fp32 gradient and its cast)."""
+    tokens, act = run.micro_batch_size * run.seq_length, run.weight_bytes
+    cast = act if act != FP32 else 0
+    vocab = math.ceil(model.vocab_size / run.tp)
+    d = model.hidden_size
+    if run.pp > 1:
+        return tokens * (vocab * FP32 + act * d + 2 * INT64), tokens * vocab * (act + (FP32 if cast else 0) + FP32)
+    chunk_tokens = max(1, CHUNK_LOGITS // vocab)
+    chunk = min(tokens, chunk_tokens) * vocab
+    previous_chunk = chunk * (FP32 + cast) if tokens > chunk_tokens else 0
+    working = 3 * chunk * FP32 + chunk * cast + previous_chunk
+    backward = tokens * d * act + vocab * d * (FP32 + cast)
+    return tokens * d * act + vocab * d * FP32, max(working, backward)
 
 
 def activation_plan(model: ModelConfig, run: PlannedRun, counts: SubnetCounts) -> ActivationPlan:
@@ -229,19 +276,15 @@ def activation_plan(model: ModelConfig, run: PlannedRun, counts: SubnetCounts) -
             active if run.recompute_num_layers is None else min(run.recompute_num_layers, active))
     stored = layer_activation_bytes(model, shape, act, run.recompute)
     gathered = gathered_weight_bytes(model, shape, run.weight_bytes)
-    vocab = math.ceil(model.vocab_size / run.tp)
-    head = tokens * (vocab * FP32 + _norm_bytes(model, act) + act * model.hidden_size + 2 * INT64)
     # A fully recomputed layer keeps its input only: its gathered weights are gathered again in the backward pass.
     # RoPE's cos and sin tables (all positions, fp32) are saved once, unless recompute covers every rotation.
     rotated = model.is_llama and active > full and run.recompute != "selective"
     rope = 2 * model.max_position_embeddings * model.head_dim * FP32 if rotated else 0
-    saved = tokens * ((active - full) * stored + full * act * model.hidden_size) + (active - full) * gathered + head \
-        + rope
-    # The backward pass starts with the logits' fp32 gradient (and its bf16 cast) beside the saved log-probabilities.
-    logits = tokens * vocab * (FP32 + (act if act != FP32 else 0))
+    layers = tokens * ((active - full) * stored + full * act * model.hidden_size) + (active - full) * gathered + rope
+    loss_saved, loss_transient = loss_activations(model, run)
+    head = tokens * _norm_bytes(model, act) + loss_saved  # the final norm, the output layer and the loss
     recomputed = tokens * layer_activation_bytes(model, shape, act, None) + gathered if full else 0
-    in_flight = min(run.pp, run.micro_batches)
-    return ActivationPlan(saved, max(logits, recomputed), in_flight)
+    return ActivationPlan(layers, head, recomputed, loss_transient, min(run.pp, run.micro_batches))
 
 
 # ---- the plan ----
