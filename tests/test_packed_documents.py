@@ -11,8 +11,8 @@ from est_megatron.model import attention
 from est_megatron.model.documents import DocumentResets, document_ids
 from est_megatron.model.recompute import Recompute
 from est_megatron.model.transformer import Transformer
-from est_megatron.parallel.pipeline import (EmbeddingPipe, FinalNormPipe, PositionEmbeddingPipe, TransformerLayerPipe,
-                                            tied_head_forward)
+from est_megatron.parallel.pipeline import (EmbeddingPipe, FinalNormPipe, PositionEmbeddingPipe, StageDocuments,
+                                            TransformerLayerPipe, tied_head_forward)
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.tensor_parallel.plan_localization import PlanHolder
@@ -118,8 +118,17 @@ def test_pipeline_stages_pass_the_document_ids_along():
     model = Transformer(cfg).double().eval()
     holder = PlanHolder(cfg)
     holder.set(PlanSampler(cfg, SubnetConfig(), parse_schedule("10:0.5,0.5,1").resolve(10), seed=3).plan(1))
-    stages = [EmbeddingPipe(cfg), PositionEmbeddingPipe(cfg, BOTH)]
-    stages += [TransformerLayerPipe(cfg, i, holder, None, BOTH) for i in range(cfg.num_layers)] + [FinalNormPipe(cfg)]
+    builds = []
+
+    class CountedResets(DocumentResets):
+        def documents(self, ids):
+            builds.append(ids)
+            return super().documents(ids)
+
+    documents = StageDocuments(CountedResets(position_ids=True, attention_mask=True))
+    stages = [EmbeddingPipe(cfg), PositionEmbeddingPipe(cfg, documents)]
+    stages += [TransformerLayerPipe(cfg, i, holder, None, documents) for i in range(cfg.num_layers)]
+    stages.append(FinalNormPipe(cfg))
     weights = model.state_dict()
     for stage in stages:
         stage.double().load_state_dict({n: weights[stage.weight_prefix + n] for n, _ in stage.named_parameters()})
@@ -131,3 +140,4 @@ def test_pipeline_stages_pass_the_document_ids_along():
             activations = stage(activations)
         expected = model(packed, holder.plan, documents=BOTH.documents(ids))
     torch.testing.assert_close(tied_head_forward(stages[0], activations), expected)
+    assert len(builds) == 1  # one Documents for all the stage's layers

@@ -9,7 +9,8 @@ over the two. Every layer can also be tensor-parallel: a pipe layer is built wit
 Layers find the step's plan in a shared `PlanHolder` (est_megatron.tensor_parallel.plan_localization); a
 skipped layer returns its input unchanged. Packed documents kept apart (--reset-position-ids,
 --reset-attention-mask) travel as their document ids beside the activations, a (hidden, document ids) tuple from
-the embedding to the final norm; each stage rebuilds their positions and masks with the run's `DocumentResets`.
+the embedding to the final norm; each stage rebuilds their positions and masks once per micro-batch
+(`StageDocuments`).
 Every pipe module records `weight_prefix`, the global name of its parameters, so the seeded initialisation gives
 each stage exactly the weights of the single-process model.
 """
@@ -23,7 +24,7 @@ from torch import nn
 
 from est_megatron.config import ModelConfig
 from est_megatron.errors import UsageError
-from est_megatron.model.documents import DocumentResets
+from est_megatron.model.documents import DocumentResets, Documents
 from est_megatron.model.init import initialize_from_seed
 from est_megatron.model.layer import TransformerLayer
 from est_megatron.model.norms import build_norm
@@ -60,28 +61,41 @@ def tied_head_forward(module: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
     return parallel_logits(x, module.weight, module.group)
 
 
+class StageDocuments:
+    """The `Documents` of the micro-batch a stage runs, built once for all its layers (they receive the same
+    document-ids tensor), so the mask or flash-attn's cumulative lengths are not rebuilt per layer."""
+
+    def __init__(self, resets: DocumentResets):
+        self.resets, self.last = resets, None
+
+    def of(self, ids: torch.Tensor) -> Documents:
+        if self.last is None or self.last.ids is not ids:
+            self.last = self.resets.documents(ids)
+        return self.last
+
+
 class PositionEmbeddingPipe(nn.Embedding):
     """GPT-2's learned positions, added after the token embedding."""
 
-    def __init__(self, cfg: ModelConfig, resets: Optional[DocumentResets] = None):
+    def __init__(self, cfg: ModelConfig, documents: Optional[StageDocuments] = None):
         super().__init__(cfg.max_position_embeddings, cfg.hidden_size)
         self.weight_prefix = "pos_embed."
-        self.resets = resets
+        self.documents = documents
 
     def forward(self, inputs):
         if isinstance(inputs, tuple):
             x, ids = inputs
-            return x + learned_positions(self.weight, x.shape[1], self.resets.documents(ids)), ids
+            return x + learned_positions(self.weight, x.shape[1], self.documents.of(ids)), ids
         return inputs + self.weight[: inputs.shape[1]]
 
 
 class TransformerLayerPipe(TransformerLayer):
     def __init__(self, cfg: ModelConfig, index: int, step_plan: PlanHolder, tp_group=None,
-                 resets: Optional[DocumentResets] = None):
+                 documents: Optional[StageDocuments] = None):
         super().__init__(cfg, rotary_tables(cfg), tp_group, index)
         self.step_plan = step_plan
         self.weight_prefix = f"layers.{index}."
-        self.resets = resets
+        self.documents = documents
 
     def forward(self, inputs):
         layer_plan = self.step_plan.layer(self.index)
@@ -89,7 +103,7 @@ class TransformerLayerPipe(TransformerLayer):
             return inputs  # eq. 7: a skipped layer passes the activations through
         if isinstance(inputs, tuple):
             x, ids = inputs
-            return super().forward(x, layer_plan, self.resets.documents(ids)), ids
+            return super().forward(x, layer_plan, self.documents.of(ids)), ids
         return super().forward(inputs, layer_plan)
 
 
@@ -130,9 +144,10 @@ def build_pipeline_model(cfg: ModelConfig, state, step_plan: PlanHolder, seed: O
     group = state.tp_group
     specs = [TiedLayerSpec("embed", EmbeddingPipe, cfg, group) if cfg.tie_embeddings
              else LayerSpec(EmbeddingPipe, cfg, group)]
+    documents = None if resets is None else StageDocuments(resets)
     if not cfg.is_llama:
-        specs.append(LayerSpec(PositionEmbeddingPipe, cfg, resets))
-    specs += [LayerSpec(TransformerLayerPipe, cfg, i, step_plan, group, resets) for i in range(cfg.num_layers)]
+        specs.append(LayerSpec(PositionEmbeddingPipe, cfg, documents))
+    specs += [LayerSpec(TransformerLayerPipe, cfg, i, step_plan, group, documents) for i in range(cfg.num_layers)]
     specs.append(LayerSpec(FinalNormPipe, cfg))
     specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, group, forward_fn=tied_head_forward)
                  if cfg.tie_embeddings else LayerSpec(LMHeadPipe, cfg, group))
