@@ -22,6 +22,7 @@ CONSOLE_SCRIPTS = {
     "est-preprocess": "preprocess_data",
     "est-train-tokenizer": "train_tokenizer",
     "est-inspect-data": "inspect_data",
+    "est-merge-parts": "merge_parts",
     "est-convert-to-hf": "convert_to_hf",
     "est-convert-hf-to-est": "convert_hf_to_est",
     "est-evaluate": "evaluate",

@@ -142,7 +142,7 @@ def test_bad_input_errors_or_is_skipped(tokenizer_model, tmp_path, case, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "--skip-bad-records" in err
     assert re.search(pattern, err), err
-    assert not any(n.endswith((".idx", ".json")) for n in os.listdir(tmp_path / "out"))  # nothing complete-looking
+    assert not any(n.endswith((".idx", ".manifest.json")) for n in os.listdir(tmp_path / "out"))  # nothing complete
     if fmt == "parquet":
         pq.write_table(pa.table({"text": ["alpha"]}), str(tmp_path / "ok.parquet"))
         inputs = [tmp_path / "ok.parquet", path]

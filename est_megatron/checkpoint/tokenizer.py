@@ -41,7 +41,7 @@ def _run_adds_bos(args: dict) -> Optional[bool]:
     if "sft_packing" in args:
         return True
     from est_megatron.data.blend import parse_data_path
-    from est_megatron.data.preprocess import manifest_path
+    from est_megatron.data.shard_writer import manifest_path
     data_path = args.get("data_path") or args.get("train_data_path")  # Megatron's separate training blend
     if not data_path:
         return None

@@ -12,7 +12,7 @@ import os
 from est_megatron.data import SPLIT_NAMES, build_datasets
 from est_megatron.data.blend import parse_data_path
 from est_megatron.data.corpus import Corpus
-from est_megatron.data.preprocess import manifest_path
+from est_megatron.data.shard_writer import manifest_path
 from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args, spec_from_json
 from est_megatron.errors import UsageError, exit_on_usage_error
 from est_megatron.help_format import HelpFormatter

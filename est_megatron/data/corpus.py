@@ -12,7 +12,7 @@ from typing import List, Optional
 import numpy as np
 
 from est_megatron.data.indexed import IndexedDataset
-from est_megatron.data.preprocess import manifest_path
+from est_megatron.data.shard_writer import manifest_path
 from est_megatron.errors import UsageError
 
 

@@ -47,18 +47,41 @@ class IndexedDatasetWriter:
     """Streams documents into PREFIX.bin; `finalize` writes PREFIX.idx and renames .bin then .idx into place.
 
     Until `finalize`, only temporary files exist, so an interrupted run never leaves a shard that looks complete.
+    A resumable writer (preprocessing) names its temporary .bin itself (`partial_bin`), so that a later process can
+    `reopen` it at a known length with the document sizes it recorded.
     """
 
-    def __init__(self, prefix: str, dtype: np.dtype) -> None:
+    def __init__(self, prefix: str, dtype: np.dtype, partial_bin: Optional[str] = None) -> None:
         self.prefix = prefix
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF_DTYPE:
             raise UsageError(f"token dtype {self.dtype} has no MMIDIDX code; use one of "
                              f"{sorted(str(d) for d in CODE_OF_DTYPE)}")
-        self._bin_tmp = temp_path(bin_path(prefix))
+        self._bin_tmp = partial_bin or temp_path(bin_path(prefix))
         self._bin = open(self._bin_tmp, "wb")
         self._sizes = []
         self.num_tokens = 0
+
+    @classmethod
+    def reopen(cls, prefix: str, dtype: np.dtype, partial_bin: str, sizes: np.ndarray) -> "IndexedDatasetWriter":
+        """Continue a partial shard after its first `sizes` documents; bytes written after them are dropped."""
+        writer = cls.__new__(cls)
+        writer.prefix, writer.dtype, writer._bin_tmp = prefix, np.dtype(dtype), partial_bin
+        writer._sizes = [np.asarray(sizes, dtype=np.int64)]
+        writer.num_tokens = int(writer._sizes[0].sum())
+        length = writer.num_tokens * writer.dtype.itemsize
+        if os.path.getsize(partial_bin) < length:
+            raise UsageError(f"{partial_bin} is shorter than its progress record says ({length} bytes); "
+                             f"start over with --restart")
+        writer._bin = open(partial_bin, "r+b")
+        writer._bin.truncate(length)
+        writer._bin.seek(length)
+        return writer
+
+    def sync(self) -> None:
+        """Everything added so far is on disk (before a progress record claims it)."""
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
 
     @property
     def num_documents(self) -> int:
@@ -100,6 +123,10 @@ class IndexedDatasetWriter:
             f.write(document_indices.tobytes())
         os.replace(self._bin_tmp, bin_path(self.prefix))
         os.replace(idx_tmp, idx_path(self.prefix))
+
+    def close(self) -> None:
+        """Stop writing; the temporary file stays (a resumable writer reopens it)."""
+        self._bin.close()
 
     def abort(self) -> None:
         """Drop the partial shard (its temporary file)."""

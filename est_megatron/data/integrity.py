@@ -16,7 +16,7 @@ import numpy as np
 from est_megatron.data.blend import parse_data_path
 from est_megatron.data.corpus import Corpus
 from est_megatron.data.indexed import bin_path
-from est_megatron.data.preprocess import manifest_path
+from est_megatron.data.shard_writer import manifest_path
 from est_megatron.data.tokenizer import Tokenizer
 from est_megatron.errors import UsageError
 

@@ -13,7 +13,7 @@ import dataclasses
 import glob
 import json
 import os
-from typing import BinaryIO, Iterable, Iterator, List, Sequence, Tuple
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
 import zstandard
 
@@ -40,6 +40,7 @@ class SourceOptions:
     column: str = "text"
     hf_split: str = "train"
     hf_column: str = "text"
+    hf_streaming: bool = False
     keep_sets: tuple = ()
     exclude_sets: tuple = DEFAULT_EXCLUDED_SETS
     skip_bad_records: bool = False
@@ -69,6 +70,9 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--column", default="text", help="text column of --format parquet files")
     parser.add_argument("--hf-split", default="train", help="split of a --format hf dataset")
     parser.add_argument("--hf-column", default="text", help="text column of a --format hf dataset")
+    parser.add_argument("--hf-streaming", action="store_true",
+                        help="--format hf: stream the dataset (datasets' streaming=True) instead of downloading and "
+                             "storing it whole, for a dataset larger than the disk")
     parser.add_argument("--keep-sets", nargs="+", default=[],
                         help="SlimPajama: keep only these redpajama_set_name values (overrides --exclude-sets)")
     parser.add_argument("--exclude-sets", nargs="*", default=list(DEFAULT_EXCLUDED_SETS),
@@ -80,19 +84,23 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> "SourceOptions":
     """SourceOptions from the flags of `add_source_args`."""
     return SourceOptions(format=args.format, json_key=args.json_key, column=args.column, hf_split=args.hf_split,
-                         hf_column=args.hf_column, keep_sets=tuple(args.keep_sets),
+                         hf_column=args.hf_column, hf_streaming=args.hf_streaming, keep_sets=tuple(args.keep_sets),
                          exclude_sets=tuple(args.exclude_sets), skip_bad_records=args.skip_bad_records)
 
 
 @dataclasses.dataclass
 class Chunk:
-    """A run of consecutive records of one file: raw JSON lines (kind 'lines') or texts (kind 'texts')."""
+    """A run of consecutive records of one file: raw JSON lines (kind 'lines'), texts (kind 'texts'), or the
+    faults found reading the file (kind 'faults': (where, reason, problem) triples), which travel in order with
+    the records so that counts are taken where the records are consumed."""
 
     path: str
     first: int  # line number (1-based) of the first line, or row number (0-based) of the first record
     kind: str
     items: list
     nbytes: int = 0
+    end: int = 0  # records of the file read through this chunk (where a resumed run starts reading it)
+    fraction: Optional[float] = None  # share of the file's bytes read through this chunk, when known
 
 
 class BadInputs:
@@ -149,46 +157,51 @@ def discover(inputs: Sequence[str], fmt: str) -> List[str]:
     return sorted(files)
 
 
-def iter_chunks(files: Iterable[str], options: SourceOptions, bad: BadInputs) -> Iterator[Chunk]:
-    """Chunks of records of all files, in order."""
-    for path in files:
+def iter_chunks(files: Sequence[str], options: SourceOptions, skip_records: int = 0) -> Iterator[Chunk]:
+    """Chunks of records of all files, in order; the first `skip_records` records of the first file are read
+    past (a resumed run), not returned."""
+    for index, path in enumerate(files):
+        skip = skip_records if index == 0 else 0
         if options.format == "hf":
-            yield from _hf_chunks(path, options)
+            yield from _hf_chunks(path, options, skip)
         elif not os.path.isfile(path) or not os.access(path, os.R_OK):
-            bad.report(path, "", "unreadable_file", "file does not exist or cannot be read")
+            yield _fault(path, "", "unreadable_file", "file does not exist or cannot be read")
         elif path.endswith(".parquet"):
-            yield from _parquet_chunks(path, options.text_column, bad)
+            yield from _parquet_chunks(path, options.text_column, skip)
         else:
-            yield from _line_chunks(path, bad)
+            yield from _line_chunks(path, skip)
 
 
-def _line_chunks(path: str, bad: BadInputs) -> Iterator[Chunk]:
-    first, lines, nbytes = 1, [], 0
-    line_no = 0
-    for line in _read_lines(path, bad):
-        line_no += 1
-        lines.append(line)
-        nbytes += len(line)
-        if nbytes >= CHUNK_BYTES or len(lines) >= CHUNK_RECORDS:
-            yield Chunk(path, first, "lines", lines, nbytes)
-            first, lines, nbytes = line_no + 1, [], 0
-    if lines:
-        yield Chunk(path, first, "lines", lines, nbytes)
+def _fault(path: str, where: str, reason: str, problem: str) -> Chunk:
+    return Chunk(path, 0, "faults", [(where, reason, problem)])
 
 
-def _read_lines(path: str, bad: BadInputs) -> Iterator[bytes]:
-    """Lines (bytes) of a .jsonl or .jsonl.zst file; a truncated or corrupt zstd stream is reported."""
+def _line_chunks(path: str, skip: int) -> Iterator[Chunk]:
+    size = max(os.path.getsize(path), 1)
+    faults = []
     try:
         with open(path, "rb") as f:
-            if not path.endswith(".zst"):
-                yield from f
-                return
-            yield from _zstd_lines(path, f, bad)
+            lines = f if not path.endswith(".zst") else _zstd_lines(path, f, faults)
+            first, batch, nbytes, line_no = skip + 1, [], 0, 0
+            for line in lines:
+                line_no += 1
+                if line_no <= skip:
+                    continue
+                batch.append(line)
+                nbytes += len(line)
+                if nbytes >= CHUNK_BYTES or len(batch) >= CHUNK_RECORDS:
+                    yield Chunk(path, first, "lines", batch, nbytes, line_no, min(f.tell() / size, 1.0))
+                    first, batch, nbytes = line_no + 1, [], 0
+            if batch:
+                yield Chunk(path, first, "lines", batch, nbytes, line_no, 1.0)
     except OSError as err:
-        bad.report(path, "", "unreadable_file", f"cannot be read ({err.strerror or err})")
+        faults.append(("", "unreadable_file", f"cannot be read ({err.strerror or err})"))
+    for where, reason, problem in faults:
+        yield _fault(path, where, reason, problem)
 
 
-def _zstd_lines(path: str, f: BinaryIO, bad: BadInputs) -> Iterator[bytes]:
+def _zstd_lines(path: str, f: BinaryIO, faults: list) -> Iterator[bytes]:
+    """Lines of a zstd stream (several frames allowed); a corrupt or truncated stream ends it with a fault."""
     decompressor = zstandard.ZstdDecompressor()
     dobj, pending, line_no, in_frame = decompressor.decompressobj(), b"", 0, False
     while True:
@@ -200,7 +213,7 @@ def _zstd_lines(path: str, f: BinaryIO, bad: BadInputs) -> Iterator[bytes]:
             try:
                 out = dobj.decompress(block)
             except zstandard.ZstdError as err:
-                bad.report(path, f"after line {line_no}", "corrupt_zstd", f"corrupt zstd data ({err})")
+                faults.append((f"after line {line_no}", "corrupt_zstd", f"corrupt zstd data ({err})"))
                 return
             block = b""
             if dobj.eof:  # a frame ended; the rest of the block starts the next frame
@@ -210,56 +223,77 @@ def _zstd_lines(path: str, f: BinaryIO, bad: BadInputs) -> Iterator[bytes]:
             line_no += len(lines)
             yield from lines
     if in_frame:
-        bad.report(path, f"after line {line_no}", "truncated_zstd",
-                   "zstd stream ends mid-frame (truncated file; the records read before the cut are kept)")
+        faults.append((f"after line {line_no}", "truncated_zstd",
+                       "zstd stream ends mid-frame (truncated file; the records read before the cut are kept)"))
         return
     if pending:
         yield pending
 
 
-def _parquet_chunks(path: str, column: str, bad: BadInputs) -> Iterator[Chunk]:
+def _parquet_chunks(path: str, column: str, skip: int) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except (OSError, ValueError) as err:
-        bad.report(path, "", "unreadable_file", f"is not a readable parquet file ({err})")
+        yield _fault(path, "", "unreadable_file", f"is not a readable parquet file ({err})")
         return
     names = pf.schema_arrow.names
     if column not in names:
-        bad.report(path, "", "missing_column",
-                   f"has no column {column!r} (columns: {', '.join(names)}); pass --column for --format parquet")
+        yield _fault(path, "", "missing_column",
+                     f"has no column {column!r} (columns: {', '.join(names)}); pass --column for --format parquet")
         return
+    rows = max(pf.metadata.num_rows, 1)
     row = 0
     for batch in pf.iter_batches(batch_size=CHUNK_RECORDS, columns=[column]):
         texts = batch.column(0).to_pylist()
-        yield Chunk(path, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)))
-        row += len(texts)
+        first, row = row, row + len(texts)
+        if row <= skip:
+            continue
+        texts = texts[max(skip - first, 0):]
+        first = max(first, skip)
+        yield Chunk(path, first, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)), row, row / rows)
 
 
-def _hf_chunks(name: str, options: SourceOptions) -> Iterator[Chunk]:
+def _hf_chunks(name: str, options: SourceOptions, skip: int) -> Iterator[Chunk]:
+    """A Hugging Face dataset in chunks: loaded (memory-mapped), or streamed with --hf-streaming, so that a
+    dataset larger than the disk is never stored whole."""
     import datasets
 
     try:
-        if os.path.isdir(name):
-            ds = datasets.load_from_disk(name)
+        if any(os.path.isfile(os.path.join(name, marker)) for marker in ("state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(name)  # a folder written by save_to_disk
         else:
-            ds = datasets.load_dataset(name, split=options.hf_split)
+            ds = datasets.load_dataset(name, split=options.hf_split, streaming=options.hf_streaming)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
-        raise UsageError(f"cannot load Hugging Face dataset {name!r} ({err}); pass a dataset name or a folder "
-                         f"written by Dataset.save_to_disk") from None
+        raise UsageError(f"cannot load Hugging Face dataset {name!r} ({err}); pass a dataset name, a folder of "
+                         f"data files, or a folder written by Dataset.save_to_disk") from None
     if isinstance(ds, datasets.DatasetDict):
         if options.hf_split not in ds:
             raise UsageError(f"dataset {name} has no split {options.hf_split!r} (splits: {', '.join(ds)}); "
                              f"pass --hf-split")
         ds = ds[options.hf_split]
     column = options.hf_column
-    if column not in ds.column_names:
-        raise UsageError(f"dataset {name} has no column {column!r} (columns: {', '.join(ds.column_names)}); "
+    columns = ds.column_names
+    if columns is not None and column not in columns:
+        raise UsageError(f"dataset {name} has no column {column!r} (columns: {', '.join(columns)}); "
                          f"pass --hf-column")
-    for row in range(0, len(ds), CHUNK_RECORDS):
-        texts = ds[row:row + CHUNK_RECORDS][column]
-        yield Chunk(name, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)))
+    if isinstance(ds, datasets.Dataset):
+        rows = max(len(ds), 1)
+        for row in range(skip, len(ds), CHUNK_RECORDS):
+            texts = ds[row:row + CHUNK_RECORDS][column]
+            end = row + len(texts)
+            yield Chunk(name, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)), end, end / rows)
+        return
+    row = skip
+    stream = ds.skip(skip) if skip else ds
+    for batch in stream.iter(batch_size=CHUNK_RECORDS):
+        if column not in batch:
+            raise UsageError(f"dataset {name} has no column {column!r} (columns: {', '.join(batch)}); "
+                             f"pass --hf-column")
+        texts = batch[column]
+        yield Chunk(name, row, "texts", texts, sum(len(t) for t in texts if isinstance(t, str)), row + len(texts))
+        row += len(texts)
 
 
 def chunk_texts(chunk: Chunk, options: SourceOptions) \
@@ -269,6 +303,8 @@ def chunk_texts(chunk: Chunk, options: SourceOptions) \
     Returns (texts, filtered: Counter of reasons, faults: list of (where, reason, problem)).
     """
     filtered, faults = collections.Counter(), []
+    if chunk.kind == "faults":
+        return [], filtered, list(chunk.items)
     if chunk.kind == "texts":
         texts = []
         for i, text in enumerate(chunk.items):
@@ -304,9 +340,9 @@ def chunk_texts(chunk: Chunk, options: SourceOptions) \
     return texts, filtered, faults
 
 
-def iter_texts(files: Iterable[str], options: SourceOptions, bad: BadInputs) -> Iterator[str]:
+def iter_texts(files: Sequence[str], options: SourceOptions, bad: BadInputs) -> Iterator[str]:
     """All texts in order, in this process (for tokenizer training)."""
-    for chunk in iter_chunks(files, options, bad):
+    for chunk in iter_chunks(files, options):
         texts, _, faults = chunk_texts(chunk, options)
         for where, reason, problem in faults:
             bad.report(chunk.path, where, reason, problem)
