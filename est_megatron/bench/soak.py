@@ -12,7 +12,8 @@ SIGINT to the whole process group (Ctrl-C); its ranks must save before they exit
 
 Counted per cell: runs that ended as they should (exit status 0, the checkpoint saved, the resume from it), hangs
 (a run still going after --bound seconds: it is then stopped and killed), orphans (processes of a run, found by an
-environment mark, still alive --grace seconds after its launcher exited; they are then killed), wall-clock. The
+environment mark, still alive --grace seconds after its launcher exited; they are then killed), wall-clock; a
+/dev/shm segment a run leaves behind also fails its repetition. The
 runs pass --distributed-timeout-minutes (2 by default), so a stall ends its run with every rank's stacks in the
 repetition's problem.log; a hang is a run that outlives even that.
 Without --data-path the demo's corpus is built under --work-dir (once) and used.
@@ -20,6 +21,7 @@ Without --data-path the demo's corpus is built under --work-dir (once) and used.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -183,8 +185,12 @@ def run_once(cmds: List[List[str]], work: str, bound: float, grace: float, stop:
     for log in logs:
         with open(log.name) as f:
             output += f.read()
+    port = cmds[0][cmds[0].index("--master_port") + 1]
+    segments = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*")  # DeepSpeed's CPU allreduce's
+    for name in segments:
+        os.remove(name)
     return dict(statuses=[p.returncode for p in procs], hung=hung, orphans=len(left), seconds=seconds,
-                output=output)
+                output=output, shared_memory_left=len(segments))
 
 
 def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: float, grace: float,
@@ -214,6 +220,9 @@ def repetition(cell: Cell, data_path, tokenizer, work: str, steps: int, bound: f
     elif saved and f"at step {saved}" not in second["output"]:
         problems.append(f"resume did not start from step {saved}")
     runs = (first, second)
+    left = sum(r["shared_memory_left"] for r in runs)
+    if left:
+        problems.append(f"{left} /dev/shm segment(s) of DeepSpeed's allreduce left behind")
     if problems:
         with open(os.path.join(work, "problem.log"), "w") as f:
             f.write("\n".join(problems) + "\n\n" + "\n\n".join(r["output"][-6000:] for r in runs))
