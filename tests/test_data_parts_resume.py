@@ -147,6 +147,9 @@ def test_a_killed_run_resumes_to_identical_output(tokenizer_model, corpus, tmp_p
     assert not [n for n in os.listdir(prefix.parent) if "progress" in n or n.endswith(".partial")]
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already complete" in again.stderr
+    redone = subprocess.run(cmd + ["--restart"], env=env, capture_output=True, text=True, timeout=60)
+    assert redone.returncode == 0 and "already complete" not in redone.stderr and "resumed" not in redone.stdout
+    assert shard_bytes(prefix, resumed) == shard_bytes(tmp_path / "clean" / "c", clean)
 
 
 def attempts_recorded(prefix):

@@ -99,7 +99,7 @@ def main(argv=None):
 
     def pipeline(workers):
         return preprocess(files, sources.SourceOptions(format="jsonl"), model, os.path.join(work, f"out{workers}"),
-                          workers=workers, append_eod=False, progress=False)
+                          workers=workers, append_eod=False, progress=False, restart=True)
 
     load_before = os.getloadavg()[0]
     best = interleaved_best(args.repeats, {"bare": lambda: [sp.encode(d) for d in docs],

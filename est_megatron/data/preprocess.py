@@ -173,7 +173,7 @@ def preprocess(inputs: Sequence[str], options: sources.SourceOptions, tokenizer:
     if restart:
         record.remove()
         remove_shards(prefix)
-    done = _complete_manifest(prefix, settings)
+    done = None if restart else _complete_manifest(prefix, settings)
     if done is not None:
         print(f"{manifest_path(prefix)} is already complete with these settings; nothing to do (--restart "
               f"writes it again)", file=sys.stderr)
@@ -232,7 +232,8 @@ def preprocess(inputs: Sequence[str], options: sources.SourceOptions, tokenizer:
             current["documents"] += int(enc.lengths.size)
             current["tokens"] += int(enc.tokens.size)
             n_docs, n_tokens, n_bytes = n_docs + enc.lengths.size, n_tokens + enc.tokens.size, n_bytes + enc.nbytes
-            time.sleep(TEST_DELAY_S)
+            if TEST_DELAY_S:
+                time.sleep(TEST_DELAY_S)
             if enc.end and time.monotonic() - last_saved > RECORD_SECONDS:
                 save(index, enc.end)
                 last_saved = time.monotonic()
