@@ -100,6 +100,8 @@ class Attention(nn.Module):
         self.recompute_core = False  # selective recompute (est_megatron.model.recompute)
 
     def subnet_index(self, plan: LayerPlan) -> SubnetIndex:
+        if torch.compiler.is_compiling():  # in a compiled layer's graph: a cache keyed on the plan would recompile
+            return SubnetIndex(plan, self.num_groups, self.heads_per_group, self.head_dim)
         if self._index_cache[0] is not plan:
             self._index_cache = (plan, SubnetIndex(plan, self.num_groups, self.heads_per_group, self.head_dim))
         return self._index_cache[1]

@@ -47,6 +47,13 @@ class Documents:
     def separate_attention(self) -> bool:
         return self.resets.attention_mask
 
+    def derive_for_sdpa(self) -> None:
+        """Derive now the positions and mask that the torch SDPA path reads: a compiled layer reads them as
+        tensors, and deriving them inside its graph (cached_property takes a lock) would break the graph."""
+        _ = self.position_ids
+        if self.separate_attention:
+            _ = self.attention_mask
+
     @cached_property
     def position_ids(self) -> Optional[torch.Tensor]:
         """(batch, seq) position of each token in its document; None unless positions are reset."""

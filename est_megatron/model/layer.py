@@ -36,6 +36,7 @@ class TransformerLayer(nn.Module):
         self.mlp_norm = build_norm(config)
         self.mlp = MLP(config, config.ffn_hidden_size // tp_size, tp_group)
         self.recompute = False  # full recompute of this layer (est_megatron.model.recompute)
+        self.compiled_block = None  # `block` under torch.compile (est_megatron.model.regional_compile)
 
     def reset_parameters(self, std: float, num_layers: int) -> None:
         """Input projections N(0, std); the residual output projections N(0, std / sqrt(2 * layers)), as GPT-2 and
@@ -55,7 +56,11 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, plan: Optional[LayerPlan] = None,
                 documents: Optional[Documents] = None) -> torch.Tensor:
-        return recomputed(self.recompute, self.block, x, plan, documents)
+        if self.compiled_block is None:
+            return recomputed(self.recompute, self.block, x, plan, documents)
+        if documents is not None:
+            documents.derive_for_sdpa()
+        return recomputed(self.recompute, self.compiled_block, x, plan, documents)
 
     def block(self, x: torch.Tensor, plan: Optional[LayerPlan] = None,
               documents: Optional[Documents] = None) -> torch.Tensor:

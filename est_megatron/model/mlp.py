@@ -35,7 +35,10 @@ class MLP(nn.Module):
         return torch.cat([columns, columns + self.ffn_size]) if self.gated else columns
 
     def up_rows(self, plan: LayerPlan) -> torch.Tensor:
-        """`rows_of` the plan's columns, computed once per plan."""
+        """`rows_of` the plan's columns, computed once per plan (in the graph of a compiled layer, where a cache
+        keyed on the plan object would recompile every step)."""
+        if torch.compiler.is_compiling():
+            return self.rows_of(plan.mlp_columns)
         if self._index_cache[0] is not plan:
             self._index_cache = (plan, self.rows_of(plan.mlp_columns))
         return self._index_cache[1]

@@ -19,6 +19,10 @@ class EstMethod(SubnetMethod):
     def plan(self, step: int) -> StepPlan:
         return self.sampler.plan(step)
 
+    @property
+    def num_stages(self) -> int:
+        return self.schedule.num_stages
+
     def describe(self) -> str:
         s = self.sampler.subnet
         heads = (f"whole key/value groups in {s.head_strata} strata" if s.whole_groups

@@ -39,6 +39,11 @@ class SubnetMethod(abc.ABC):
         """FLOPs spent outside the step's forward and backward (SAT's importance pre-pass)."""
         return 0
 
+    @property
+    def num_stages(self) -> int:
+        """Stages of the run: each trains subnetworks of one shape (what bounds --compile's recompiles)."""
+        return 1
+
 
 class DenseMethod(SubnetMethod):
     """Plain dense training: every step trains the whole model."""

@@ -133,6 +133,10 @@ class RaptrMethod(SubnetMethod):
         self.fixed = fixed_layers(model.num_layers, keep_first_last)
         self.scale_residual = scale_residual
 
+    @property
+    def num_stages(self) -> int:
+        return self.schedule.schedule.num_stages
+
     def describe(self) -> str:
         return (self.schedule.describe() + f", keep first/last {bool(self.fixed)}, "
                 f"residual scale {'1/P(kept)' if self.scale_residual else 'off'}")

@@ -197,8 +197,8 @@ def layer_input_stats(model: torch.nn.Module, input_ids: torch.Tensor) -> List[T
     for i, layer in enumerate(layers):
         handles.append(layer.attn_norm.register_forward_hook(hook((i, 0), False)))
         handles.append(layer.mlp_norm.register_forward_hook(hook((i, 1), i == len(layers) - 1)))
-    try:
-        with torch.no_grad():
+    try:  # eagerly under --compile: hooks that change every step and the pre-pass batch would recompile the layers
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             model(input_ids)
     except _StopForward:
         pass
@@ -357,6 +357,10 @@ class SatMethod(SubnetMethod):
         seqs = self.planner.cfg.prepass_seqs
         return importance_flops(self.planner.model, seqs, self.seq_length, self.planner.cfg.metric,
                                 self._whole_forward)
+
+    @property
+    def num_stages(self) -> int:
+        return lors_schedule(self.planner.cfg, self.planner.train_steps).num_stages
 
     def describe(self) -> str:
         c, p = self.planner.cfg, self.planner

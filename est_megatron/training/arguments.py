@@ -15,6 +15,7 @@ from est_megatron.config import MODEL_PRESETS
 from est_megatron.data.tokenizer import add_tokenizer_args, spec_from_args
 from est_megatron.errors import UsageError
 from est_megatron.help_format import HelpFormatter
+from est_megatron.training.compile_flag import add_compile_args
 from est_megatron.training.methods import add_method_args
 from est_megatron.training.packed_documents import add_packed_document_args
 from est_megatron.training.resume import OVERRIDABLE, normalise_override
@@ -95,6 +96,7 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
     g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
     g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip (0 disables)")
     g.add_argument("--seed", type=int, default=1234, help="seeds initialisation and the EST plans")
+    add_compile_args(g)
 
     g = add_method_args(p, d["est_schedule"])
     g.add_argument("--check-plan-consistency", action="store_true",

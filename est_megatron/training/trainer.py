@@ -31,7 +31,9 @@ from est_megatron.data.sampler import PretrainingSampler
 from est_megatron.errors import UsageError
 from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.checkpoint.tags import read_latest
+from est_megatron.model.attention import flash_attn_func
 from est_megatron.model.recompute import Recompute
+from est_megatron.model.regional_compile import CompileWatch, compile_layers
 from est_megatron.optim.sparse_adamw import SparseAdamW
 from est_megatron.parallel.build import build_model
 from est_megatron.parallel.state import ParallelState
@@ -39,6 +41,7 @@ from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
 from est_megatron.subnet.flops import dense_step_flops, step_flops
 from est_megatron.training import checkpoint as ckpt, preemption, watchdog
 from est_megatron.training.arguments import resolve_precision
+from est_megatron.training.compile_flag import check_compile_layout
 from est_megatron.training.data_hooks import DataHooks, pretraining_hooks
 from est_megatron.training.distributed import all_reduce_mean, init_distributed, is_communication_failure, teardown
 from est_megatron.training.health import SkipCounter, TooManySkippedSteps, check_replicas, parameters_finite
@@ -137,6 +140,8 @@ class Trainer:
         ds_config = load_ds_config(args.deepspeed_config, args, self.dp_size, precision)
         self.zero_stage = zero_stage(ds_config)
         self.accumulation = ds_config["gradient_accumulation_steps"]
+        check_compile_layout(args, self.zero_stage,
+                             flash_attn_func is not None and cuda and precision in ("bf16", "fp16"))
 
         watchdog.doing("start-up: building the datasets (rank 0 first)")
         self.tokenizer, (self.train_ds, self.valid_ds, self.test_ds) = hooks.build_data(args, info)
@@ -195,6 +200,10 @@ class Trainer:
         self.log.arguments(_json_args(args))
         if metrics_note:
             self.log.line(metrics_note)
+        self.compile_watch = None
+        if args.compile:
+            limit = compile_layers(self.engine.module, self.method.num_stages, args.compile_backend)
+            self.compile_watch = CompileWatch(limit, self.log.line)
         self._announce(precision)
 
     def _check_resume(self):
@@ -226,6 +235,10 @@ class Trainer:
         log.line(self.method.describe())
         if self.packing is not None:
             log.line(self.packing.describe())
+        if self.compile_watch is not None:
+            log.line(f"compile: each transformer layer under torch.compile (backend {args.compile_backend}, static "
+                     f"shapes; a stage compiles on its first step), at most {self.compile_watch.limit} graphs of "
+                     "the layer, then eager")
         if self.sparse_optimizer is not None:
             log.line(f"optimizer: sparse AdamW (what a step's plan does not train keeps its values and moments; "
                      f"bias correction by {self.sparse_optimizer.bias_correction} step counts)")
@@ -372,8 +385,12 @@ class Trainer:
             self.log.line(f"step {self.progress.step}: stage transition {self.progress.stage} -> {stage}, rates "
                           f"(pH, pM, pL) = ({rates[0]:g}, {rates[1]:g}, {rates[2]:g})")
             self.log.record({"event": "stage_transition", "step": self.progress.step, "stage": stage,
-                             "rates": list(rates)})
+                             "rates": list(rates), **self._compile_counts()})
         self.progress.stage = stage
+
+    def _compile_counts(self) -> dict:
+        """--compile's graphs and recompiles so far (nothing without --compile)."""
+        return {} if self.compile_watch is None else self.compile_watch.record()
 
     def _reset_interval(self) -> None:
         self.interval = dict(loss=torch.zeros((), dtype=torch.float64, device=self.device), steps=0, flops=0,
@@ -392,7 +409,7 @@ class Trainer:
                   "flops_saved_frac": progress.flops_saved_frac, "memory_gb": memory_gb(),
                   "consumed_samples": progress.consumed, "step_time_s": elapsed / interval["steps"],
                   "grad_norm": interval.get("grad_norm"), "tokens": progress.consumed * args.seq_length,
-                  "flops": progress.flops_done, "skipped_steps": self.skips.total}
+                  "flops": progress.flops_done, "skipped_steps": self.skips.total, **self._compile_counts()}
         if args.check_plan_consistency:
             check_replicas(self.engine, self.device, self.layout.get_data_parallel_group())
             record["replicas_identical"] = True
