@@ -15,10 +15,11 @@ SAT's exact cost also counts its per-step importance computation (pre-pass forwa
 """
 import argparse
 import json
+from dataclasses import dataclass
 
 from est_megatron.config import MODEL_PRESETS, model_preset
 from est_megatron.errors import UsageError, exit_on_usage_error
-from est_megatron.subnet.flops import dense_step_flops, schedule_savings
+from est_megatron.subnet.flops import ScheduleSavings, dense_step_flops, schedule_savings
 from est_megatron.subnet.raptr import parse_raptr_schedule
 from est_megatron.subnet.sat import decay_start_step, importance_flops, lors_ladder, lors_schedule
 from est_megatron.subnet.schedule import parse_schedule
@@ -120,6 +121,53 @@ def _train_steps(args, fractional, last_boundary, what):
     return int(last_boundary)
 
 
+@dataclass
+class MethodPlan:
+    """A method's schedule and what it costs: the printed table, the --json fields, and the exact saving that
+    tools/compare_runs.py predicts an equal-FLOPs dense run from (SAT's includes its importance computation)."""
+
+    savings: ScheduleSavings
+    report: str
+    details: dict
+    saving: float
+
+
+def plan_method(args, model, model_name, seq, global_batch) -> MethodPlan:
+    """The schedule of args.method (est, raptr or sat flags, as the training entry points parse them) on `model`."""
+    subnet = subnet_config(args, model)
+    if args.method == "est":
+        if args.est_schedule is None:
+            raise UsageError("--method est needs --est-schedule (a preset such as tinyllama, or BOUNDARIES:RATES)")
+        schedule = parse_schedule(args.est_schedule)
+        train_steps = _train_steps(args, schedule.fractional, schedule.boundaries[-1], f"schedule {schedule.name!r}")
+        savings = schedule_savings(model, schedule.resolve(train_steps), subnet, batch=args.micro_batch_size, seq=seq)
+        return MethodPlan(savings, format_report(model_name, model, savings, schedule.name),
+                          dict(schedule=schedule.name), savings.exact_saving)
+    if args.method == "raptr":
+        raptr = parse_raptr_schedule(args.raptr_schedule)
+        train_steps = _train_steps(args, raptr.fractional_boundaries, raptr.boundaries[-1],
+                                   f"RAPTR schedule {raptr.name!r}")
+        resolved = raptr.resolve(model, subnet, train_steps, args.raptr_keep_first_last)
+        savings = schedule_savings(model, resolved.schedule, subnet, batch=args.micro_batch_size, seq=seq)
+        return MethodPlan(savings, format_raptr_report(model_name, model, savings, resolved,
+                                                       args.raptr_keep_first_last),
+                          dict(schedule=raptr.name, depths=list(resolved.depths),
+                               keep_first_last=args.raptr_keep_first_last), savings.exact_saving)
+    sat = sat_config_from_args(args)
+    train_steps = _train_steps(args, True, None, "SAT's LORS schedule")
+    lors = lors_schedule(sat, train_steps)
+    savings = schedule_savings(model, lors, subnet, batch=args.micro_batch_size, seq=seq)
+    importance = importance_flops(model, sat.prepass_seqs, seq, sat.metric) / dense_step_flops(model, global_batch,
+                                                                                              seq)
+    t_d = decay_start_step(sat, train_steps)
+    ladders = [(lors_ladder(s.start, train_steps, t_d, sat.ladders), 0.0 if s.realised[:2] == (1.0, 1.0)
+                else importance) for s in savings.stages]
+    report, with_importance = format_sat_report(model_name, model, savings, ladders, sat, importance, global_batch)
+    return MethodPlan(savings, report, dict(schedule=lors.name, ladders=[ladder for ladder, _ in ladders],
+                                            importance_cost=importance, global_batch=global_batch,
+                                            exact_saving_with_importance=with_importance), with_importance)
+
+
 @exit_on_usage_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -132,42 +180,12 @@ def main(argv=None):
     if args.micro_batch_size <= 0 or global_batch <= 0:
         raise UsageError(f"--micro-batch-size and --global-batch-size must be positive, got {args.micro_batch_size} "
                          f"and {global_batch}")
-    subnet = subnet_config(args, model)
-    out = dict(model=args.model, parameters=model.num_parameters(), method=args.method)
-    if args.method == "est":
-        if args.est_schedule is None:
-            raise UsageError("--method est needs --est-schedule (a preset such as tinyllama, or BOUNDARIES:RATES)")
-        schedule = parse_schedule(args.est_schedule)
-        train_steps = _train_steps(args, schedule.fractional, schedule.boundaries[-1], f"schedule {schedule.name!r}")
-        savings = schedule_savings(model, schedule.resolve(train_steps), subnet, batch=args.micro_batch_size, seq=seq)
-        out["schedule"] = schedule.name
-        report = format_report(args.model, model, savings, schedule.name)
-    elif args.method == "raptr":
-        raptr = parse_raptr_schedule(args.raptr_schedule)
-        train_steps = _train_steps(args, raptr.fractional_boundaries, raptr.boundaries[-1],
-                                   f"RAPTR schedule {raptr.name!r}")
-        resolved = raptr.resolve(model, subnet, train_steps, args.raptr_keep_first_last)
-        savings = schedule_savings(model, resolved.schedule, subnet, batch=args.micro_batch_size, seq=seq)
-        out.update(schedule=raptr.name, depths=list(resolved.depths), keep_first_last=args.raptr_keep_first_last)
-        report = format_raptr_report(args.model, model, savings, resolved, args.raptr_keep_first_last)
-    else:
-        sat = sat_config_from_args(args)
-        train_steps = _train_steps(args, True, None, "SAT's LORS schedule")
-        lors = lors_schedule(sat, train_steps)
-        savings = schedule_savings(model, lors, subnet, batch=args.micro_batch_size, seq=seq)
-        importance = importance_flops(model, sat.prepass_seqs, seq, sat.metric) / dense_step_flops(model, global_batch,
-                                                                                                  seq)
-        t_d = decay_start_step(sat, train_steps)
-        ladders = [(lors_ladder(s.start, train_steps, t_d, sat.ladders), 0.0 if s.realised[:2] == (1.0, 1.0)
-                    else importance) for s in savings.stages]
-        report, with_importance = format_sat_report(args.model, model, savings, ladders, sat, importance,
-                                                    global_batch)
-        out.update(schedule=lors.name, ladders=[ladder for ladder, _ in ladders], importance_cost=importance,
-                   global_batch=global_batch, exact_saving_with_importance=with_importance)
+    plan = plan_method(args, model, args.model, seq, global_batch)
     if args.json:
-        print(json.dumps(dict(out, **savings.to_dict()), indent=2))
+        out = dict(model=args.model, parameters=model.num_parameters(), method=args.method, **plan.details)
+        print(json.dumps(dict(out, **plan.savings.to_dict()), indent=2))
     else:
-        print(report)
+        print(plan.report)
 
 
 if __name__ == "__main__":
