@@ -34,8 +34,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from est_megatron.bench.compile_ab import measure_compile_ab, print_compile_ab
 from est_megatron.config import MODEL_PRESETS, SubnetConfig, model_preset
 from est_megatron.errors import UsageError, exit_on_usage_error
+from est_megatron.model.regional_compile import DEFAULT_BACKEND
 from est_megatron.model.transformer import Transformer
 from est_megatron.optim.partitions import own_segments
 from est_megatron.optim.sparse_adamw import SparseAdamW
@@ -96,12 +98,11 @@ def build_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim
 class Stepper:
     """One model, its optimizer and a fixed batch; `step(sampler)` runs a whole training step."""
 
-    def __init__(self, cfg, device, dtype, batch: int, seq: int, seed: int, compile_model: bool = False,
-                 sparse: bool = True, steady_steps: int = 0):
+    def __init__(self, cfg, device, dtype, batch: int, seq: int, seed: int, sparse: bool = True,
+                 steady_steps: int = 0):
         torch.manual_seed(seed)
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.model = Transformer(cfg).to(device)
-        self.forward = torch.compile(self.model) if compile_model else self.model
         self.params = list(self.model.parameters())
         self.dense_optimizer = build_optimizer(self.model, device)
         self.optimizer = self.dense_optimizer
@@ -129,12 +130,12 @@ class Stepper:
         plan = None
         if sampler is not None:
             plan = sampler.plan(self.count)
-            if self.device.type != "cpu":
+            if plan is not None and self.device.type != "cpu":
                 plan = plan.to(self.device)
         self.count += 1
         self.last_plan = plan
         with autocast(self.device, self.dtype):
-            loss = self.forward(self.inputs if inputs is None else inputs, plan,
+            loss = self.model(self.inputs if inputs is None else inputs, plan,
                                 labels=self.labels if labels is None else labels)
         loss.backward()
         if self.optimizer is not self.dense_optimizer:
@@ -329,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every variant first")
     p.add_argument("--reps", type=int, default=3, help="timed rounds; figures are medians")
-    p.add_argument("--compile", action="store_true", help="run the model under torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the step with every transformer layer compiled, as training's --compile, "
+                        "against eager per method and stage, and the first (compiling) step")
+    p.add_argument("--compile-backend", default=DEFAULT_BACKEND, help="torch.compile backend of --compile")
     p.add_argument("--est-optimizer", choices=("sparse", "dense"), default="sparse",
                    help="the optimizer step timed: training's sparse AdamW step, or AdamW over all parameters")
     p.add_argument("--steady-steps", type=int, default=1000,
@@ -451,8 +455,11 @@ def main(argv=None) -> dict:
     cfg, seq, device, dtype = setup(args)
     module_batches = parse_batch_sizes(args.module_batch_sizes) if args.modules else []
 
-    stepper = Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed, args.compile,
-                      sparse=args.est_optimizer == "sparse", steady_steps=args.steady_steps)
+    def make_stepper() -> Stepper:
+        return Stepper(cfg, device, dtype, args.micro_batch_size, seq, args.seed,
+                       sparse=args.est_optimizer == "sparse", steady_steps=args.steady_steps)
+
+    stepper = make_stepper()
     variants: Dict[str, Optional[PlanSampler]] = {"dense": make_sampler(cfg, (1.0, 1.0, 1.0), args.seed)}
     if args.no_est_machinery:
         variants["dense_plan_none"] = None
@@ -467,10 +474,14 @@ def main(argv=None) -> dict:
     summary.update(optimizer=args.est_optimizer, steady_steps=stepper.steady_steps, model=args.model, seq_length=seq,
                    micro_batch_size=args.micro_batch_size, device=str(device),
                    dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), warmup=args.warmup,
-                   reps=args.reps, compile=args.compile, peak_tflops=peak,
+                   reps=args.reps, peak_tflops=peak,
                    memory_method="cuda max_memory_allocated" if device.type == "cuda" else
                    "parameters + AdamW state + peak of torch CPU allocations during the step (profiler records)")
     print_summary(summary)
+    if args.compile:
+        summary["compile_ab"] = measure_compile_ab(make_stepper, timed, cfg, args.seed, args.warmup, args.reps,
+                                                   args.compile_backend)
+        print_compile_ab(summary["compile_ab"], args.compile_backend)
     write_json(args.json, summary)
     return summary
 
