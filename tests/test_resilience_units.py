@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from data_fixtures import load_tool, slimpajama_records, tokenizer_model, write_jsonl  # noqa: F401
 from dist_utils import free_port, tiny_shards  # noqa: F401
+from est_megatron.data.corpus import Corpus
 from est_megatron.errors import UsageError
 from est_megatron.training import checkpoint as ckpt
 from est_megatron.training.metrics_file import start_metrics_file
@@ -100,13 +101,20 @@ def test_damaged_index_cache_is_named(tiny_shards, tmp_path):  # noqa: F811
         build_datasets([tiny_shards["prefix"]], "90,10,0", 32, 1, (64, 8, 0), cache_dir=str(tmp_path))
 
 
-def test_failed_preprocessing_removes_the_shards_it_finished(tokenizer_model, tmp_path, capsys):  # noqa: F811
+def test_failed_preprocessing_leaves_no_corpus_and_resumes_once_the_input_is_fixed(tokenizer_model, tmp_path,  # noqa: F811
+                                                                                  capsys):
     good = write_jsonl(str(tmp_path / "in" / "a_good.jsonl"), slimpajama_records(300, seed=5))
-    (tmp_path / "in" / "b_broken.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
+    broken = tmp_path / "in" / "b_broken.jsonl"
+    broken.write_text('{"text": "ok"}\n{"text": oops}\n')
+    argv = ["--input", good, "--input", str(broken), "--format", "jsonl", "--tokenizer-model", tokenizer_model,
+            "--output-prefix", str(tmp_path / "out" / "x"), "--shard-size", "500", "--no-progress"]
     with pytest.raises(SystemExit):
-        load_tool("tools/preprocess_data.py").main(
-            ["--input", good, "--input", str(tmp_path / "in" / "b_broken.jsonl"), "--format", "jsonl",
-             "--tokenizer-model", tokenizer_model, "--output-prefix", str(tmp_path / "out" / "x"),
-             "--shard-size", "500", "--no-progress"])
+        load_tool("tools/preprocess_data.py").main(argv)
     assert "invalid JSON" in capsys.readouterr().err
-    assert os.listdir(tmp_path / "out") == []
+    assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".manifest.json")]
+    with pytest.raises(ValueError, match="names no data"):
+        Corpus(str(tmp_path / "out" / "x"))
+    broken.write_text('{"text": "ok"}\n{"text": "fixed"}\n')
+    manifest = load_tool("tools/preprocess_data.py").main(argv)
+    assert manifest["run"]["attempts"] == 2 and [s["documents"] for s in manifest["sources"]][1] == 2
+    assert len(Corpus(str(tmp_path / "out" / "x"))) == manifest["documents"]
