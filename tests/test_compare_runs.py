@@ -116,6 +116,11 @@ def test_table_and_figure_written(harness):
     (["--run", "bogus"], "--run 'bogus' is not a method"),
     (["--run", "est:--est-schedule nope"], "unknown schedule 'nope'"),
     (["--lr", "1e-3"], "was started with other flags (lr 0.003 -> 0.001)"),
+    (["--lr-sweep"], "--lr-sweep needs at least one peak learning rate"),
+    (["--lr-sweep", "1e-3", "-0.002", "0"], "--lr-sweep rates must be positive, got -0.002 0.0"),
+    (["--lr-sweep", "1e-3"], "--split 90,10,0 has no test part"),
+    (["--run", "dense", "--equal-flops-dense"], "no run is one; add --run est"),
+    (["--equal-flops-dense", "dense"], "--equal-flops-dense dense: not an EST-family run"),
 ])
 def test_bad_input_is_one_clear_line(harness, capsys, extra, message):
     argv = [a for a in harness["argv"] if a not in ("--run", "dense", "est")] if "--run" in extra else \
@@ -124,6 +129,32 @@ def test_bad_input_is_one_clear_line(harness, capsys, extra, message):
         run_harness(argv + extra + ["--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and message in err[-1] and err[-1].startswith("error: ")
+
+
+def _last_value(argv, flag):
+    """The value of a flag's last occurrence (the one the launcher uses)."""
+    return argv[len(argv) - argv[::-1].index(flag)]
+
+
+def test_equal_flops_dense_and_lr_sweep_plans(harness, tiny_shards):  # noqa: F811
+    """The equal-FLOPs dense run gets the finished EST run's measured compute, its cosine ending at its last step;
+    a sweep puts every run and rate in its own directory, with a test split the launcher evaluates."""
+    from est_megatron.training.data_hooks import split_test_samples
+    result, _ = run_harness(harness["argv"] + ["--equal-flops-dense", "--dry-run"])
+    est = _runs(harness["skipped"])["est"]["seeds"][0]
+    steps = str(round(8 * est["flops"] / est["dense_flops"]))  # 8 x (1 - saved)
+    argv = result["jobs"][2]
+    assert [_last_value(argv, f) for f in ("--method", "--train-steps", "--lr-decay-steps")] == ["dense", steps, steps]
+    assert int(steps) < 8 and result["pending"] == ["dense-at-est-flops seed 3"]
+
+    result, _ = run_harness(harness["argv"] + ["--lr-sweep", "1e-3", "3e-3", "--split", "80,10,10", "--dry-run"])
+    log_dirs = [a[a.index("--log-dir") + 1] for a in result["jobs"]]
+    assert [os.path.relpath(d, harness["out"]) for d in log_dirs] == [
+        os.path.join(name, f"lr_{lr}", "seed_3", "logs") for lr in ("0.001", "0.003") for name in ("dense", "est")]
+    assert [_last_value(result["jobs"][0], f) for f in ("--lr", "--min-lr")] == ["0.001", "0.0001"]  # same ratio
+    prefix = [tiny_shards["prefix"]]
+    assert split_test_samples(prefix, "80,10,10", 4) == 4 and split_test_samples(prefix, "90,10,0", 4) == 0
+    assert split_test_samples(prefix, "969,30,1", 4) == 0  # 400 documents: none in the default test part
 
 
 def test_report_only_redraws_from_the_logs(harness, tmp_path):
@@ -213,3 +244,68 @@ def test_demo_data_dry_run(tmp_path, monkeypatch):
     last = len(argv) - 1 - argv[::-1].index("--train-steps")
     assert argv[last + 1] == "100" and "240" in argv  # the user's flag comes after the demo's default and wins
     assert "sat seed 2:" in out and not (tmp_path / "out" / "dense").exists()
+
+
+def test_equal_flops_schedule_scales_steps_warmup_and_decay():
+    from est_megatron.analysis.equal_flops import equal_flops_schedule
+    plan = equal_flops_schedule(1200, 0.163, 60, None, "measured")
+    assert (plan.train_steps, plan.warmup_steps, plan.decay_steps) == (1004, 50, 1004)  # the cosine ends at the end
+    assert plan.flags() == ["--train-steps", "1004", "--lr-warmup-steps", "50", "--lr-decay-steps", "1004"]
+    assert equal_flops_schedule(8, 0.4, 1, 6, "predicted").to_json() == {
+        "train_steps": 5, "lr_warmup_steps": 1, "lr_decay_steps": 4, "saving": 0.4, "saving_source": "predicted"}
+    assert equal_flops_schedule(10, 0.99, 0, None, "measured").train_steps == 1  # at least a step, no warm-up made
+    with pytest.raises(Exception, match="leaves no dense steps"):
+        equal_flops_schedule(10, 1.0, 1, None, "measured")
+
+
+def _write_run(directory, method, steps, val, test, saved=0.0):
+    """A finished run's metrics.jsonl and run.json, as the harness and launcher leave them."""
+    logs = directory / "logs"
+    logs.mkdir(parents=True)
+    records = [{"step": s, "loss": 5.0 - s / 10, "flops": s * 100.0 * (1 - saved), "flops_saved_frac": saved}
+               for s in range(1, steps + 1)]
+    records += [{"step": steps, "val_loss": val}, {"step": steps, "test_loss": test}, {"event": "end", "step": steps}]
+    (logs / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    state = {"method": method, "train_steps": steps, "seq_length": 32, "dense_step_flops": 100.0,
+             "attempts": [{"seconds": 1.0}]}
+    (directory / "run.json").write_text(json.dumps(state))
+    return str(directory), state
+
+
+def test_lr_sweep_chooses_on_validation_and_reports_test_loss(tmp_path):
+    """The rate is chosen by validation loss; test loss is what is reported and compared, EST with dense and with
+    dense at its FLOPs; the table shows each run at its rate and every rate's validation loss."""
+    from est_megatron.analysis.comparison import RunLogs, compare
+    from est_megatron.analysis.equal_flops import measured_saving
+    from est_megatron.analysis.report import markdown_table
+    losses = {  # (val, test) per run and rate: dense's best validation rate is not its best test rate
+        "dense": {1e-3: (4.0, 4.10), 2e-3: (3.9, 4.20)},
+        "est": {1e-3: (3.8, 4.05), 2e-3: (3.95, 3.90)},
+        "dense-at-est-flops": {1e-3: (4.1, 4.40), 2e-3: (4.2, 4.30)}}
+    method = {"dense": "dense", "est": "est", "dense-at-est-flops": "dense"}
+    logs = []
+    for name, rates in losses.items():
+        for lr, (val, test) in rates.items():
+            seed = _write_run(tmp_path / name / f"lr_{lr:g}" / "seed_1", method[name], 6 if "at" in name else 8,
+                              val, test, saved=0.25 if name == "est" else 0.0)
+            logs.append(RunLogs(name, [], [(1, *seed)], lr, "est" if "at" in name else None))
+    runs, baseline, curves, measure = compare(logs, None, [])
+    by_name = {r["name"]: r for r in runs}
+    assert baseline == "dense" and measure == "test"
+    assert [by_name[n]["lr"] for n in losses] == [2e-3, 1e-3, 1e-3]
+    assert by_name["est"]["final_test_loss_mean"] == 4.05 and by_name["dense"]["final_test_loss_mean"] == 4.20
+    assert by_name["est"]["test_loss_vs_baseline_pct_mean"] == pytest.approx((4.05 / 4.20 - 1) * 100)
+    assert by_name["est"]["equal_flops_baseline"] == "dense-at-est-flops"
+    assert by_name["est"]["test_loss_vs_equal_flops_pct_mean"] == pytest.approx((4.05 / 4.40 - 1) * 100)
+    assert [row["chosen"] for row in by_name["est"]["lr_sweep"]] == [True, False]
+    assert curves["est"][0].path.endswith(os.path.join("lr_0.001", "seed_1", "logs", "metrics.jsonl"))
+    assert measured_saving(curves["est"][0], 100.0) == pytest.approx(0.25)
+
+    table = markdown_table({"baseline": baseline, "compared_on": measure, "seeds": [1], "runs": runs}, [])
+    main_table = table.split("Validation loss at each")[0]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in main_table.splitlines() if line.startswith("| ")}
+    assert rows["| run"][2:10] == ["lr", "seeds done", "val loss", "test loss", "vs dense",
+                                   "vs dense at equal FLOPs", "FLOPs saved", "train loss"]
+    assert rows["| est"][2:8] == ["0.001", "1/1", "3.8000", "4.0500", "-3.57%", "-7.95%"]
+    assert rows["| dense-at-est-flops (dense at est's FLOPs)"][2] == "0.001"
+    assert "| est | **3.8000** | 3.9500 |" in table and "| dense | 4.0000 | **3.9000** |" in table

@@ -5,7 +5,7 @@ it stopped, so each kind of record is deduplicated by step, the last one winning
 steps exactly). Cumulative FLOPs and tokens come from the record when the loop logs them; otherwise FLOPs follow
 from the logged fraction saved, step x dense FLOPs per step x (1 - saved), in FLOPs when the caller knows a dense
 step's cost and in dense-step equivalents when not, and tokens from the consumed samples x sequence length.
-Validation records and stage transitions are placed on the FLOPs axis by interpolating the training records'
+Validation and test records and stage transitions are placed on the FLOPs axis by interpolating the training records'
 cumulative FLOPs, which is exact while one log interval has one per-step cost.
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ class RunCurves:
     path: str
     train: Series
     val: Series
+    test: Series  # the test split's loss, evaluated once the run completes (the launcher's final record)
     transitions: List[dict]  # {"step", "stage", "rates", "flops"}
     flops_unit: str  # FLOPS or DENSE_STEPS
     end_step: Optional[int]  # step of the last "end" event (a finished run's is --train-steps)
@@ -118,6 +119,7 @@ def load_curves(path: str, dense_step_flops: Optional[float] = None,
     records = read_records(path)
     train = _last_by_step([r for r in records if "event" not in r and "loss" in r and "step" in r])
     evals = _last_by_step([r for r in records if "event" not in r and "val_loss" in r and "step" in r])
+    tests = _last_by_step([r for r in records if "event" not in r and "test_loss" in r and "step" in r])
     transitions = _last_by_step([r for r in records if r.get("event") == "stage_transition"])
     ends = [r for r in records if r.get("event") == "end"]
     if not train:
@@ -151,10 +153,13 @@ def load_curves(path: str, dense_step_flops: Optional[float] = None,
         val_tokens = [int(round(t)) for t in np.interp(val_steps, [0] + steps, [0] + train_tokens)]
     val_series = Series(val_steps, [float(r["val_loss"]) for r in evals], flops_at(val_steps), val_tokens)
 
+    test_steps = [int(r["step"]) for r in tests]
+    test_series = Series(test_steps, [float(r["test_loss"]) for r in tests], flops_at(test_steps))
+
     marks = [{"step": int(r["step"]), "stage": r.get("stage"), "rates": r.get("rates"), "flops": f}
              for r, f in zip(transitions, flops_at([int(r["step"]) for r in transitions]))]
     end_step = int(ends[-1]["step"]) if ends else None
-    return RunCurves(str(path), train_series, val_series, marks, unit, end_step)
+    return RunCurves(str(path), train_series, val_series, test_series, marks, unit, end_step)
 
 
 @dataclass

@@ -42,8 +42,8 @@ def as_dense_steps(curves: RunCurves) -> RunCurves:
         return replace(series, flops=[f / per_dense_step for f in series.flops])
 
     marks = [dict(m, flops=m["flops"] / per_dense_step) for m in curves.transitions]
-    return replace(curves, train=scaled(curves.train), val=scaled(curves.val), transitions=marks,
-                   flops_unit=DENSE_STEPS)
+    return replace(curves, train=scaled(curves.train), val=scaled(curves.val), test=scaled(curves.test),
+                   transitions=marks, flops_unit=DENSE_STEPS)
 
 
 def _upper_limit(bands, last_step: int) -> Optional[float]:

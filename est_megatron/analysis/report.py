@@ -28,37 +28,83 @@ def _duration(seconds):
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _relative(mean, sd):
+    if mean is None:
+        return "–"
+    return f"{mean:+.2f}%" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def _run_label(run: dict) -> str:
+    of = run.get("equal_flops_of")
+    return run["name"] if of is None else f"{run['name']} (dense at {of}'s FLOPs)"
+
+
 def markdown_table(summary: dict, table_steps: Sequence[int]) -> str:
-    """Final validation loss of every run against the baseline: mean ± sd over seeds, FLOPs saved, time."""
-    base = summary["baseline"]
+    """Final loss of every run against the baseline: mean ± sd over seeds, FLOPs saved, time. With a
+    learning-rate sweep each run at its chosen rate, compared on test loss, then the validation loss per rate."""
+    base, measure = summary["baseline"], summary.get("compared_on", "val")
+    sweep = measure == "test"
+    equal_flops = any("equal_flops_of" in r for r in summary["runs"])
     final_steps = sorted({s["final_val_step"] for r in summary["runs"] for s in r["seeds"]
                           if s.get("final_val_step") is not None})
     at = f"step {final_steps[0]}" if len(final_steps) == 1 else "the last evaluation"
     seeds = ", ".join(str(s) for s in summary["seeds"])
     over = f"mean ± standard deviation over seeds {seeds}" if len(summary["seeds"]) > 1 else f"seed {seeds}"
-    lines = [f"Validation loss (the dense model on the same held-out batches) at {at}; {over}. "
-             + (f"'vs {base}' is the relative difference to {base} with the same seed, averaged over seeds."
-                if base else "No dense run to compare with (add --run dense)."), ""]
-    header = ["run", "flags", "seeds done", "val loss"] + [f"val loss @{t}" for t in table_steps]
+    loss = "test loss" if sweep else "validation loss"
+    intro = f"Validation loss (the dense model on the same held-out batches) at {at}; {over}. "
+    if sweep:
+        intro = (f"Each run at the peak learning rate of the sweep with the lowest mean validation loss; its test "
+                 f"loss (the test split, which took no part in the choice) once the run completed; {over}. ")
+    intro += (f"'vs {base}' is the relative difference in {loss} to {base} with the same seed, averaged over seeds."
+              if base else "No dense run to compare with (add --run dense).")
+    if equal_flops:
+        intro += (f" 'vs dense at equal FLOPs' compares an EST-family run's {loss} with the dense run given its "
+                  "FLOPs (named after it), same seed.")
+    lines = [intro, ""]
+    header = ["run", "flags"] + (["lr"] if sweep else []) + ["seeds done", "val loss"]
+    header += [f"val loss @{t}" for t in table_steps] + (["test loss"] if sweep else [])
     header += [f"vs {base}"] if base else []
+    header += ["vs dense at equal FLOPs"] if equal_flops else []
     header += ["FLOPs saved", "train loss", "wall-clock"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in summary["runs"]:
-        cells = [run["name"], f"`{shlex.join(run['flags'])}`" if run["flags"] else "",
-                 f"{run['seeds_finished']}/{len(run['seeds'])}",
-                 _pm(run["final_val_loss_mean"], run["final_val_loss_sd"])]
+        cells = [_run_label(run), f"`{shlex.join(run['flags'])}`" if run["flags"] else ""]
+        cells += ["–" if run["lr"] is None else f"{run['lr']:g}"] if sweep else []
+        cells += [f"{run['seeds_finished']}/{len(run['seeds'])}", _pm(run["final_val_loss_mean"],
+                                                                      run["final_val_loss_sd"])]
         cells += [_pm(run[f"val_loss_at_{t}_mean"], run[f"val_loss_at_{t}_sd"]) for t in table_steps]
+        cells += [_pm(run["final_test_loss_mean"], run["final_test_loss_sd"])] if sweep else []
         if base:
-            rel = run["val_loss_vs_baseline_pct_mean"]
-            cells.append("" if run["name"] == base else "–" if rel is None else
-                         f"{rel:+.2f}%" + (f" ± {run['val_loss_vs_baseline_pct_sd']:.2f}"
-                                           if run["val_loss_vs_baseline_pct_sd"] is not None else ""))
+            cells.append("" if run["name"] == base else _relative(run[f"{measure}_loss_vs_baseline_pct_mean"],
+                                                                  run[f"{measure}_loss_vs_baseline_pct_sd"]))
+        if equal_flops:
+            cells.append(_relative(run[f"{measure}_loss_vs_equal_flops_pct_mean"],
+                                   run[f"{measure}_loss_vs_equal_flops_pct_sd"])
+                         if "equal_flops_baseline" in run else "")
         saved = run["flops_saved_frac_mean"]
         cells += ["–" if saved is None else f"{saved * 100:.1f}%",
                   _pm(run["final_train_loss_mean"], run["final_train_loss_sd"]),
                   _duration(run["wall_clock_s_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if sweep:
+        lines += ["", sweep_table(summary)]
     return "\n".join(lines) + "\n"
+
+
+def sweep_table(summary: dict) -> str:
+    """Mean validation loss of every run at every peak rate of the sweep, the chosen one in bold."""
+    rates = sorted({row["lr"] for run in summary["runs"] for row in run["lr_sweep"]})
+    lines = ["Validation loss at each peak learning rate (mean over seeds; bold: the rate chosen).", "",
+             "| run | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |", "|" + "---|" * (len(rates) + 1)]
+    for run in summary["runs"]:
+        rows = {row["lr"]: row for row in run["lr_sweep"]}
+        cells = [_run_label(run)]
+        for lr in rates:
+            row = rows.get(lr)
+            text = "–" if row is None else _pm(row["val_loss_mean"], row["val_loss_sd"])
+            cells.append(f"**{text}**" if row is not None and row["chosen"] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def save_report(summary: dict, curves: Dict[str, List[RunCurves]], output_dir: str, table_steps: Sequence[int],

@@ -17,10 +17,23 @@ standard-library code, a tokenizer and shards made with the project's tools — 
 the demo's (a 4-layer, 128-wide Llama, sequence 128, global batch 16); `--data-path`/`--tokenizer-model` train on
 your shards instead. `--smoke` is a tiny model for a handful of steps, for tests.
 
-Each run and seed is a subprocess of the launcher with its own directory OUTPUT_DIR/NAME/seed_S (logs/
-metrics.jsonl, checkpoints/, train.log, run.json), so rerunning the same command skips finished runs and resumes
-interrupted ones from their last checkpoint (Ctrl-C or SIGTERM make the run in flight save first). A run's flags
-must not change between invocations (checked), except --exit-interval (chained jobs of one run).
+The two baselines a skeptic asks for. `--equal-flops-dense [RUN ...]` adds, per seed, a dense run given an
+EST-family run's compute: its steps x (1 - its FLOPs saving), trained after it and named dense-at-RUN-flops. The
+saving is the one its logs measured once it finished, else the one its schedule predicts (tools/est_plan.py); the
+warm-up and the decay end are scaled by the same ratio (at least one warm-up step), so its cosine ends at its last
+step. It takes the flags every run gets, not RUN's own. No RUN: one per EST-family run (est, raptr, sat). The
+table compares each EST-family run with its equal-FLOPs dense run ('vs dense at equal FLOPs'), and Figure 2 draws
+it (against FLOPs it ends where its run ends). `--lr-sweep LR ...` trains every run (equal-FLOPs ones included) at
+each peak rate, --min-lr keeping its ratio to --lr; each run's rate is the one with the lowest mean final
+validation loss, and the numbers reported for it are the test split's (evaluated once a run completes; --split
+needs a test part, or give --test-data-path), which took no part in the choice: the table shows each run at its
+chosen rate with its test loss, compares test losses, and lists every rate's validation loss.
+
+Each run and seed is a subprocess of the launcher with its own directory OUTPUT_DIR/NAME/seed_S (a sweep's
+OUTPUT_DIR/NAME/lr_X/seed_S; logs/metrics.jsonl, checkpoints/, train.log, run.json), so rerunning the same command
+skips finished runs and resumes interrupted ones from their last checkpoint (Ctrl-C or SIGTERM make the run in
+flight save first). A run's flags must not change between invocations (checked), except --exit-interval (chained
+jobs of one run); an equal-FLOPs run keeps the steps it started with.
 
 Outputs: OUTPUT_DIR/summary.json (per run and seed: validation loss per evaluation, training loss per log step,
 cumulative FLOPs and tokens, stage transitions, final losses, FLOPs saved, wall-clock), OUTPUT_DIR/figure2.png
@@ -30,7 +43,9 @@ relative difference, FLOPs saved), also printed.
 """
 
 import argparse
+import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -38,11 +53,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional
 
 from est_megatron.analysis.comparison import RunLogs, compare
-from est_megatron.analysis.curves import read_records
+from est_megatron.analysis.curves import load_curves, read_records
+from est_megatron.analysis.equal_flops import EqualFlopsSchedule, equal_flops_schedule, measured_saving
 from est_megatron.analysis.report import save_report
 from est_megatron.checkpoint.tags import latest_step
 from est_megatron.data.atomic import save_json
@@ -87,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1,
                    help="processes per run: 1 runs plain python, more run torchrun (default: 1)")
     p.add_argument("--baseline", help="run the others are compared with (default: the first dense run)")
+    p.add_argument("--equal-flops-dense", nargs="*", metavar="RUN",
+                   help="also train, per seed, dense given an EST-family run's FLOPs (its steps x (1 - its "
+                        "measured saving), warm-up and decay scaled alike), as run dense-at-RUN-flops, compared with "
+                        "RUN; names the EST-family runs to match (no name: every one)")
+    p.add_argument("--lr-sweep", nargs="*", type=float, metavar="LR",
+                   help="train every run at each of these peak rates (--min-lr keeps its ratio to --lr), choose "
+                        "each run's rate on validation loss and report and compare its test loss (needs a test "
+                        "part in --split, or --test-data-path)")
     p.add_argument("--table-steps", type=int, nargs="+", default=[],
                    help="also tabulate the validation loss at these steps (default: only the final one)")
     p.add_argument("--smoke", action="store_true",
@@ -106,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 class RunSpec:
     name: str
     flags: List[str]
+    equal_flops_of: Optional[str] = None  # the EST-family run whose FLOPs this dense run is given
+
+
+def equal_flops_name(run: str) -> str:
+    return f"dense-at-{run}-flops"
 
 
 def parse_run(text: str) -> RunSpec:
@@ -132,6 +161,38 @@ def parse_run(text: str) -> RunSpec:
     return RunSpec(name, flags)
 
 
+def method_of(flags: List[str]) -> str:
+    """The method the launcher trains with these flags (the last --method wins; its default is est)."""
+    method = "est"
+    for i, flag in enumerate(flags):
+        if flag == "--method" and i + 1 < len(flags):
+            method = flags[i + 1]
+        elif flag.startswith("--method="):
+            method = flag.split("=", 1)[1]
+    return method
+
+
+def equal_flops_specs(names: Optional[List[str]], specs: List[RunSpec], shared: List[str]) -> List[RunSpec]:
+    """--equal-flops-dense: one dense run per EST-family run named (none named: every one), after the others."""
+    if names is None:
+        return []
+    family = [s.name for s in specs if method_of(shared + s.flags) != "dense"]
+    if not family:
+        raise UsageError("--equal-flops-dense gives dense an EST-family run's FLOPs, but no run is one; add --run "
+                         "est (or raptr, sat)")
+    for name in names:
+        if name not in family:
+            raise UsageError(f"--equal-flops-dense {name}: not an EST-family run; choose from {', '.join(family)}")
+    taken = {s.name for s in specs}
+    out = []
+    for name in dict.fromkeys(names or family):
+        if equal_flops_name(name) in taken:
+            raise UsageError(f"--equal-flops-dense names its run {equal_flops_name(name)}, which --run already uses; "
+                             "rename that run")
+        out.append(RunSpec(equal_flops_name(name), ["--method", "dense"], name))
+    return out
+
+
 def check_not_managed(flags: List[str], where: str) -> None:
     for flag in flags:
         key = flag.split("=", 1)[0]
@@ -153,10 +214,12 @@ class Job:
     argv: List[str]
     settings: dict  # the launcher's parsed arguments that define what the run trains
     info: dict  # method, schedule, train_steps, seq_length, global_batch_size, dense_step_flops
+    lr: Optional[float] = None  # its peak rate in a --lr-sweep
+    matched: Optional["Job"] = None  # for an equal-FLOPs dense run: the EST-family run it is given the FLOPs of
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name} seed {self.seed}"
+        return f"{self.spec.name}{'' if self.lr is None else f' lr {self.lr:g}'} seed {self.seed}"
 
     @property
     def log_dir(self) -> str:
@@ -171,8 +234,9 @@ class Job:
         return os.path.join(self.directory, "run.json")
 
 
-def run_directory(output_dir: str, name: str, seed: int) -> str:
-    return os.path.join(output_dir, name, f"seed_{seed}")
+def run_directory(output_dir: str, name: str, seed: int, lr: Optional[float] = None) -> str:
+    """OUTPUT_DIR/NAME/seed_S, or OUTPUT_DIR/NAME/lr_X/seed_S for one rate of a --lr-sweep."""
+    return os.path.join(output_dir, name, *([] if lr is None else [f"lr_{lr:g}"]), f"seed_{seed}")
 
 
 def read_state(path: str) -> Optional[dict]:
@@ -215,14 +279,9 @@ def default_flags(args) -> List[str]:
     return []
 
 
-def check_training_flags(argv: List[str], family: str, where: str):
-    """Parse a run's launcher flags exactly as the launcher will, and build its model and method, so that a typo
-    or an impossible combination stops here, before hours of other runs. Returns (settings, info)."""
-    from est_megatron.data.tokenizer import SentencePieceTokenizer
-    from est_megatron.subnet.flops import dense_step_flops
-    from est_megatron.training.arguments import build_parser as training_parser, check_args
-    from est_megatron.training.trainer import build_model_config
-    from est_megatron.training.methods import MethodContext, build_method, method_options, subnet_config
+def parse_training_flags(argv: List[str], family: str, where: str) -> argparse.Namespace:
+    """A run's launcher flags parsed exactly as the launcher will; a parse error is one line naming the run."""
+    from est_megatron.training.arguments import build_parser as training_parser
 
     parser = training_parser(family)
 
@@ -234,9 +293,28 @@ def check_training_flags(argv: List[str], family: str, where: str):
     parser.error = fail
     args = parser.parse_args(argv)
     args.family = family
+    return args
+
+
+def training_model(args: argparse.Namespace):
+    """The model config the launcher builds from its parsed flags."""
+    from est_megatron.data.tokenizer import SentencePieceTokenizer
+    from est_megatron.training.trainer import build_model_config
+
+    return build_model_config(args, SentencePieceTokenizer(args.tokenizer_model).vocab_size)
+
+
+def check_training_flags(argv: List[str], family: str, where: str):
+    """Parse a run's launcher flags as the launcher will, and build its model and method, so that a typo or an
+    impossible combination stops here, before hours of other runs. Returns (settings, info)."""
+    from est_megatron.subnet.flops import dense_step_flops
+    from est_megatron.training.arguments import check_args
+    from est_megatron.training.methods import MethodContext, build_method, method_options, subnet_config
+
+    args = parse_training_flags(argv, family, where)
     try:
         check_args(args)
-        model = build_model_config(args, SentencePieceTokenizer(args.tokenizer_model).vocab_size)
+        model = training_model(args)
         subnet = subnet_config(args, model)
         build_method(args.method, MethodContext(model, subnet, args.train_steps, args.seed, method_options(args)))
     except UsageError as err:
@@ -250,21 +328,74 @@ def check_training_flags(argv: List[str], family: str, where: str):
     return settings, info
 
 
-def plan_jobs(args, specs: List[RunSpec], common: List[str]) -> List[Job]:
-    """Every (seed, run) job in training order: all runs of the first seed, then the next seed's."""
+def plan_jobs(args, specs: List[RunSpec], common: List[str]):
+    """Every (seed, rate, run) job in training order: all runs of the first seed (at the sweep's first rate, then
+    the next), then the next seed's; an equal-FLOPs dense run after the run it matches. Returns (jobs, replan: a
+    job's flags planned again, for an equal-FLOPs run once the run it matches has trained)."""
     data = data_flags(args)
     defaults = default_flags(args)
     jobs = []
     for seed in args.seeds:
-        for spec in specs:
-            directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
-            argv = defaults + common + spec.flags + data + [
-                "--seed", str(seed), "--log-dir", os.path.join(directory, "logs"),
-                "--save", os.path.join(directory, "checkpoints"), "--load", os.path.join(directory, "checkpoints"),
-                "--no-progress"]
-            settings, info = check_training_flags(argv, args.family, f"run {spec.name} (seed {seed})")
-            jobs.append(Job(spec, seed, directory, argv, settings, info))
-    return jobs
+        for lr in args.lr_sweep or [None]:
+            planned = {}
+            for spec in specs:
+                job = Job(spec, seed, os.path.abspath(run_directory(args.output_dir, spec.name, seed, lr)), [], {},
+                          {}, lr, planned.get(spec.equal_flops_of))
+                planned[spec.name] = plan_job(job, args, defaults + common, data)
+                jobs.append(planned[spec.name])
+    return jobs, functools.partial(plan_job, args=args, shared=defaults + common, data=data)
+
+
+def plan_job(job: Job, args, shared: List[str], data: List[str]) -> Job:
+    """The job with its launcher flags, checked: the shared flags, then the run's own, then a swept rate, an
+    equal-FLOPs run's steps, the data and this tool's directories."""
+    where = f"run {job.label}"
+    schedule = equal_flops_dense_schedule(job, args.family) if job.matched is not None else None
+    own = job.spec.flags + (schedule.flags() if schedule is not None else [])
+    if job.lr is not None:
+        before = parse_training_flags(shared + own + data, args.family, where)
+        own = own + ["--lr", repr(job.lr), "--min-lr", f"{job.lr * before.min_lr / before.lr:.6g}"]
+    argv = shared + own + data + [
+        "--seed", str(job.seed), "--log-dir", job.log_dir, "--save", job.ckpt_dir, "--load", job.ckpt_dir,
+        "--no-progress"]
+    settings, info = check_training_flags(argv, args.family, where)
+    if job.lr is not None and not has_test_split(settings):
+        raise UsageError(f"{where}: --lr-sweep reports test loss, but --split {settings['split']} has no test part; "
+                         "give --split with one (e.g. 969,30,1) or --test-data-path")
+    if schedule is not None:
+        info["equal_flops"] = dict(schedule.to_json(), of=job.matched.spec.name)
+    return replace(job, argv=argv, settings=settings, info=info)
+
+
+def equal_flops_dense_schedule(job: Job, family: str) -> EqualFlopsSchedule:
+    """Steps, warm-up and decay of a dense run given job.matched's FLOPs: those of its run record once it has
+    started (a saving measured later does not restart it); else from the matched run's logs once that finished;
+    else (not finished, or its logs unreadable) from the saving its schedule predicts (tools/est_plan.py)."""
+    state = read_state(job.state_path)
+    if state is not None and "equal_flops" in state:
+        return EqualFlopsSchedule.from_json(state["equal_flops"])
+    matched = job.matched
+    steps = matched.info["train_steps"]
+    try:
+        curves = load_curves(matched.log_dir, dense_step_flops=matched.info["dense_step_flops"]) \
+            if finished(matched.directory, steps) else None
+    except UsageError:
+        curves = None
+    if curves is not None:
+        saving, source = measured_saving(curves, matched.info["dense_step_flops"]), "measured"
+    else:
+        from est_megatron.cli.est_plan import plan_method
+        launcher = parse_training_flags(matched.argv, family, f"run {matched.label}")
+        saving = plan_method(launcher, training_model(launcher), launcher.model, launcher.seq_length,
+                             launcher.global_batch_size).saving
+        source = "predicted"
+    return equal_flops_schedule(steps, saving, matched.settings["lr_warmup_steps"],
+                                matched.settings["lr_decay_steps"], source)
+
+
+def has_test_split(settings: dict) -> bool:
+    from est_megatron.data import parse_split
+    return bool(settings["test_data_path"]) or parse_split(settings["split"])[2] > 0
 
 
 def finished(job_dir: str, train_steps: int) -> bool:
@@ -371,15 +502,17 @@ def write_report(specs: List[RunSpec], args) -> dict:
     """summary.json, table.md (also printed) and figure2.png from whatever logs the runs have."""
     logs = []
     for spec in specs:
-        seeds = []
-        for seed in args.seeds:
-            directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed))
-            seeds.append((seed, directory, read_state(os.path.join(directory, "run.json"))))
-        logs.append(RunLogs(spec.name, spec.flags, seeds))
-    runs, baseline, curves = compare(logs, args.baseline, args.table_steps)
+        for lr in args.lr_sweep or [None]:
+            seeds = []
+            for seed in args.seeds:
+                directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed, lr))
+                seeds.append((seed, directory, read_state(os.path.join(directory, "run.json"))))
+            logs.append(RunLogs(spec.name, spec.flags, seeds, lr, spec.equal_flops_of))
+    runs, baseline, curves, measure = compare(logs, args.baseline, args.table_steps)
     summary = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
-               "family": args.family, "seeds": args.seeds, "baseline": baseline,
-               "default_flags": default_flags(args), "common_flags": args.common, "runs": runs}
+               "family": args.family, "seeds": args.seeds, "baseline": baseline, "compared_on": measure,
+               "lr_sweep": args.lr_sweep, "default_flags": default_flags(args), "common_flags": args.common,
+               "runs": runs}
     paths, table = save_report(summary, curves, args.output_dir, args.table_steps, args.plot)
     print("\n" + table)
     print("compare_runs: wrote " + ", ".join(paths.values()), flush=True)
@@ -397,6 +530,19 @@ def changed_settings(old: dict, new: dict) -> List[str]:
             if old[key] != new[key]]
 
 
+def check_lr_sweep(rates: List[float], specs: List[RunSpec], common: List[str]) -> None:
+    if not rates:
+        raise UsageError("--lr-sweep needs at least one peak learning rate, e.g. --lr-sweep 5e-4 1e-3 2e-3")
+    bad = [r for r in rates if not (r > 0 and math.isfinite(r))]
+    if bad:
+        raise UsageError(f"--lr-sweep rates must be positive, got {' '.join(map(str, bad))}")
+    if len({f"{r:g}" for r in rates}) != len(rates):
+        raise UsageError(f"--lr-sweep {' '.join(map(str, rates))} repeats a rate; give each rate once")
+    for where, flags in [("training flags", common)] + [(f"--run {s.name}", s.flags) for s in specs]:
+        if any(f.split("=", 1)[0] == "--lr" for f in flags):
+            raise UsageError(f"{where}: --lr is set by --lr-sweep for every run; drop it")
+
+
 def check_args(args, specs: List[RunSpec], common: List[str]) -> None:
     if args.nproc <= 0:
         raise UsageError(f"--nproc must be positive, got {args.nproc}")
@@ -411,6 +557,8 @@ def check_args(args, specs: List[RunSpec], common: List[str]) -> None:
         raise UsageError(f"--baseline {args.baseline} is not a run; choose one of {', '.join(names)}")
     if args.report_only and args.dry_run:
         raise UsageError("--report-only and --dry-run exclude each other; pick one")
+    if args.lr_sweep is not None:
+        check_lr_sweep(args.lr_sweep, specs, common)
     check_not_managed(common, "training flags")
     for spec in specs:
         check_not_managed(spec.flags, f"--run {spec.name}")
@@ -422,13 +570,14 @@ def main(argv=None) -> dict:
     args.common = common
     specs = [parse_run(text) for text in (args.run or ["dense", "est"])]
     check_args(args, specs, common)
+    specs += equal_flops_specs(args.equal_flops_dense, specs, default_flags(args) + common)
     if args.plot:  # before hours of training, not after
         from est_megatron.analysis.figure import require_matplotlib
         require_matplotlib()
     if args.report_only:
         return write_report(specs, args)
 
-    jobs = plan_jobs(args, specs, common)
+    jobs, replan = plan_jobs(args, specs, common)
     pending = []
     for job in jobs:
         state = read_state(job.state_path)
@@ -446,10 +595,16 @@ def main(argv=None) -> dict:
             print(f"{job.label}: {shlex.join(launcher_command(job, args.family, args.nproc))}")
         return {"jobs": [job.argv for job in jobs], "pending": [job.label for job in pending]}
 
+    rates = f" x {len(args.lr_sweep)} rates" if args.lr_sweep else ""
     print(f"compare_runs: {len(pending)} of {len(jobs)} runs to train "
-          f"({len(specs)} runs x {len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
+          f"({len(specs)} runs{rates} x {len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
     try:
         for i, job in enumerate(pending, 1):
+            if job.matched is not None:  # the run it matches may have just finished: its measured saving
+                job = replan(job)
+                plan = job.info["equal_flops"]
+                print(f"compare_runs: {job.label} trains {plan['train_steps']} steps, {job.matched.spec.name}'s "
+                      f"{plan['saving_source']} FLOPs saving {plan['saving'] * 100:.1f}%", flush=True)
             train_job(job, args, f"[{i}/{len(pending)}]")
     except Interrupted as err:
         print(f"compare_runs: {err}", file=sys.stderr, flush=True)

@@ -4,7 +4,8 @@ into inputs and labels) and the pretraining hooks over --data-path shards; launc
 Rank 0 builds the datasets' index caches first, then the first rank of every other node (each node may cache on
 its own disk), then the other ranks read them; an error on a builder reaches every rank as one UsageError.
 Validation corpora given apart (--valid-data-path, --test-data-path) come as `CorpusSets`, one dataset per corpus,
-so validation reports each on its own.
+so validation reports each on its own. Without --test-data-path the test part of --split is the test set, evaluated
+once the run completes, as in Megatron.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Callable
 
 import torch
 
-from est_megatron.data import build_corpus_sets, build_datasets
+from est_megatron.data import build_corpus_sets, build_datasets, parse_data_path, parse_split, split_ranges
+from est_megatron.data.corpus import Corpus
 from est_megatron.data.integrity import check_shards_tokenizer
 from est_megatron.data.sampler import collate
 from est_megatron.data.tokenizer import spec_from_args
@@ -38,8 +40,10 @@ def build_data(args, dist_info):
                                                 (train_samples, 0, 0), cache_dir=args.data_cache_dir)
         else:
             split_valid = 0 if args.valid_data_path else eval_samples
+            split_test = 0 if args.test_data_path else split_test_samples(args.data_path, args.split, eval_samples)
             train, valid, test = build_datasets(args.data_path, args.split, args.seq_length, args.seed,
-                                                (train_samples, split_valid, 0), cache_dir=args.data_cache_dir)
+                                                (train_samples, split_valid, split_test),
+                                                cache_dir=args.data_cache_dir)
         separate = {}
         for name, path in (("valid", args.valid_data_path), ("test", args.test_data_path)):
             if path and eval_samples:
@@ -66,6 +70,15 @@ def build_data(args, dist_info):
         if problem is not None:
             raise UsageError(f"{builder} could not build the datasets (see its error above)")
     return tokenizer, datasets
+
+
+def split_test_samples(data_path, split: str, eval_samples: int) -> int:
+    """Samples to draw from --split's test part: none where some corpus has no document in it (the default split
+    on a small corpus), so that such runs train as before instead of failing on an empty test set."""
+    weights = parse_split(split)
+    corpora = [Corpus(prefix) for _, prefix in parse_data_path(data_path)]
+    has_documents = all(end > begin for begin, end in (split_ranges(len(c), weights)[2] for c in corpora))
+    return eval_samples if weights[2] > 0 and has_documents else 0
 
 
 def split_tokens(batch: torch.Tensor):
