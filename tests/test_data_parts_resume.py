@@ -94,6 +94,17 @@ def test_parts_merged_equal_one_machine(tokenizer_model, corpus, tmp_path, fmt, 
         assert [s["path"] for s in merged["sources"]] == [s["path"] for s in whole["sources"]]
         got = documents(prefix)
         assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert megatron_documents(prefix, merged) == [a.tolist() for a in expected]
+
+
+def megatron_documents(prefix, manifest):
+    """The merged corpus read shard by shard with megatron-core's reader (when installed), in manifest order."""
+    indexed = pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    docs = []
+    for shard in manifest["shards"]:
+        ds = indexed.IndexedDataset(os.path.join(os.path.dirname(str(prefix)), shard["prefix"]), mmap=True)
+        docs += [ds[i].tolist() for i in range(len(ds))]
+    return docs
 
 
 def test_merge_refuses_missing_or_mismatched_parts(tokenizer_model, corpus, tmp_path, capsys):  # noqa: F811
