@@ -17,10 +17,8 @@ from est_megatron.training.optimizer_setup import WarmupDecay
 from reference_training import reference_losses
 
 STEPS = 6
-CASES = [  # (method, --est-optimizer, ZeRO stage, processes): every stage, mode and process count appears
-    ("dense", "sparse", 1, 2), ("dense", "sparse", 3, 1),
-    ("est", "sparse", 1, 1), ("est", "sparse", 2, 2), ("est", "sparse", 3, 2),
-    ("est", "dense", 2, 1), ("est", "dense", 3, 2)]
+CASES = [  # (method, --est-optimizer, ZeRO stage, processes): every stage, mode and process count appears once
+    ("dense", "sparse", 1, 2), ("est", "sparse", 2, 2), ("est", "sparse", 3, 2), ("est", "dense", 2, 1)]
 
 
 def plain_loop(argv, method, est_optimizer):
