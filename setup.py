@@ -70,7 +70,7 @@ setup(
         "test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.5", "transformers>=5.0,<6", "megatron-core>=0.14",
                  "matplotlib>=3.7", "lm_eval>=0.4.9,<0.5", "accelerate>=0.26",
                  "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
-        "gpu": ["flash-attn>=2.5"],
+        "gpu": ["flash-attn>=2.5", "liger-kernel>=0.5"],  # flash-attention; the fused linear cross-entropy
         "hf": ["transformers>=5.0,<6"],
         "eval": ["lm_eval>=0.4.9,<0.5", "accelerate>=0.26", "transformers>=5.0,<6"],  # tools/evaluate.py tasks
         "wandb": ["wandb>=0.16"],

@@ -47,3 +47,22 @@ def test_model_loss_and_gradients_equal_the_logits_path(tied):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger-Kernel's loss runs on CUDA")
+def test_liger_loss_on_cuda_equals_the_whole_logits():
+    pytest.importorskip("liger_kernel", reason="the gpu extra (Liger-Kernel) is not installed")
+    from est_megatron.tensor_parallel.output_layer import loss_kernel
+    assert loss_kernel(torch.device("cuda"), 1) == "liger" and loss_kernel(torch.device("cuda"), 2) == "chunked"
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4, 33, 64, generator=gen, device="cuda", requires_grad=True)
+    weight = torch.randn(500, 64, generator=gen, device="cuda", requires_grad=True)
+    labels = torch.randint(0, 500, (4, 33), generator=gen, device="cuda")
+    labels[1, :5] = -100
+    ref = plain_loss(x, weight, labels)
+    ref_grads = torch.autograd.grad(ref, (x, weight))
+    loss = chunked_linear_cross_entropy(x, weight, labels, None, 500)
+    grads = torch.autograd.grad(loss * 2.0, (x, weight))
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, 2.0 * want, rtol=1e-3, atol=1e-4)

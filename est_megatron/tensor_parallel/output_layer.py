@@ -5,12 +5,14 @@ At TinyLlama's shape (sequence 2048, micro-batch 8, vocabulary 32,000) the logit
 gradient are gigabytes of fp32, more than a layer's activations. Here each chunk of tokens is projected, its
 loss and its gradient with respect to the logits are computed at once (vocab-parallel under TP: Megatron's
 algorithm, `vocab_parallel.softmax_cross_entropy`), and the gradients of the hidden states and of the output
-weight are accumulated in the forward pass; the backward pass only scales them. Liger-Kernel's fused linear
-cross-entropy works the same way on CUDA. Without gradients (validation) only the losses are computed.
+weight are accumulated in the forward pass; the backward pass only scales them. Without gradients (validation)
+only the losses are computed. On CUDA without tensor parallelism, Liger-Kernel's fused linear cross-entropy (the
+same algorithm in Triton kernels; `pip install .[gpu]`) is used when it is installed.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -58,12 +60,29 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None, None
 
 
+@functools.lru_cache(maxsize=None)
+def liger_loss() -> Optional[Callable]:
+    """Liger-Kernel's fused linear cross-entropy, or None where it is not installed."""
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    except ImportError:
+        return None
+    return liger_fused_linear_cross_entropy
+
+
+def loss_kernel(device: torch.device, tensor_parallel: int) -> str:
+    """Which implementation computes the training loss here: "liger" or "chunked"."""
+    return "liger" if device.type == "cuda" and tensor_parallel == 1 and liger_loss() is not None else "chunked"
+
+
 def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                                  group: Optional[dist.ProcessGroup], vocab_size: int,
                                  chunk_logits: int = CHUNK_LOGITS) -> torch.Tensor:
     """Mean next-token loss of hidden states `x` (..., hidden) projected by this rank's vocabulary shard `weight`
     (-100 labels ignored), equal to `vocab_parallel_cross_entropy(parallel_logits(x, weight, group), ...)`."""
     size, rank = group_size_rank(group)
+    if loss_kernel(x.device, size) == "liger":
+        return liger_loss()(x.reshape(-1, x.shape[-1]), weight, labels.reshape(-1), ignore_index=IGNORE_INDEX)
     start, _ = vocab_range(vocab_size, rank, size)
     x = copy_to_tensor_parallel_region(x, group)  # its backward sums the shards' gradients of x
     chunk = max(1, chunk_logits // weight.shape[0])

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from est_megatron import host_heap
 from est_megatron.config import ModelConfig, model_preset, MODEL_PRESETS
@@ -39,6 +38,7 @@ from est_megatron.parallel.build import build_model
 from est_megatron.parallel.state import ParallelState
 from est_megatron.subnet.broadcast import broadcast_plan, check_plan_consistency
 from est_megatron.subnet.flops import dense_step_flops, step_flops
+from est_megatron.tensor_parallel.output_layer import loss_kernel
 from est_megatron.training import checkpoint as ckpt, preemption, watchdog
 from est_megatron.training.arguments import resolve_precision
 from est_megatron.training.compile_flag import check_compile_layout
@@ -56,6 +56,7 @@ from est_megatron.training.optimizer_setup import (bind_sparse_optimizer, build_
                                                    describe_lr_schedule)
 from est_megatron.training.preflight import check_directories, checkpoint_bytes
 from est_megatron.training.resume import check_resume
+from est_megatron.training.step_flags import StepFlags
 from est_megatron.training.validation import validation_losses
 from est_megatron.training.zero3_grads import check_zero3_internals, clear_stale_zero3_grads
 
@@ -227,6 +228,7 @@ class Trainer:
         log.line(f"precision: {precision}" + ("" if args.precision else " (--bf16/--fp16/--fp32 not given: bf16 on "
                                               "a GPU that has it, else fp32; the DeepSpeed config's sections are "
                                               "overridden)"))
+        log.line(self._describe_loss())
         if self.zero_stage == 3:
             live, reuse = (zero3_setting(self.zero_config, key) for key in ZERO3_AUTO_KEYS)
             log.line(f"ZeRO-3: prefetches up to {live:,} parameters (stage3_max_live_parameters); keeps a weight "
@@ -250,6 +252,13 @@ class Trainer:
             log.line(f"resumed from {args.load} at step {step} ({self.progress.consumed} samples consumed)")
         elif args.load:
             log.line(f"no checkpoint in {args.load}; starting from scratch")
+
+    def _describe_loss(self) -> str:
+        if self.args.pipeline_model_parallel_size > 1:
+            return "loss: the last pipeline stage's whole logits, then cross-entropy"
+        if loss_kernel(self.device, self.args.tensor_model_parallel_size) == "liger":
+            return "loss: Liger-Kernel's fused linear cross-entropy (the whole logits never exist)"
+        return "loss: output layer and cross-entropy in chunks of tokens (the whole logits never exist)"
 
     def train(self) -> None:
         args, progress, log = self.args, self.progress, self.log
@@ -277,27 +286,30 @@ class Trainer:
         self.dense_per_step = dense_step_flops(self.model_cfg, args.global_batch_size, args.seq_length)
         self._reset_interval()
         last_eval = None
-        flags = torch.zeros(2, dtype=torch.int64, device=self.device)  # (stop requested, loss not finite) on a rank
+        self.logged_loss = "-"  # the progress bar shows the last logged loss: no host read of a step's loss
+        flags = StepFlags(self.device)
         while progress.step < args.train_steps:
             watchdog.stall_if_asked(self.rank, progress.step + 1)
             skipped_before = self.engine.skipped_steps
             plan, step_loss = self._train_step(batches)
             rates = plan.rates if plan is not None else (1.0, 1.0, 1.0)
-
-            watchdog.doing(f"step {progress.step}: agreeing on the stop and non-finite flags (all-reduce)")
-            reason = preemption.stop_reason()
-            flags.copy_(torch.tensor([reason is not None, not math.isfinite(float(step_loss))]))
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            stopping = bool(flags[0].item())
             step = progress.step
-            self._count_skip(step, bool(flags[1].item()) or self.engine.skipped_steps != skipped_before)
             exiting = args.exit_interval is not None and step % args.exit_interval == 0
+            saving = bool(args.save) and step % args.save_interval == 0
+            settle = step % args.log_interval == 0 or step == args.train_steps or exiting or saving
+
+            watchdog.doing(f"step {step}: agreeing on the stop and non-finite flags (all-reduce)")
+            reason = preemption.stop_reason()
+            flags.post(step, reason is not None, step_loss, self.engine.skipped_steps != skipped_before)
+            stopping = self._take_outcomes(flags.collect(settle))
+            if stopping and not settle:  # the save on stopping counts this step's outcome too
+                stopping = self._take_outcomes(flags.collect(True)) or stopping
             at_end = step == args.train_steps or exiting or stopping
 
             if step % args.log_interval == 0 or at_end:
                 watchdog.doing(f"step {step}: logging (all-reduce of the loss)")
                 self._log_interval(rates)
-            log.advance(1, loss=f"{float(step_loss) / self.accumulation:.3f}", stage=progress.stage)
+            log.advance(1, loss=self.logged_loss, stage=progress.stage)
             if (step % args.eval_interval == 0 or (at_end and not stopping)) and last_eval != step:
                 watchdog.doing(f"step {step}: validation")
                 self._validate()
@@ -312,6 +324,12 @@ class Trainer:
             if exiting and step < args.train_steps:
                 log.line(f"step {step}: --exit-interval {args.exit_interval} reached, stopping")
                 break
+
+    def _take_outcomes(self, outcomes) -> bool:
+        """Count the agreed steps' skips (in step order); whether any of them asked to stop."""
+        for outcome in outcomes:
+            self._count_skip(outcome.step, outcome.skipped)
+        return any(outcome.stop_requested for outcome in outcomes)
 
     def _count_skip(self, step: int, skipped: bool) -> None:
         """Count a skipped step; at --max-skipped-steps consecutive ones, record why and stop (non-zero exit)."""
@@ -364,7 +382,7 @@ class Trainer:
                 engine.step()
                 step_loss += loss.detach().double()
         norm = engine.get_global_grad_norm()  # DeepSpeed's, before clipping, of this optimizer step
-        self.interval["grad_norm"] = None if norm is None else float(norm)
+        self.interval["grad_norm"] = norm  # a device tensor under some ZeRO stages: read at the log interval
 
         flops = step_flops(self.model_cfg, plan, args.global_batch_size, args.seq_length)
         # SAT's importance pre-pass, on each rank that ran it
@@ -394,12 +412,13 @@ class Trainer:
 
     def _reset_interval(self) -> None:
         self.interval = dict(loss=torch.zeros((), dtype=torch.float64, device=self.device), steps=0, flops=0,
-                             lr=None, start=time.perf_counter())
+                             lr=None, grad_norm=None, start=time.perf_counter())
 
     def _log_interval(self, rates) -> None:
         args, progress, interval = self.args, self.progress, self.interval
         peak = peak_tflops(args.peak_tflops)
         loss = all_reduce_mean([float(interval["loss"])], self.device)[0] / interval["steps"]
+        self.logged_loss = f"{loss:.3f}"
         elapsed = max(time.perf_counter() - interval["start"], 1e-9)
         tflops = interval["flops"] / elapsed / self.world / 1e12
         record = {"step": progress.step, "loss": loss, "lr": interval["lr"], "stage": progress.stage,
@@ -408,7 +427,8 @@ class Trainer:
                   "tflops": tflops, "mfu": tflops / peak if peak else None,
                   "flops_saved_frac": progress.flops_saved_frac, "memory_gb": memory_gb(),
                   "consumed_samples": progress.consumed, "step_time_s": elapsed / interval["steps"],
-                  "grad_norm": interval.get("grad_norm"), "tokens": progress.consumed * args.seq_length,
+                  "grad_norm": None if interval["grad_norm"] is None else float(interval["grad_norm"]),
+                  "tokens": progress.consumed * args.seq_length,
                   "flops": progress.flops_done, "skipped_steps": self.skips.total, **self._compile_counts()}
         if args.check_plan_consistency:
             check_replicas(self.engine, self.device, self.layout.get_data_parallel_group())
