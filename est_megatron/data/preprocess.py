@@ -198,6 +198,7 @@ def preprocess(inputs: Sequence[str], options: sources.SourceOptions, tokenizer:
     last_saved = time.monotonic()
     position = {path: i for i, path in enumerate(files)}
     bytes_before = list(itertools.accumulate(sizes, initial=0))  # on-disk bytes of the files before each file
+    done = state.get("input_done", 0)  # the bar's position: input bytes read (a resumed run starts where it stood)
 
     def save(next_file: int, next_record: int) -> None:
         writer.sync()
@@ -205,7 +206,8 @@ def preprocess(inputs: Sequence[str], options: sources.SourceOptions, tokenizer:
                      "current_source": current if next_record else None, "writer": writer.state(),
                      "documents": n_docs, "tokens": n_tokens, "bytes": n_bytes, "skipped": dict(skipped),
                      "bad_counts": dict(bad.counts), "bad_examples": bad.examples,
-                     "elapsed_s": elapsed_before + time.time() - started, "attempts": attempts})
+                     "elapsed_s": elapsed_before + time.time() - started, "attempts": attempts,
+                     "input_done": done})
 
     def finish_files(until: int) -> None:
         """Files before `until` are read: their counts go to the record's list of finished files."""
@@ -234,13 +236,13 @@ def preprocess(inputs: Sequence[str], options: sources.SourceOptions, tokenizer:
             n_docs, n_tokens, n_bytes = n_docs + enc.lengths.size, n_tokens + enc.tokens.size, n_bytes + enc.nbytes
             if TEST_DELAY_S:
                 time.sleep(TEST_DELAY_S)
+            if bar is None:  # input bytes read, with MB/s and an ETA (a streamed dataset: text bytes, no ETA)
+                bar = tqdm(desc="preprocess", total=bytes_before[-1] or None, unit="B", unit_scale=True,
+                           initial=done, disable=not progress, dynamic_ncols=True)
+            done = bytes_before[index] + (enc.fraction or 0.0) * sizes[index] if bytes_before[-1] else n_bytes
             if enc.end and time.monotonic() - last_saved > RECORD_SECONDS:
                 save(index, enc.end)
                 last_saved = time.monotonic()
-            if bar is None:  # input bytes read, with MB/s and an ETA (a streamed dataset: text bytes, no ETA)
-                bar = tqdm(desc="preprocess", total=bytes_before[-1] or None, unit="B", unit_scale=True,
-                           disable=not progress, dynamic_ncols=True)
-            done = bytes_before[index] + (enc.fraction or 0.0) * sizes[index] if bytes_before[-1] else n_bytes
             bar.update(max(done - bar.n, 0))
             rate = (n_tokens - state.get("tokens", 0)) / max(time.time() - started, 1e-9)
             bar.set_postfix_str(f"{rate:,.0f} tok/s, {n_docs:,} docs", refresh=False)
