@@ -258,13 +258,16 @@ def test_equal_flops_schedule_scales_steps_warmup_and_decay():
         equal_flops_schedule(10, 1.0, 1, None, "measured")
 
 
-def _write_run(directory, method, steps, val, test, saved=0.0):
-    """A finished run's metrics.jsonl and run.json, as the harness and launcher leave them."""
+def _write_run(directory, method, steps, val, test, saved=0.0, by_corpus=None):
+    """A finished run's metrics.jsonl and run.json, as the harness and launcher leave them (with `by_corpus`, the
+    validation and test losses per corpus too)."""
     logs = directory / "logs"
     logs.mkdir(parents=True)
     records = [{"step": s, "loss": 5.0 - s / 10, "flops": s * 100.0 * (1 - saved), "flops_saved_frac": saved}
                for s in range(1, steps + 1)]
     records += [{"step": steps, "val_loss": val}, {"step": steps, "test_loss": test}, {"event": "end", "step": steps}]
+    if by_corpus:
+        records[-3]["val_loss_by_corpus"] = records[-2]["test_loss_by_corpus"] = by_corpus
     (logs / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     state = {"method": method, "train_steps": steps, "seq_length": 32, "dense_step_flops": 100.0,
              "attempts": [{"seconds": 1.0}]}
@@ -309,3 +312,23 @@ def test_lr_sweep_chooses_on_validation_and_reports_test_loss(tmp_path):
     assert rows["| est"][2:8] == ["0.001", "1/1", "3.8000", "4.0500", "-3.57%", "-7.95%"]
     assert rows["| dense-at-est-flops (dense at est's FLOPs)"][2] == "0.001"
     assert "| est | **3.8000** | 3.9500 |" in table and "| dense | 4.0000 | **3.9000** |" in table
+
+
+def test_loss_per_corpus_is_compared_seed_by_seed(tmp_path):
+    """Prose and code apart: each corpus's final loss, its mean over seeds and its difference to dense's with the
+    same seed, in summary and table."""
+    from est_megatron.analysis.comparison import RunLogs, compare
+    from est_megatron.analysis.report import markdown_table
+    corpora = {("dense", 1): {"prose": 4.0, "code": 2.0}, ("dense", 2): {"prose": 5.0, "code": 2.5},
+               ("est", 1): {"prose": 3.6, "code": 2.2}, ("est", 2): {"prose": 4.5, "code": 2.5}}
+    logs = [RunLogs(name, [], [(seed, *_write_run(tmp_path / name / f"seed_{seed}", name, 8, 3.0, 3.0,
+                                                   by_corpus=corpora[name, seed])) for seed in (1, 2)])
+            for name in ("dense", "est")]
+    runs, baseline, _, measure = compare(logs, None, [])
+    est = {r["name"]: r for r in runs}["est"]["val_loss_by_corpus"]
+    assert est["prose"]["mean"] == pytest.approx(4.05) and est["code"]["mean"] == pytest.approx(2.35)
+    assert est["prose"]["vs_baseline_pct_mean"] == pytest.approx(-10.0)  # -10% and -10%
+    assert est["code"]["vs_baseline_pct_mean"] == pytest.approx(5.0)  # +10% and 0%
+    table = markdown_table({"baseline": baseline, "compared_on": measure, "seeds": [1, 2], "runs": runs}, [])
+    assert "| run | code validation loss (vs dense) | prose validation loss (vs dense) |" in table
+    assert "| est | 2.3500 ± 0.2121 (+5.00% ± 7.07) | 4.0500 ± 0.6364 (-10.00% ± 0.00) |" in table

@@ -49,6 +49,8 @@ def seed_report(directory: str, state: Optional[dict]):
         "train_steps": state["train_steps"], "last_step": curves.last_step, "log_dir": os.path.dirname(metrics),
         "final_val_loss": val.value[-1] if val.value else None, "final_val_step": val.step[-1] if val.step else None,
         "final_test_loss": test.value[-1] if test.value else None,
+        "final_val_loss_by_corpus": val.extra["by_corpus"][-1] if val.extra.get("by_corpus") else None,
+        "final_test_loss_by_corpus": test.extra["by_corpus"][-1] if test.extra.get("by_corpus") else None,
         "final_train_loss": train.value[-1], "flops": train.flops[-1],
         "dense_flops": state["dense_step_flops"] * curves.last_step, "flops_saved_frac": curves.flops_saved_frac,
         "tokens": train.tokens[-1] if train.tokens else None,
@@ -86,11 +88,27 @@ def run_entry(run_logs: RunLogs, table_steps: Sequence[int]):
     return entry, curves
 
 
-def relative_pct(run: dict, other: dict, key: str):
-    """Mean ± sd over seeds of run's `key` relative to other's with the same seed, in percent."""
-    theirs = {s["seed"]: s.get(key) for s in other["seeds"]}
-    return mean_and_spread([(s[key] / theirs[s["seed"]] - 1.0) * 100 for s in run["seeds"]
-                            if s.get(key) is not None and theirs.get(s["seed"])])
+def relative_pct(run: dict, other: dict, key: str, corpus: Optional[str] = None):
+    """Mean ± sd over seeds of run's `key` (of `corpus` in a per-corpus key) relative to other's with the same
+    seed, in percent."""
+    def value(seed_report):
+        v = seed_report.get(key)
+        return v.get(corpus) if corpus is not None and v is not None else v
+    theirs = {s["seed"]: value(s) for s in other["seeds"]}
+    return mean_and_spread([(value(s) / theirs[s["seed"]] - 1.0) * 100 for s in run["seeds"]
+                            if value(s) is not None and theirs.get(s["seed"])])
+
+
+def corpus_losses(run: dict, base: Optional[dict], measure: str) -> Dict[str, dict]:
+    """Per corpus: the final `measure` loss's mean and sd over seeds, and relative to `base` with the same seed."""
+    key = f"final_{measure}_loss_by_corpus"
+    names = sorted({name for s in run["seeds"] for name in (s.get(key) or {})})
+    out = {}
+    for name in names:
+        mean, sd = mean_and_spread([(s.get(key) or {}).get(name) for s in run["seeds"]])
+        rel = relative_pct(run, base, key, name) if base is not None and base is not run else (None, None)
+        out[name] = {"mean": mean, "sd": sd, "vs_baseline_pct_mean": rel[0], "vs_baseline_pct_sd": rel[1]}
+    return out
 
 
 def compare(logs: Sequence[RunLogs], baseline: Optional[str], table_steps: Sequence[int]):
@@ -122,6 +140,7 @@ def compare(logs: Sequence[RunLogs], baseline: Optional[str], table_steps: Seque
     for run in runs:
         run[f"{measure}_loss_vs_baseline_pct_mean"], run[f"{measure}_loss_vs_baseline_pct_sd"] = \
             relative_pct(run, base, key) if base is not None and run is not base else (None, None)
+        run[f"{measure}_loss_by_corpus"] = corpus_losses(run, base, measure)
         if "equal_flops_of" in run:
             matched = by_run[run["equal_flops_of"]]
             matched["equal_flops_baseline"] = run["name"]

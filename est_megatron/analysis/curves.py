@@ -151,15 +151,23 @@ def load_curves(path: str, dense_step_flops: Optional[float] = None,
     val_tokens = None
     if train_tokens is not None:  # tokens grow linearly with steps (a fixed global batch)
         val_tokens = [int(round(t)) for t in np.interp(val_steps, [0] + steps, [0] + train_tokens)]
-    val_series = Series(val_steps, [float(r["val_loss"]) for r in evals], flops_at(val_steps), val_tokens)
+    val_series = Series(val_steps, [float(r["val_loss"]) for r in evals], flops_at(val_steps), val_tokens,
+                        _by_corpus(evals, "val"))
 
     test_steps = [int(r["step"]) for r in tests]
-    test_series = Series(test_steps, [float(r["test_loss"]) for r in tests], flops_at(test_steps))
+    test_series = Series(test_steps, [float(r["test_loss"]) for r in tests], flops_at(test_steps), None,
+                         _by_corpus(tests, "test"))
 
     marks = [{"step": int(r["step"]), "stage": r.get("stage"), "rates": r.get("rates"), "flops": f}
              for r, f in zip(transitions, flops_at([int(r["step"]) for r in transitions]))]
     end_step = int(ends[-1]["step"]) if ends else None
     return RunCurves(str(path), train_series, val_series, test_series, marks, unit, end_step)
+
+
+def _by_corpus(records: Sequence[dict], split: str) -> Dict[str, list]:
+    """{"by_corpus": each record's loss per corpus} when every record has one (runs on several corpora)."""
+    key = f"{split}_loss_by_corpus"
+    return {"by_corpus": [r[key] for r in records]} if records and all(key in r for r in records) else {}
 
 
 @dataclass

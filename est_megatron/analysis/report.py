@@ -86,9 +86,38 @@ def markdown_table(summary: dict, table_steps: Sequence[int]) -> str:
                   _pm(run["final_train_loss_mean"], run["final_train_loss_sd"]),
                   _duration(run["wall_clock_s_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
+    corpora = corpus_table(summary)
+    if corpora:
+        lines += ["", corpora]
     if sweep:
         lines += ["", sweep_table(summary)]
     return "\n".join(lines) + "\n"
+
+
+def corpus_table(summary: dict) -> str:
+    """The compared loss per corpus (prose and code apart): mean ± sd over seeds, and against the baseline; empty
+    when the runs trained on one corpus."""
+    measure, base = summary.get("compared_on", "val"), summary["baseline"]
+    key = f"{measure}_loss_by_corpus"
+    names = sorted({name for run in summary["runs"] for name in run.get(key) or {}})
+    if len(names) < 2:
+        return ""
+    loss = "test" if measure == "test" else "validation"
+    header = ["run"] + [f"{name} {loss} loss" + (f" (vs {base})" if base else "") for name in names]
+    lines = [f"Final {loss} loss per corpus, same seeds and rates as above.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in summary["runs"]:
+        cells = [_run_label(run)]
+        for name in names:
+            c = (run.get(key) or {}).get(name)
+            if c is None:
+                cells.append("–")
+                continue
+            rel = "" if run["name"] == base or not base else \
+                f" ({_relative(c['vs_baseline_pct_mean'], c['vs_baseline_pct_sd'])})"
+            cells.append(_pm(c["mean"], c["sd"]) + rel)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def sweep_table(summary: dict) -> str:
