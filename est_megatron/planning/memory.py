@@ -10,15 +10,15 @@ or more, so that its RSS counts the same):
   and keeps for the backward pass, up to stage3_max_live_parameters (ds_configs/zero3.json: two layers) or
   stage3_max_reuse_distance (`zero3_retained`); a stage that samples layers runs another order every step, and
   DeepSpeed releases each module's weights after use;
-- gradients: w P (ZeRO-0), w P / N (ZeRO-1/2: DeepSpeed reduces each bucket as it fills and keeps this rank's
-  partition; ZeRO-3: its flat partition buffer), and the reduce bucket of reduce_bucket_size elements (ZeRO-1/2
-  allocate it each backward pass; ZeRO-3 keeps one, and while it reduces adds the full-size gradients waiting for it
-  and the reduce-scatter's flat copy: three buckets). A bucket is `torch.empty`: on the CPU only what is written is
-  resident, at most this rank's gradients;
+- gradients: w P (ZeRO-0), w P / N (ZeRO-1/2: this rank's partition of the reduced buckets, from the end of the
+  backward pass to the step; ZeRO-3: its flat partition buffer), and the reduce bucket of reduce_bucket_size elements
+  (ZeRO-1/2 allocate it each backward pass and reduce it through a flat copy; ZeRO-3 keeps one, and while it reduces
+  adds the full-size gradients waiting for it and the reduce-scatter's flat copy: three buckets). A bucket is
+  `torch.empty`: on the CPU only what is written is resident, at most the gradients of the layers a stage runs;
 - optimizer: an fp32 master partition 4 P / N (ZeRO keeps one even for fp32 weights; ZeRO-0 with fp32 has none) and
   Adam's two moments 8 P / N from the first step on. The step adds an fp32 gradient partition, 4 P / N, which
-  DeepSpeed frees after the step; ZeRO-1/2's end of the backward pass first flattens the partition's gradients
-  beside the bucket (w P / N). SparseAdamW adds one int64 step count per trained row (on the host);
+  DeepSpeed frees after the step; ZeRO-1/2's end of the backward pass first makes the gradient partition beside
+  the bucket. SparseAdamW adds one int64 step count per trained row (on the host);
 - deepspeed.initialize flattens the weights into one buffer while the originals still exist: w P more for a
   moment (w P / N under ZeRO-3, which flattens only its partition), then creates the master partition and a
   zero-filled gradient partition; ZeRO-3's also gathers each weight whole, one at a time, to register its gradient
@@ -39,10 +39,12 @@ materialises the whole logits. Under pipeline parallelism the first stage holds 
 micro-batches of layer activations in flight (1F1B), the last stage one and the loss.
 
 The peak is the largest of four phases: start-up (weights plus the seeded initialisation's full-size draw of
-the largest part), during `deepspeed.initialize`, forward/backward (states + gathered weights + the reduce buckets +
-activations + the loss's chunk or whole logits), and the optimizer step, each plus
-the fixed runtime overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed
-on the CPU). `tools/bench/memory.py` prints these predictions beside the peaks it measures.
+the largest part), during `deepspeed.initialize`, forward/backward (states + gathered weights + the larger of the
+loss's moment, activations and the loss's chunk or whole logits, and a reduction's, the reduce buckets and what
+activations the backward pass still holds: `MemoryPlan.training_bytes`), and the optimizer step, each plus the fixed
+runtime overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed on the CPU,
+and from `deepspeed.initialize` on what its first use imports). `tools/bench/memory.py` prints these predictions
+beside the peaks it measures.
 """
 from __future__ import annotations
 
@@ -231,6 +233,12 @@ class ActivationPlan:
         return max(self.layer_transient, self.head_transient)
 
     @property
+    def backward(self) -> int:
+        """What the backward pass holds past the loss: the saved activations (all micro-batches in flight) and a
+        recomputed layer; the loss's working set is gone."""
+        return max(self.layers * self.in_flight, self.saved) + self.layer_transient
+
+    @property
     def peak(self) -> int:
         """Without a pipeline one micro-batch is in flight. With one, the first stage holds `in_flight` micro-batches
         of layer activations and no loss, the last stage one micro-batch and the loss: the larger of the two (the
@@ -313,6 +321,7 @@ class MemoryPlan:
     device: str = "cuda"  # "cpu": peaks are RSS, with glibc returning freed blocks (tools/bench/memory.py)
     activations: Dict[str, ActivationPlan] = field(default_factory=dict)  # stage name -> activations
     stage_gathered: Dict[str, int] = field(default_factory=dict)  # stage name -> ZeRO-3's gathered weights
+    stage_trained: Dict[str, int] = field(default_factory=dict)  # stage name -> parameters its layers run
 
     @property
     def host_weights(self) -> int:
@@ -325,22 +334,56 @@ class MemoryPlan:
         they stay."""
         on_device = lambda n: 0 if self.run.offload_optimizer else n  # noqa: E731
         moments = 0 if first_step else on_device(self.moments)
-        kept = self.overhead + self.weights + self.gradients + on_device(self.master)
+        kept = self.overhead + self.imports + self.weights + self.gradients + on_device(self.master)
         return {
             "start-up": self.overhead + self.weights + self.init_transient,
             "initialize": self.initialize_peak(on_device(self.master), on_device(self.fp32_partitions)),
-            "forward/backward": kept + moments + self.stage_gathered.get(stage, self.gathered) + self.reduce_buffer
-            + self.activations[stage].peak,
-            "step": kept + on_device(self.moments) + self.step_transient_bytes(on_device),
+            "forward/backward": kept + moments + self.stage_gathered.get(stage, self.gathered)
+            + self.training_bytes(stage),
+            "step": kept + on_device(self.moments) + self.step_transient_bytes(on_device, stage),
         }
 
-    def step_transient_bytes(self, on_device) -> int:
+    @property
+    def imports(self) -> int:
+        """What deepspeed.initialize's first use imports on the CPU (SETUP_IMPORTS_GIB); it stays for the run."""
+        return int(SETUP_IMPORTS_GIB * GIB) if self.device == "cpu" else 0
+
+    def training_bytes(self, stage: str) -> int:
+        """What forward/backward adds to the kept states besides gathered weights: the larger of two moments, not
+        their sum. At the loss (the end of the forward pass): the activations and the loss's working set, beside
+        the bucket ZeRO-3 keeps (ZeRO-1/2 allocate theirs in the backward pass). At a reduction: ZeRO-3's three
+        buckets, ZeRO-1/2's bucket and the flat copy its all-reduce makes, and where a step's gradients need
+        several buckets, the backward pass's activations (one bucket is reduced after they are freed). ZeRO-1/2
+        hold their gradient partition (in the kept states) from the end of the backward pass to the step only;
+        on a GPU ZeRO-2 allocates it whole at its first reduction (the CPU makes resident what is written). Traced
+        with RSS around DeepSpeed's methods (docs/memory.md)."""
+        acts, zero = self.activations[stage], self.run.zero
+        if zero == 0:
+            return acts.peak
+        trained = self.stage_trained.get(stage, self.parameters)
+        one_bucket = trained <= self.run.reduce_bucket
+        overlap = 0 if one_bucket else acts.backward
+        if zero == 3:
+            bucket = self.reduce_buffer // ZERO3_BUCKETS
+            filled = min(trained * self.run.weight_bytes, bucket)  # the stage's gradients in it, and their copies
+            return bucket + max(acts.peak, (ZERO3_BUCKETS - 1) * filled + overlap)
+        early = zero == 2 and not one_bucket and self.device == "cuda"
+        reducing = 2 * self.stage_bucket(stage) + overlap + (self.gradients if early else 0)
+        return max(acts.peak, reducing) - self.gradients
+
+    def stage_bucket(self, stage: str) -> int:
+        """ZeRO-1/2's reduce bucket in a step of `stage`: a GPU allocates all of it, the CPU makes resident what the
+        stage's gradients are written to (fewer where it skips layers; ZeRO-3's kept bucket keeps every stage's)."""
+        trained = self.stage_trained.get(stage, self.parameters) * self.run.weight_bytes
+        return min(self.reduce_buffer, trained) if self.device == "cpu" else self.reduce_buffer
+
+    def step_transient_bytes(self, on_device, stage: str) -> int:
         """What the step adds to the kept states: the fp32 gradient partition (and the sparse step's block
-        copies); ZeRO-1/2 first flatten the partition's gradients beside the reduce bucket, at the end of the
+        copies); ZeRO-1/2 first make the gradient partition (kept) beside the reduce bucket, at the end of the
         backward pass; ZeRO-3 keeps its reduce bucket."""
         step = on_device(self.fp32_partitions + self.step_transient)
         if self.run.zero in (1, 2):
-            return max(step, self.gradients + self.reduce_buffer)
+            return max(step, self.stage_bucket(stage))
         return step + (self.reduce_buffer // ZERO3_BUCKETS if self.run.zero == 3 else 0)
 
     def initialize_peak(self, master: int, gradient_partition: int) -> int:
@@ -350,8 +393,7 @@ class MemoryPlan:
         hook). On the CPU add what the first optimizer and DeepSpeed's checks import."""
         if self.run.zero == 3:
             gradient_partition, master = self.gradients, master + self.hook_transient
-        imports = int(SETUP_IMPORTS_GIB * GIB) if self.device == "cpu" else 0
-        return self.overhead + self.weights + max(self.flatten_transient, master + gradient_partition) + imports
+        return self.overhead + self.weights + max(self.flatten_transient, master + gradient_partition) + self.imports
 
     def peak(self, stage: str) -> int:
         return max(self.phases(stage).values())
@@ -470,6 +512,7 @@ def plan_memory(model: ModelConfig, run: PlannedRun, stages: Optional[List[Tuple
     for name, counts in stages or [("dense", SubnetCounts.dense(model))]:
         plan.activations[name] = activation_plan(model, run, counts)
         plan.stage_gathered[name] = zero3_gathered(model, run, p, counts) if run.zero == 3 else 0
+        plan.stage_trained[name] = trained_parameters(model, run, p, counts)
     return plan
 
 
@@ -494,6 +537,13 @@ def largest_weight(model: ModelConfig, tp: int = 1) -> int:
     return max(math.ceil(model.vocab_size / tp), model.qkv_rows // tp, model.up_rows // tp) * model.hidden_size
 
 
+def trained_parameters(model: ModelConfig, run: PlannedRun, parameters: int, counts: SubnetCounts) -> int:
+    """Parameters whose gradients a step of `counts` makes, of this rank's `parameters`: all but the skipped
+    layers' (sampled heads and columns come from, and give gradients of, the whole weight)."""
+    skipped = model.num_layers // run.pp - active_layers(model, run, counts)
+    return parameters - skipped * model.layer_parameters(run.tp)
+
+
 def zero3_gathered(model: ModelConfig, run: PlannedRun, parameters: int, counts: SubnetCounts) -> int:
     """ZeRO-3's whole weights gathered during a step of `counts` (a skipped layer is never gathered; sampled heads
     and columns come from the whole weight). Once DeepSpeed has recorded the order the modules run in, which
@@ -502,7 +552,7 @@ def zero3_gathered(model: ModelConfig, run: PlannedRun, parameters: int, counts:
     runs another order every step, and DeepSpeed releases each module's weights after use. On one rank nothing is
     gathered from others: the running layers only."""
     layer = model.layer_parameters(run.tp)
-    runs = parameters - (model.num_layers // run.pp - active_layers(model, run, counts)) * layer
+    runs = trained_parameters(model, run, parameters, counts)
     if run.dp == 1:
         held = ZERO3_ONE_RANK_LAYERS * layer
     else:
