@@ -9,10 +9,13 @@ and nothing outlives it.
 - SIGTERM to the process group while a rank is still starting (stalled on purpose) ends every process at once.
 (Two nodes on one machine: tests/test_training_zero.py.)
 """
+import hashlib
 import json
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -24,9 +27,20 @@ from est_megatron.bench import soak
 @pytest.fixture(scope="module", autouse=True)
 def built_comm_op():
     """DeepSpeed compiles its CPU communication op on a machine's first run, inside start-up (~90 s): done here
-    first, so the short watchdog timeouts below time the run and not that build."""
-    from deepspeed.comm.torch import build_shm_op
-    build_shm_op()
+    first, so the short watchdog timeouts below time the run and not that build. In this interpreter's own
+    extensions directory (the runs inherit it): runs from another virtualenv on the machine rebuild torch's shared
+    default one for their own paths, and a rank here would then wait for that build past the short timeouts."""
+    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
+    prefix = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(tempfile.gettempdir(), f"est_megatron_torch_extensions_{prefix}")
+    # in a process of its own: this one may have loaded the op from the default directory already
+    subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+                   check=True, capture_output=True, timeout=600)
+    yield
+    if previous is None:
+        del os.environ["TORCH_EXTENSIONS_DIR"]
+    else:
+        os.environ["TORCH_EXTENSIONS_DIR"] = previous
 
 
 def test_soak_fast_cells_exit_save_resume_and_leave_no_process(tiny_shards, tmp_path):  # noqa: F811
