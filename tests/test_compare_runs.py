@@ -1,6 +1,7 @@
 """The experiment harness end to end in smoke mode (dense and EST, 8 steps, one process each): an interrupted
-first invocation (--exit-interval 4), a second that resumes both runs from their checkpoints, a third that skips
-them; its summary, Figure 2 and table. tools/plot_metrics.py on the same logs, and the log reader on its own."""
+first invocation (--exit-interval 4), a second that resumes both runs at once from their checkpoints (--jobs 2), a
+third that skips them; its summary, Figure 2 and table; a stop while two runs train. tools/plot_metrics.py on the
+same logs, and the log reader on its own."""
 import contextlib
 import io
 import json
@@ -35,7 +36,7 @@ def harness(tiny_shards, tmp_path_factory):  # noqa: F811
     stopped, _ = run_harness(argv + ["--exit-interval", "4"])
     attempts_after_stop = {name: json.loads((root / "out" / name / "seed_3" / "run.json").read_text())["attempts"]
                            for name in ("dense", "est")}
-    resumed, resumed_out = run_harness(argv)
+    resumed, resumed_out = run_harness(argv + ["--jobs", "2"])  # both runs at once
     skipped, skipped_out = run_harness(argv)
     return dict(root=root, out=root / "out", argv=argv, stopped=stopped, attempts_after_stop=attempts_after_stop,
                 resumed=resumed, resumed_out=resumed_out, skipped=skipped, skipped_out=skipped_out)
@@ -332,3 +333,66 @@ def test_loss_per_corpus_is_compared_seed_by_seed(tmp_path):
     table = markdown_table({"baseline": baseline, "compared_on": measure, "seeds": [1, 2], "runs": runs}, [])
     assert "| run | code validation loss (vs dense) | prose validation loss (vs dense) |" in table
     assert "| est | 2.3500 ± 0.2121 (+5.00% ± 7.07) | 4.0500 ± 0.6364 (-10.00% ± 0.00) |" in table
+
+
+def test_equal_flops_run_waits_for_the_run_it_matches():
+    """--jobs starts runs in order, but never an equal-FLOPs run before the run whose FLOPs it is given ends."""
+    from est_megatron.cli.compare_runs import Job, RunSpec, next_ready
+
+    def job(name, matched=None):
+        return Job(RunSpec(name, []), 1, f"/runs/{name}", [], {}, {}, matched=matched)
+
+    dense, est = job("dense"), job("est")
+    at_flops = job("dense-at-est-flops", matched=est)
+    assert next_ready([dense, est, at_flops], []) is dense
+    assert next_ready([at_flops], [est]) is None  # est still training
+    assert next_ready([at_flops], [dense]) is at_flops
+    assert next_ready([est, at_flops], [dense]) is est
+
+
+def test_sigterm_saves_and_stops_every_run_in_flight(harness, tiny_shards):  # noqa: F811
+    """SIGTERM to the harness while two runs train: each saves and stops, run.json says so, none is left running,
+    and the harness exits 130 with one line that says how to resume."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    out = harness["root"] / "stopped"
+    argv = ["--smoke", "--output-dir", str(out), "--run", "dense", "--run", "est", "--seeds", "3", "--jobs", "2",
+            "--data-path", tiny_shards["prefix"], "--tokenizer-model", tiny_shards["tokenizer"],
+            "--train-steps", "2000", "--save-interval", "1000", "--no-plot"]
+
+    def stop_once_both_train():
+        logs = [out / name / "seed_3" / "train.log" for name in ("dense", "est")]
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(p.is_file() and "step " in p.read_text() for p in logs):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_both_train, daemon=True).start()
+    with pytest.raises(SystemExit) as stop:
+        run_harness(argv)
+    assert stop.value.code == 130
+    for name in ("dense", "est"):
+        state = json.loads((out / name / "seed_3" / "run.json").read_text())
+        (attempt,) = state["attempts"]
+        assert attempt["interrupted"] == "SIGTERM" and attempt["exit_status"] == 0
+        assert 0 < attempt["to_step"] < 2000  # saved where it stopped, not at a save interval
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert not left, f"runs still alive: {left}"
+
+
+def test_a_config_moved_with_the_checkout_is_no_change(tmp_path):
+    """A run started from one checkout resumes from another: the default DeepSpeed config's path differs, its
+    bytes do not. Other bytes, or another value, are a change."""
+    from est_megatron.cli.compare_runs import changed_settings
+    old, new, other = (tmp_path / n for n in ("old.json", "new.json", "other.json"))
+    old.write_text('{"zero_optimization": {"stage": 1}}')
+    new.write_text('{"zero_optimization": {"stage": 1}}')
+    other.write_text('{"zero_optimization": {"stage": 2}}')
+    assert changed_settings({"deepspeed_config": str(old), "lr": 1e-3},
+                            {"deepspeed_config": str(new), "lr": 1e-3}) == []
+    assert changed_settings({"deepspeed_config": str(old)}, {"deepspeed_config": str(other)}) == [
+        f"deepspeed_config {str(old)!r} -> {str(other)!r}"]
+    assert changed_settings({"lr": 1e-3}, {"lr": 2e-3}) == ["lr 0.001 -> 0.002"]

@@ -31,8 +31,9 @@ chosen rate with its test loss, compares test losses, and lists every rate's val
 
 Each run and seed is a subprocess of the launcher with its own directory OUTPUT_DIR/NAME/seed_S (a sweep's
 OUTPUT_DIR/NAME/lr_X/seed_S; logs/metrics.jsonl, checkpoints/, train.log, run.json), so rerunning the same command
-skips finished runs and resumes interrupted ones from their last checkpoint (Ctrl-C or SIGTERM make the run in
-flight save first). A run's flags must not change between invocations (checked), except --exit-interval (chained
+skips finished runs and resumes interrupted ones from their last checkpoint (Ctrl-C or SIGTERM make every run in
+flight save first). `--jobs N` trains N runs at once, in order (an equal-FLOPs run once the run it matches ends),
+one thread per process on a machine with N cores. A run's flags must not change between invocations (checked), except --exit-interval (chained
 jobs of one run); an equal-FLOPs run keeps the steps it started with.
 
 Outputs: OUTPUT_DIR/summary.json (per run and seed: validation loss per evaluation, training loss per log step,
@@ -43,14 +44,16 @@ relative difference, FLOPs saved), also printed.
 """
 
 import argparse
+import contextlib
+import filecmp
 import functools
 import json
 import math
 import os
+import queue
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -60,6 +63,7 @@ from est_megatron.analysis.comparison import RunLogs, compare
 from est_megatron.analysis.curves import load_curves, read_records
 from est_megatron.analysis.equal_flops import EqualFlopsSchedule, equal_flops_schedule, measured_saving
 from est_megatron.analysis.report import save_report
+from est_megatron.cli.run_pool import RunProcess, stop_all, threads_per_process
 from est_megatron.checkpoint.tags import latest_step
 from est_megatron.data.atomic import save_json
 from est_megatron.errors import UsageError, exit_on_usage_error
@@ -102,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-model", help="SentencePiece model of the shards, as for the launcher")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes per run: 1 runs plain python, more run torchrun (default: 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, in order (an equal-FLOPs run after the run it matches); each "
+                        "process gets OMP_NUM_THREADS = CPU cores / (jobs x nproc) unless set (default: 1)")
     p.add_argument("--baseline", help="run the others are compared with (default: the first dense run)")
     p.add_argument("--equal-flops-dense", nargs="*", metavar="RUN",
                    help="also train, per seed, dense given an EST-family run's FLOPs (its steps x (1 - its "
@@ -424,70 +431,125 @@ class RunFailed(Exception):
     """A run's launcher exited with an error."""
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+class StopSignals:
+    """While entered, Ctrl-C and SIGTERM raise Interrupted; inside `held()` they wait until it ends."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "StopSignals":
+        self._holding, self._pending = False, None
+        self._previous = [signal.signal(s, self._handle) for s in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in zip(self.SIGNALS, self._previous):
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._holding:
+            self._pending = self._pending or name
+        else:
+            raise Interrupted(name)
+
+    @contextlib.contextmanager
+    def held(self):
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending:
+            name, self._pending = self._pending, None
+            raise Interrupted(name)
 
 
-def train_job(job: Job, args, position: str) -> None:
-    """Start or resume one run as a subprocess, echo its progress, record the attempt in run.json."""
+def start_job(job: Job, args, position: str, start_step: int, finished: queue.Queue) -> RunProcess:
+    """Start or resume (at start_step, its last checkpoint) one run as a launcher subprocess."""
     os.makedirs(job.directory, exist_ok=True)
-    state = read_state(job.state_path)
-    if state is None:
-        state = {"name": job.spec.name, "seed": job.seed, "argv": job.argv, "settings": job.settings, **job.info,
-                 "attempts": []}
-    start_step = latest_step(job.ckpt_dir) or 0
     total = job.info["train_steps"]
     print(f"{position} {job.label}: " + (f"resuming at step {start_step} of {total}" if start_step else
                                          f"training {total} steps") + f" (log {job.directory}/train.log)",
           flush=True)
-    cmd = launcher_command(job, args.family, args.nproc)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if args.nproc > 1:
-        env.setdefault("OMP_NUM_THREADS", "1")
+    if args.jobs * args.nproc > 1:
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_process(args.jobs * args.nproc)))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    began = time.time()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    interrupted = None
-    with open(os.path.join(job.directory, "train.log"), "a") as log:
-        log.write(f"$ {shlex.join(cmd)}\n")
-        # Its own session: a terminal's Ctrl-C reaches only this harness, which asks the run to save and stop.
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, start_new_session=True)
-        try:
-            try:
-                for line in proc.stdout:
-                    log.write(line)
-                    if args.verbose or ECHO.match(line):
-                        print(f"  {job.spec.name} s{job.seed} | {line.rstrip()}", flush=True)
-            except (KeyboardInterrupt, Interrupted) as err:
-                interrupted = str(err) or "SIGINT"
-                print(f"compare_runs: {interrupted}: asking {job.label} to save and stop (again to kill it)",
-                      flush=True)
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    for line in proc.stdout:
-                        log.write(line)
-                except (KeyboardInterrupt, Interrupted):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    interrupted += " twice (killed; its last steps since a checkpoint are lost)"
-            status = proc.wait()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    seconds = time.time() - began
-    state["attempts"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(began)),
-                              "from_step": start_step, "to_step": latest_step(job.ckpt_dir) or 0,
-                              "seconds": round(seconds, 1), "exit_status": status,
+    name = f"{job.spec.name}{'' if job.lr is None else f' lr {job.lr:g}'} s{job.seed}"
+    return RunProcess(name, launcher_command(job, args.family, args.nproc), env,
+                      os.path.join(job.directory, "train.log"), lambda line: args.verbose or ECHO.match(line),
+                      finished)
+
+
+def record_attempt(job: Job, process: RunProcess, from_step: int, status: int, interrupted: Optional[str]) -> None:
+    """Append this attempt to the run's run.json (written atomically: an interrupted harness never tears it)."""
+    state = read_state(job.state_path) or {"name": job.spec.name, "seed": job.seed, "argv": job.argv,
+                                           "settings": job.settings, **job.info, "attempts": []}
+    state["attempts"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(process.began)),
+                              "from_step": from_step, "to_step": latest_step(job.ckpt_dir) or 0,
+                              "seconds": round(time.time() - process.began, 1), "exit_status": status,
                               "interrupted": interrupted})
-    save_json(job.state_path, state)  # atomic: an interrupted harness never leaves a torn run.json
-    if interrupted:
-        raise Interrupted(f"interrupted: {job.label} stopped at step {latest_step(job.ckpt_dir) or 0}; rerun "
-                          "the same command to resume")
-    if status != 0:
-        tail = _tail(os.path.join(job.directory, "train.log"), 25)
-        print(tail, file=sys.stderr)
-        raise RunFailed(f"{job.label} failed with exit status {status}; its output is in "
-                        f"{job.directory}/train.log (last lines above); fix it and rerun the same command")
+    save_json(job.state_path, state)
+
+
+def next_ready(waiting: List[Job], running: List[Job]) -> Optional[Job]:
+    """The first waiting job that may start now: an equal-FLOPs run only once the run it matches has finished."""
+    unfinished = {job.directory for job in waiting + running}
+    return next((job for job in waiting if job.matched is None or job.matched.directory not in unfinished), None)
+
+
+def train_pending(pending: List[Job], args, replan) -> None:
+    """Train the pending jobs in order, --jobs at a time. Ctrl-C or SIGTERM asks every run in flight to save and
+    stop (again: kill them) and raises Interrupted; a failed run asks the others to save and stop, then raises
+    RunFailed."""
+    finished: queue.Queue = queue.Queue()  # each run's process puts itself here when its output ends
+    waiting, running, from_steps, failed = list(pending), {}, {}, None
+    with StopSignals() as stops:
+        try:
+            while waiting or running:
+                while waiting and failed is None and len(running) < args.jobs:
+                    job = next_ready(waiting, list(running.values()))
+                    if job is None:
+                        break
+                    waiting.remove(job)
+                    if job.matched is not None:  # the run it matches has just finished: its measured saving
+                        job = replan(job)
+                        plan = job.info["equal_flops"]
+                        print(f"compare_runs: {job.label} trains {plan['train_steps']} steps, "
+                              f"{job.matched.spec.name}'s {plan['saving_source']} FLOPs saving "
+                              f"{plan['saving'] * 100:.1f}%", flush=True)
+                    with stops.held():  # a stop meanwhile finds the new run in `running`, not orphaned
+                        from_steps[job.directory] = latest_step(job.ckpt_dir) or 0
+                        running[start_job(job, args, f"[{len(pending) - len(waiting)}/{len(pending)}]",
+                                          from_steps[job.directory], finished)] = job
+                if not running:
+                    break
+                process = finished.get()
+                with stops.held():
+                    job = running.pop(process)
+                    status = process.wait()
+                    record_attempt(job, process, from_steps[job.directory], status,
+                                   None if failed is None else "another run failed")
+                if status != 0 and failed is None:
+                    print(_tail(os.path.join(job.directory, "train.log"), 25), file=sys.stderr)
+                    failed = (f"{job.label} failed with exit status {status}; its output is in {job.directory}/"
+                              "train.log (last lines above); fix it and rerun the same command")
+                    for other in running:
+                        other.signal(signal.SIGTERM)
+        except Interrupted as err:
+            print(f"compare_runs: {err}: asking {', '.join(j.label for j in running.values())} to save and stop "
+                  "(again to kill them)", flush=True)
+            reason = str(err)
+            if stop_all(running, (Interrupted,)):
+                reason += " twice (killed; their last steps since a checkpoint are lost)"
+            for process, job in running.items():
+                record_attempt(job, process, from_steps[job.directory], process.wait(), reason)
+            where = "; ".join(f"{job.label} stopped at step {latest_step(job.ckpt_dir) or 0}"
+                              for job in running.values())
+            raise Interrupted(f"interrupted: {where}; rerun the same command to resume") from None
+    if failed is not None:
+        raise RunFailed(failed)
 
 
 def _tail(path: str, lines: int) -> str:
@@ -525,9 +587,15 @@ def write_report(specs: List[RunSpec], args) -> dict:
 
 def changed_settings(old: dict, new: dict) -> List[str]:
     """Settings a run was started with that this invocation would change (flags added to or removed from the
-    launcher since then are not compared)."""
+    launcher since then are not compared). A file named by another path with the same bytes is no change: the
+    default DeepSpeed config lives in the installed package, whose path differs between checkouts."""
     return [f"{key} {old[key]!r} -> {new[key]!r}" for key in sorted(old.keys() & new.keys())
-            if old[key] != new[key]]
+            if old[key] != new[key] and not _same_file(old[key], new[key])]
+
+
+def _same_file(a, b) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and os.path.isfile(a) and os.path.isfile(b) and \
+        filecmp.cmp(a, b, shallow=False)
 
 
 def check_lr_sweep(rates: List[float], specs: List[RunSpec], common: List[str]) -> None:
@@ -546,6 +614,8 @@ def check_lr_sweep(rates: List[float], specs: List[RunSpec], common: List[str]) 
 def check_args(args, specs: List[RunSpec], common: List[str]) -> None:
     if args.nproc <= 0:
         raise UsageError(f"--nproc must be positive, got {args.nproc}")
+    if args.jobs <= 0:
+        raise UsageError(f"--jobs must be positive, got {args.jobs}")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once")
     if any(t <= 0 for t in args.table_steps):
@@ -599,13 +669,7 @@ def main(argv=None) -> dict:
     print(f"compare_runs: {len(pending)} of {len(jobs)} runs to train "
           f"({len(specs)} runs{rates} x {len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
     try:
-        for i, job in enumerate(pending, 1):
-            if job.matched is not None:  # the run it matches may have just finished: its measured saving
-                job = replan(job)
-                plan = job.info["equal_flops"]
-                print(f"compare_runs: {job.label} trains {plan['train_steps']} steps, {job.matched.spec.name}'s "
-                      f"{plan['saving_source']} FLOPs saving {plan['saving'] * 100:.1f}%", flush=True)
-            train_job(job, args, f"[{i}/{len(pending)}]")
+        train_pending(pending, args, replan)
     except Interrupted as err:
         print(f"compare_runs: {err}", file=sys.stderr, flush=True)
         sys.exit(130)
