@@ -296,7 +296,8 @@ class Trainer:
             step = progress.step
             exiting = args.exit_interval is not None and step % args.exit_interval == 0
             saving = bool(args.save) and step % args.save_interval == 0
-            settle = step % args.log_interval == 0 or step == args.train_steps or exiting or saving
+            logging_step = step % args.log_interval == 0
+            settle = logging_step or step == args.train_steps or exiting or saving
 
             watchdog.doing(f"step {step}: agreeing on the stop and non-finite flags (all-reduce)")
             reason = preemption.stop_reason()
@@ -306,7 +307,7 @@ class Trainer:
                 stopping = self._take_outcomes(flags.collect(True)) or stopping
             at_end = step == args.train_steps or exiting or stopping
 
-            if step % args.log_interval == 0 or at_end:
+            if logging_step or at_end:
                 watchdog.doing(f"step {step}: logging (all-reduce of the loss)")
                 self._log_interval(rates)
             log.advance(1, loss=self.logged_loss, stage=progress.stage)
@@ -314,7 +315,7 @@ class Trainer:
                 watchdog.doing(f"step {step}: validation")
                 self._validate()
                 last_eval = step
-            if args.save and (at_end or (step % args.save_interval == 0 and not self.skips.consecutive)):
+            if args.save and (at_end or (saving and not self.skips.consecutive)):
                 watchdog.doing(f"step {step}: saving the checkpoint")
                 self._save()  # not periodically while steps are being skipped: older checkpoints stay
             if stopping:
