@@ -396,3 +396,32 @@ def test_a_config_moved_with_the_checkout_is_no_change(tmp_path):
     assert changed_settings({"deepspeed_config": str(old)}, {"deepspeed_config": str(other)}) == [
         f"deepspeed_config {str(old)!r} -> {str(other)!r}"]
     assert changed_settings({"lr": 1e-3}, {"lr": 2e-3}) == ["lr 0.001 -> 0.002"]
+
+
+def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch):
+    """--eval-tasks runs tools/evaluate.py on a finished run's final checkpoint, keeps the result beside its logs,
+    tabulates its accuracy, and does not evaluate it again."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = os.path.join(os.path.dirname(__file__), "eval_tasks")
+    argv = [a for a in harness["argv"] if a != "dense"]
+    argv.remove("--run")  # only est: one evaluation
+    argv += ["--eval-tasks", "tiny_choice", "--eval-include-path", tasks, "--no-plot"]
+    summary, out = run_harness(argv)
+    assert "est seed 3: downstream tasks tiny_choice on its step-8 checkpoint" in out
+    (seed,) = _runs(summary)["est"]["seeds"]
+    assert 0.0 <= seed["downstream"]["tiny_choice"] <= 1.0
+    assert (harness["out"] / "est" / "seed_3" / "downstream_step_8.json").is_file()
+    assert "| tiny_choice acc |" in out
+    _, again = run_harness(argv)
+    assert "downstream tasks" not in again
+
+
+def test_downstream_accuracy_compared_in_points_seed_by_seed():
+    from est_megatron.analysis.downstream import compare_accuracy
+    base = {"seeds": [{"seed": 1, "downstream": {"t": 0.50}}, {"seed": 2, "downstream": {"t": 0.40}}]}
+    run = {"seeds": [{"seed": 1, "downstream": {"t": 0.55}}, {"seed": 2, "downstream": {"t": 0.43}}]}
+    t = compare_accuracy(run, base)["t"]
+    assert t["mean"] == pytest.approx(0.49) and t["vs_baseline_points_mean"] == pytest.approx(4.0)
+    assert t["vs_baseline_points_sd"] == pytest.approx(2 ** 0.5)
+    assert compare_accuracy(base, base)["t"]["vs_baseline_points_mean"] is None

@@ -86,9 +86,9 @@ def markdown_table(summary: dict, table_steps: Sequence[int]) -> str:
                   _pm(run["final_train_loss_mean"], run["final_train_loss_sd"]),
                   _duration(run["wall_clock_s_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
-    corpora = corpus_table(summary)
-    if corpora:
-        lines += ["", corpora]
+    for extra in (corpus_table(summary), downstream_table(summary)):
+        if extra:
+            lines += ["", extra]
     if sweep:
         lines += ["", sweep_table(summary)]
     return "\n".join(lines) + "\n"
@@ -116,6 +116,31 @@ def corpus_table(summary: dict) -> str:
             rel = "" if run["name"] == base or not base else \
                 f" ({_relative(c['vs_baseline_pct_mean'], c['vs_baseline_pct_sd'])})"
             cells.append(_pm(c["mean"], c["sd"]) + rel)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def downstream_table(summary: dict) -> str:
+    """Accuracy on the downstream tasks at each run's final checkpoint (compare_runs --eval-tasks): mean ± sd over
+    seeds, and the difference to the baseline in points; empty when no run was evaluated."""
+    base = summary["baseline"]
+    tasks = sorted({task for run in summary["runs"] for task in run.get("downstream") or {}})
+    if not tasks:
+        return ""
+    header = ["run"] + [f"{task} acc" + (f" (vs {base}, points)" if base else "") for task in tasks]
+    lines = ["Downstream accuracy (lm-eval `acc`, tools/evaluate.py) of each run's final checkpoint, same seeds and "
+             "rates as above.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in summary["runs"]:
+        cells = [_run_label(run)]
+        for task in tasks:
+            acc = (run.get("downstream") or {}).get(task)
+            if acc is None or acc["mean"] is None:
+                cells.append("–")
+                continue
+            diff = acc["vs_baseline_points_mean"]
+            rel = "" if diff is None else f" ({diff:+.1f}" + (
+                f" ± {acc['vs_baseline_points_sd']:.1f})" if acc["vs_baseline_points_sd"] is not None else ")")
+            cells.append(_pm(acc["mean"], acc["sd"], digits=3) + rel)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

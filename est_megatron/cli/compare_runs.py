@@ -33,8 +33,13 @@ Each run and seed is a subprocess of the launcher with its own directory OUTPUT_
 OUTPUT_DIR/NAME/lr_X/seed_S; logs/metrics.jsonl, checkpoints/, train.log, run.json), so rerunning the same command
 skips finished runs and resumes interrupted ones from their last checkpoint (Ctrl-C or SIGTERM make every run in
 flight save first). `--jobs N` trains N runs at once, in order (an equal-FLOPs run once the run it matches ends),
-one thread per process on a machine with N cores. A run's flags must not change between invocations (checked), except --exit-interval (chained
-jobs of one run); an equal-FLOPs run keeps the steps it started with.
+one thread per process on a machine with N cores. A run's flags must not change between invocations (checked),
+except --exit-interval (chained jobs of one run); an equal-FLOPs run keeps the steps it started with.
+
+Downstream. `--eval-tasks TASK ...` (with `--eval-include-path DIR` for local YAML tasks, such as the held-out
+ones tools/make_demo_tasks.py writes) scores every finished run's final checkpoint with tools/evaluate.py once
+training is done, keeps the result beside its logs (downstream_step_N.json; a run evaluated once is not again) and
+tabulates each task's accuracy against the baseline's, seed by seed, in points.
 
 Outputs: OUTPUT_DIR/summary.json (per run and seed: validation loss per evaluation, training loss per log step,
 cumulative FLOPs and tokens, stage transitions, final losses, FLOPs saved, wall-clock), OUTPUT_DIR/figure2.png
@@ -61,6 +66,7 @@ from typing import List, Optional
 
 from est_megatron.analysis.comparison import RunLogs, compare
 from est_megatron.analysis.curves import load_curves, read_records
+from est_megatron.analysis.downstream import downstream_path, evaluated
 from est_megatron.analysis.equal_flops import EqualFlopsSchedule, equal_flops_schedule, measured_saving
 from est_megatron.analysis.report import save_report
 from est_megatron.cli.run_pool import RunProcess, stop_all, threads_per_process
@@ -118,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train every run at each of these peak rates (--min-lr keeps its ratio to --lr), choose "
                         "each run's rate on validation loss and report and compare its test loss (needs a test "
                         "part in --split, or --test-data-path)")
+    p.add_argument("--eval-tasks", nargs="+", metavar="TASK",
+                   help="after training, score every finished run's final checkpoint on these lm-eval tasks with "
+                        "tools/evaluate.py (e.g. tools/make_demo_tasks.py's held-out tasks) and tabulate their "
+                        "accuracy; each result is kept beside the run's logs (default: no downstream tasks)")
+    p.add_argument("--eval-include-path", nargs="+", metavar="DIR",
+                   help="folders of local lm-eval YAML tasks for --eval-tasks")
     p.add_argument("--table-steps", type=int, nargs="+", default=[],
                    help="also tabulate the validation loss at these steps (default: only the final one)")
     p.add_argument("--smoke", action="store_true",
@@ -552,6 +564,34 @@ def train_pending(pending: List[Job], args, replan) -> None:
         raise RunFailed(failed)
 
 
+def evaluate_downstream(jobs: List[Job], args) -> None:
+    """tools/evaluate.py on the final checkpoint of every finished run not yet scored on --eval-tasks, one at a
+    time; Ctrl-C or SIGTERM stops the evaluation in flight (rerun to go on)."""
+    todo = [job for job in jobs if finished(job.directory, job.info["train_steps"])
+            and not evaluated(job.directory, job.info["train_steps"], args.eval_tasks)]
+    for i, job in enumerate(todo, 1):
+        step = job.info["train_steps"]
+        log = os.path.join(job.directory, "evaluate.log")
+        print(f"[{i}/{len(todo)}] {job.label}: downstream tasks {' '.join(args.eval_tasks)} on its step-{step} "
+              f"checkpoint (log {log})", flush=True)
+        cmd = [sys.executable, "-m", "est_megatron.cli.evaluate", "--load", job.ckpt_dir, "--tasks", *args.eval_tasks,
+               *(["--include-path", *args.eval_include_path] if args.eval_include_path else []),
+               "--no-progress", "--output", downstream_path(job.directory, step)]
+        with StopSignals():
+            process = RunProcess(job.label, cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log,
+                                 lambda line: args.verbose, queue.Queue())
+            try:
+                status = process.wait()
+            except Interrupted as err:
+                stop_all([process], (Interrupted,))
+                raise Interrupted(f"{err}: stopped the downstream evaluation of {job.label}; rerun the same "
+                                  "command to go on") from None
+        if status != 0:
+            print(_tail(log, 25), file=sys.stderr)
+            raise RunFailed(f"the downstream evaluation of {job.label} failed with exit status {status}; its output "
+                            f"is in {log} (last lines above)")
+
+
 def _tail(path: str, lines: int) -> str:
     with open(path, errors="replace") as f:
         return "".join(f.readlines()[-lines:]).rstrip()
@@ -670,6 +710,8 @@ def main(argv=None) -> dict:
           f"({len(specs)} runs{rates} x {len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
     try:
         train_pending(pending, args, replan)
+        if args.eval_tasks:
+            evaluate_downstream(jobs, args)
     except Interrupted as err:
         print(f"compare_runs: {err}", file=sys.stderr, flush=True)
         sys.exit(130)
