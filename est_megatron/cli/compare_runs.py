@@ -476,7 +476,7 @@ class StopSignals:
             raise Interrupted(name)
 
 
-def start_job(job: Job, args, position: str, start_step: int, finished: queue.Queue) -> RunProcess:
+def start_job(job: Job, args, position: str, start_step: int, ended: queue.Queue) -> RunProcess:
     """Start or resume (at start_step, its last checkpoint) one run as a launcher subprocess."""
     os.makedirs(job.directory, exist_ok=True)
     total = job.info["train_steps"]
@@ -491,7 +491,7 @@ def start_job(job: Job, args, position: str, start_step: int, finished: queue.Qu
     name = f"{job.spec.name}{'' if job.lr is None else f' lr {job.lr:g}'} s{job.seed}"
     return RunProcess(name, launcher_command(job, args.family, args.nproc), env,
                       os.path.join(job.directory, "train.log"), lambda line: args.verbose or ECHO.match(line),
-                      finished)
+                      ended)
 
 
 def record_attempt(job: Job, process: RunProcess, from_step: int, status: int, interrupted: Optional[str]) -> None:
@@ -515,7 +515,7 @@ def train_pending(pending: List[Job], args, replan) -> None:
     """Train the pending jobs in order, --jobs at a time. Ctrl-C or SIGTERM asks every run in flight to save and
     stop (again: kill them) and raises Interrupted; a failed run asks the others to save and stop, then raises
     RunFailed."""
-    finished: queue.Queue = queue.Queue()  # each run's process puts itself here when its output ends
+    ended: queue.Queue = queue.Queue()  # each run's process puts itself here when its output ends
     waiting, running, from_steps, failed = list(pending), {}, {}, None
     with StopSignals() as stops:
         try:
@@ -534,10 +534,10 @@ def train_pending(pending: List[Job], args, replan) -> None:
                     with stops.held():  # a stop meanwhile finds the new run in `running`, not orphaned
                         from_steps[job.directory] = latest_step(job.ckpt_dir) or 0
                         running[start_job(job, args, f"[{len(pending) - len(waiting)}/{len(pending)}]",
-                                          from_steps[job.directory], finished)] = job
+                                          from_steps[job.directory], ended)] = job
                 if not running:
                     break
-                process = finished.get()
+                process = ended.get()
                 with stops.held():
                     job = running.pop(process)
                     status = process.wait()

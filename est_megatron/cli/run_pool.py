@@ -20,10 +20,10 @@ def threads_per_process(parallel_processes: int) -> int:
 
 
 class RunProcess:
-    """One launcher subprocess; when its output ends it puts itself on `finished`."""
+    """One launcher subprocess; when its output ends it puts itself on `ended`."""
 
     def __init__(self, name: str, cmd: List[str], env: Dict[str, str], log_path: str,
-                 echo: Callable[[str], bool], finished: "queue.Queue[RunProcess]"):
+                 echo: Callable[[str], bool], ended: "queue.Queue[RunProcess]"):
         self.name = name
         self.began = time.time()
         self._log = open(log_path, "a")
@@ -31,16 +31,16 @@ class RunProcess:
         self._log.flush()
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      bufsize=1, start_new_session=True)
-        self._copier = threading.Thread(target=self._copy, args=(echo, finished), daemon=True)
+        self._copier = threading.Thread(target=self._copy, args=(echo, ended), daemon=True)
         self._copier.start()
 
-    def _copy(self, echo: Callable[[str], bool], finished: "queue.Queue[RunProcess]") -> None:
+    def _copy(self, echo: Callable[[str], bool], ended: "queue.Queue[RunProcess]") -> None:
         for line in self.proc.stdout:
             self._log.write(line)
             if echo(line):
                 with _ECHO_LOCK:
                     print(f"  {self.name} | {line.rstrip()}", flush=True)
-        finished.put(self)
+        ended.put(self)
 
     def signal(self, signum: int) -> None:
         try:
