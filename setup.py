@@ -26,6 +26,7 @@ CONSOLE_SCRIPTS = {
     "est-convert-to-hf": "convert_to_hf",
     "est-convert-hf-to-est": "convert_hf_to_est",
     "est-evaluate": "evaluate",
+    "est-make-demo-tasks": "make_demo_tasks",
     "est-hessian-trace": "hessian_trace",
     "est-plan": "est_plan",
     "est-compare-runs": "compare_runs",
