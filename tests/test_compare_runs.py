@@ -398,21 +398,26 @@ def test_a_config_moved_with_the_checkout_is_no_change(tmp_path):
     assert changed_settings({"lr": 1e-3}, {"lr": 2e-3}) == ["lr 0.001 -> 0.002"]
 
 
-def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch):
-    """--eval-tasks runs tools/evaluate.py on a finished run's final checkpoint, keeps the result beside its logs,
-    tabulates its accuracy, and does not evaluate it again."""
+def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch, tmp_path):
+    """--eval-tasks runs tools/evaluate.py on a finished run's final checkpoint (here the held-out demo task of
+    tools/make_demo_tasks.py, from another directory), keeps the result beside its logs, tabulates its accuracy, and
+    does not evaluate it again."""
     pytest.importorskip("lm_eval")
+    from est_megatron.evaluation.demo_tasks import CODE_TASK, write_demo_tasks
+    tasks = write_demo_tasks(str(tmp_path / "tasks"), items=8, seed=0)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    tasks = os.path.join(os.path.dirname(__file__), "eval_tasks")
+    monkeypatch.chdir(tmp_path)  # the tasks' data files are absolute paths
     argv = [a for a in harness["argv"] if a != "dense"]
     argv.remove("--run")  # only est: one evaluation
-    argv += ["--eval-tasks", "tiny_choice", "--eval-include-path", tasks, "--no-plot"]
+    argv += ["--eval-tasks", CODE_TASK, "--eval-include-path", os.path.dirname(tasks["tasks"][CODE_TASK]["yaml"]),
+             "--no-plot"]
     summary, out = run_harness(argv)
-    assert "est seed 3: downstream tasks tiny_choice on its step-8 checkpoint" in out
+    assert f"est seed 3: downstream tasks {CODE_TASK} on its step-8 checkpoint" in out
     (seed,) = _runs(summary)["est"]["seeds"]
-    assert 0.0 <= seed["downstream"]["tiny_choice"] <= 1.0
-    assert (harness["out"] / "est" / "seed_3" / "downstream_step_8.json").is_file()
-    assert "| tiny_choice acc |" in out
+    assert 0.0 <= seed["downstream"][CODE_TASK] <= 1.0
+    result = json.loads((harness["out"] / "est" / "seed_3" / "downstream_step_8.json").read_text())
+    assert {r["documents"] for r in result["lm_eval"]["table"]} == {8}
+    assert f"| {CODE_TASK} acc |" in out
     _, again = run_harness(argv)
     assert "downstream tasks" not in again
 

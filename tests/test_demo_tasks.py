@@ -1,15 +1,13 @@
 """The downstream tasks for `--demo` models (est_megatron.evaluation.demo_tasks): the same files for the same seed,
 answers spread evenly over the 4 slots, distinct choices, every item from a source the demo corpus leaves out and
-with an answer the corpus does not contain, one clear line when the installation has too little held-out text, and
-tools/evaluate.py running a task from another directory."""
+with an answer the corpus does not contain, one clear line when the installation has too little held-out text.
+tools/evaluate.py runs one from another directory in tests/test_compare_runs.py (compare_runs --eval-tasks)."""
 import functools
 import json
 import os
 
 import pytest
-import torch
 
-from dist_utils import tiny_shards  # noqa: F401
 from est_megatron.demo import SKIP_DIRS, stdlib_files
 from est_megatron.evaluation import demo_tasks
 from est_megatron.evaluation.demo_tasks import CODE_TASK, DOC_TASK, training_text, write_demo_tasks
@@ -102,26 +100,3 @@ def test_tool_prints_the_evaluate_command(tmp_path, capsys):
     for task in report["tasks"].values():
         with open(task["yaml"]) as f:
             assert f"test: {json.dumps(task['data'])}" in f.read() and os.path.isabs(task["data"])
-
-
-def test_evaluate_runs_a_demo_task_from_another_directory(tasks, tiny_shards, tmp_path, monkeypatch):  # noqa: F811
-    pytest.importorskip("lm_eval")
-    from est_megatron.checkpoint.standalone import save_est_checkpoint
-    from est_megatron.cli.evaluate import main
-    from est_megatron.config import model_preset
-    from est_megatron.model.transformer import Transformer
-    torch.manual_seed(0)
-    cfg = model_preset("tiny")
-    os.makedirs(tmp_path / "ckpt")
-    save_est_checkpoint(str(tmp_path / "ckpt"), cfg, Transformer(cfg).state_dict(),
-                        tokenizer={"tokenizer.model": tiny_shards["tokenizer"]})
-    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # restored afterwards; evaluate sets them
-        monkeypatch.setenv(variable, "1")
-    monkeypatch.chdir(tmp_path)  # data_files are absolute: no need to run from the tasks' folder
-    folder = os.path.dirname(tasks["tasks"][CODE_TASK]["yaml"])
-    assert main(["--load", "ckpt", "--include-path", folder, "--tasks", CODE_TASK, "--limit", "8", "--device", "cpu",
-                 "--batch-size", "4", "--output", "out.json", "--no-progress"]) == 0
-    with open(tmp_path / "out.json") as f:
-        table = {(r["task"], r["metric"]): r for r in json.load(f)["lm_eval"]["table"]}
-    assert set(table) == {(CODE_TASK, "acc"), (CODE_TASK, "acc_norm")}
-    assert all(r["documents"] == 8 and 0 <= r["value"] <= 1 for r in table.values())
