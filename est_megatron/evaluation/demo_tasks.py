@@ -5,8 +5,9 @@ knowledge they cannot have. These tasks stay in the demo's domain, Python code a
 the standard-library sources the demo skips (`demo.SKIP_DIRS` at any depth: test/, idlelib/, tkinter/, lib2to3/,
 turtledemo/, ctypes/test/, ...; never third-party packages), so a score above chance is generalisation, not recall:
 
-- demo_code_next_line: up to 8 lines of code; the true next line against 3 lines of other held-out files, each
-  indented like the true line so that indentation alone does not give the answer away;
+- demo_code_next_line: up to 8 lines of code; the true next line against 3 lines of the same file, away from the
+  context and nearest it in length, each indented like the true line, so that neither the file's style, length nor
+  indentation gives the answer away;
 - demo_docstring_continuation: the first half of a docstring (whitespace collapsed, cut at a word near the middle);
   its second half against the second halves of 3 docstrings of other files of about the same length.
 
@@ -34,7 +35,7 @@ MIN_LINE_CHARS = 12  # non-space characters of a target line
 MAX_LINE_CHARS = 120
 DOC_CHARS = (80, 400)  # docstring lengths kept: long enough to cut in two, short enough for a 128-token model
 CHOICES = 4
-SIMILAR = 12  # a docstring's distractors come from the this many others nearest in length
+SIMILAR = 12  # distractors come from this many candidates (a docstring's: the nearest in length)
 
 DESCRIPTIONS = {
     CODE_TASK: "the next line of held-out standard-library code (4 choices)",
@@ -117,14 +118,14 @@ def code_items(sources, items, rng, seen):
     for path, source in sources.items():
         lines = [line.rstrip() for line in source.split("\n")]  # editors' line numbers
         targets = [i for i in range(1, len(lines)) if _is_code_target(lines[i])]
-        if targets:
+        if len(targets) >= CHOICES:
             files.append((path, lines, targets))
-    if len(files) < CHOICES:
-        raise UsageError(f"only {len(files)} held-out source files have code lines; {CODE_TASK} needs {CHOICES}")
+    if not files:
+        raise UsageError(f"no held-out source file has {CHOICES} code lines; {CODE_TASK} needs one")
     rng.shuffle(files)
     found, skipped, remaining = [], 0, [list(t) for _, _, t in files]
     while len(found) < items and any(remaining):
-        for k, (path, lines, _) in enumerate(files):
+        for k, (path, lines, targets) in enumerate(files):
             if not remaining[k] or len(found) == items:
                 continue
             i = remaining[k].pop(rng.randrange(len(remaining[k])))
@@ -134,21 +135,20 @@ def code_items(sources, items, rng, seen):
             if lines[i] in seen:
                 skipped += 1
                 continue
-            found.append((path, i, context, lines[i]))
+            # Distractors: lines of the same file, away from the context, nearest the truth in length, so that a
+            # model wins neither by the file's style (which it copies from the context) nor by length (lm-eval's
+            # `acc` sums log-likelihoods). Lines of other files put `acc` below chance for the demo's models.
+            truth = lines[i].strip()
+            pool = sorted({lines[j].strip() for j in targets if abs(j - i) > CONTEXT_LINES} - {truth})
+            if len(pool) < CHOICES - 1:
+                continue
+            pool = rng.sample(pool, min(SIMILAR, len(pool)))
+            nearest = sorted(pool, key=lambda line: (abs(len(line) - len(truth)), line))[:CHOICES - 1]
+            found.append((path, i, context, lines[i], [_indent(lines[i]) + line for line in nearest]))
     labels = _balanced_labels(len(found), rng)
-    out = []
-    for (path, i, context, truth), label in zip(found, labels):
-        picked = {truth.strip()}
-        distractors = []
-        while len(distractors) < CHOICES - 1:
-            other_path, other_lines, other_targets = files[rng.randrange(len(files))]
-            line = other_lines[rng.choice(other_targets)].strip()
-            if other_path != path and line not in picked:
-                picked.add(line)
-                distractors.append(_indent(truth) + line)
-        out.append({"context": context, "choices": _with_answer(truth, distractors, label), "label": label,
-                    "source": f"{path}:{i + 1}"})
-    return out, skipped
+    return [{"context": context, "choices": _with_answer(truth, distractors, label), "label": label,
+             "source": f"{path}:{i + 1}"} for (path, i, context, truth, distractors), label in zip(found, labels)], \
+        skipped
 
 
 def file_docstrings(source):
