@@ -430,3 +430,22 @@ def test_downstream_accuracy_compared_in_points_seed_by_seed():
     assert t["mean"] == pytest.approx(0.49) and t["vs_baseline_points_mean"] == pytest.approx(4.0)
     assert t["vs_baseline_points_sd"] == pytest.approx(2 ** 0.5)
     assert compare_accuracy(base, base)["t"]["vs_baseline_points_mean"] is None
+
+
+def test_lr_sweep_compares_rates_on_the_seeds_finished_at_all_of_them():
+    """A sweep read while it trains: an unfinished run takes no part, and rates are compared on the seeds finished
+    at every rate (here seed 1), not on means over different seeds."""
+    from est_megatron.analysis.lr_sweep import choose_rate
+
+    def entry(*seeds):
+        return {"seeds": [{"seed": seed, "status": status, "final_val_loss": val,
+                           "final_test_loss": None if val is None else val + 0.1} for seed, status, val in seeds]}
+    by_rate = {1e-3: entry((1, "finished", 4.0), (2, "finished", 3.5)),  # seed 2 is an easy seed
+               2e-3: entry((1, "finished", 3.9), (2, "incomplete", 4.5)),
+               4e-3: entry((1, "not started", None))}
+    best, rows = choose_rate(by_rate)
+    assert best == 2e-3  # 3.9 < 4.0 on seed 1; over each rate's own seeds 1e-3 (3.75) would win
+    assert [r["seeds_finished"] for r in rows] == [2, 1, 0]
+    assert rows[1]["val_loss_mean"] == 3.9 and rows[1]["chosen_on_seeds"] == [1]
+    assert rows[2]["val_loss_mean"] is None and not rows[2]["chosen"]
+    assert choose_rate({1e-3: entry((1, "incomplete", 4.0))})[0] is None

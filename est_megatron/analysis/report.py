@@ -148,14 +148,18 @@ def downstream_table(summary: dict) -> str:
 def sweep_table(summary: dict) -> str:
     """Mean validation loss of every run at every peak rate of the sweep, the chosen one in bold."""
     rates = sorted({row["lr"] for run in summary["runs"] for row in run["lr_sweep"]})
-    lines = ["Validation loss at each peak learning rate (mean over seeds; bold: the rate chosen).", "",
+    seeds = len(summary["seeds"])
+    lines = ["Validation loss at each peak learning rate (mean over the finished seeds, their count when not all; "
+             "bold: the rate chosen, on the seeds finished at every rate).", "",
              "| run | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |", "|" + "---|" * (len(rates) + 1)]
     for run in summary["runs"]:
         rows = {row["lr"]: row for row in run["lr_sweep"]}
         cells = [_run_label(run)]
         for lr in rates:
             row = rows.get(lr)
-            text = "–" if row is None else _pm(row["val_loss_mean"], row["val_loss_sd"])
+            text = "–" if row is None or row["val_loss_mean"] is None else \
+                _pm(row["val_loss_mean"], row["val_loss_sd"]) + \
+                (f" ({row['seeds_finished']}/{seeds})" if row["seeds_finished"] < seeds else "")
             cells.append(f"**{text}**" if row is not None and row["chosen"] else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

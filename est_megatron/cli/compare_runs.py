@@ -25,9 +25,10 @@ step. It takes the flags every run gets, not RUN's own. No RUN: one per EST-fami
 table compares each EST-family run with its equal-FLOPs dense run ('vs dense at equal FLOPs'), and Figure 2 draws
 it (against FLOPs it ends where its run ends). `--lr-sweep LR ...` trains every run (equal-FLOPs ones included) at
 each peak rate, --min-lr keeping its ratio to --lr; each run's rate is the one with the lowest mean final
-validation loss, and the numbers reported for it are the test split's (evaluated once a run completes; --split
-needs a test part, or give --test-data-path), which took no part in the choice: the table shows each run at its
-chosen rate with its test loss, compares test losses, and lists every rate's validation loss.
+validation loss (finished runs only, on the seeds finished at every rate), and the numbers reported for it are the
+test split's (evaluated once a run completes; --split needs a test part, or give --test-data-path), which took no
+part in the choice: the table shows each run at its chosen rate with its test loss, compares test losses, and lists
+every rate's validation loss.
 
 Each run and seed is a subprocess of the launcher with its own directory OUTPUT_DIR/NAME/seed_S (a sweep's
 OUTPUT_DIR/NAME/lr_X/seed_S; logs/metrics.jsonl, checkpoints/, train.log, run.json), so rerunning the same command
