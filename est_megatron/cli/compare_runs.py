@@ -39,8 +39,9 @@ except --exit-interval (chained jobs of one run); an equal-FLOPs run keeps the s
 
 Downstream. `--eval-tasks TASK ...` (with `--eval-include-path DIR` for local YAML tasks, such as the held-out
 ones tools/make_demo_tasks.py writes) scores every finished run's final checkpoint with tools/evaluate.py once
-training is done, keeps the result beside its logs (downstream_step_N.json; a run evaluated once is not again) and
-tabulates each task's accuracy against the baseline's, seed by seed, in points.
+training is done (in a sweep, each run at its chosen rate), keeps the result beside its logs (downstream_step_N.json;
+a run evaluated once is not again) and tabulates each task's accuracy against the baseline's, seed by seed, in
+points.
 
 Outputs: OUTPUT_DIR/summary.json (per run and seed: validation loss per evaluation, training loss per log step,
 cumulative FLOPs and tokens, stage transitions, final losses, FLOPs saved, wall-clock), OUTPUT_DIR/figure2.png
@@ -565,9 +566,13 @@ def train_pending(pending: List[Job], args, replan) -> None:
         raise RunFailed(failed)
 
 
-def evaluate_downstream(jobs: List[Job], args) -> None:
-    """tools/evaluate.py on the final checkpoint of every finished run not yet scored on --eval-tasks, one at a
-    time; Ctrl-C or SIGTERM stops the evaluation in flight (rerun to go on)."""
+def evaluate_downstream(jobs: List[Job], specs: List[RunSpec], args) -> None:
+    """tools/evaluate.py on the final checkpoint of every finished run (in a sweep: at its chosen rate, the one the
+    report shows) not yet scored on --eval-tasks, one at a time; Ctrl-C or SIGTERM stops the evaluation in flight
+    (rerun to go on)."""
+    if args.lr_sweep:
+        chosen = {(run["name"], run["lr"]) for run in compare(run_logs(specs, args), args.baseline, [])[0]}
+        jobs = [job for job in jobs if (job.spec.name, job.lr) in chosen]
     todo = [job for job in jobs if finished(job.directory, job.info["train_steps"])
             and not evaluated(job.directory, job.info["train_steps"], args.eval_tasks)]
     for i, job in enumerate(todo, 1):
@@ -601,8 +606,8 @@ def _tail(path: str, lines: int) -> str:
 # ----------------------------------------------------------------------------------------------- the report
 
 
-def write_report(specs: List[RunSpec], args) -> dict:
-    """summary.json, table.md (also printed) and figure2.png from whatever logs the runs have."""
+def run_logs(specs: List[RunSpec], args) -> List[RunLogs]:
+    """What every run and rate left under --output-dir, for the comparison."""
     logs = []
     for spec in specs:
         for lr in args.lr_sweep or [None]:
@@ -611,7 +616,12 @@ def write_report(specs: List[RunSpec], args) -> dict:
                 directory = os.path.abspath(run_directory(args.output_dir, spec.name, seed, lr))
                 seeds.append((seed, directory, read_state(os.path.join(directory, "run.json"))))
             logs.append(RunLogs(spec.name, spec.flags, seeds, lr, spec.equal_flops_of))
-    runs, baseline, curves, measure = compare(logs, args.baseline, args.table_steps)
+    return logs
+
+
+def write_report(specs: List[RunSpec], args) -> dict:
+    """summary.json, table.md (also printed) and figure2.png from whatever logs the runs have."""
+    runs, baseline, curves, measure = compare(run_logs(specs, args), args.baseline, args.table_steps)
     summary = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output_dir": os.path.abspath(args.output_dir),
                "family": args.family, "seeds": args.seeds, "baseline": baseline, "compared_on": measure,
                "lr_sweep": args.lr_sweep, "default_flags": default_flags(args), "common_flags": args.common,
@@ -712,7 +722,7 @@ def main(argv=None) -> dict:
     try:
         train_pending(pending, args, replan)
         if args.eval_tasks:
-            evaluate_downstream(jobs, args)
+            evaluate_downstream(jobs, specs, args)
     except Interrupted as err:
         print(f"compare_runs: {err}", file=sys.stderr, flush=True)
         sys.exit(130)
