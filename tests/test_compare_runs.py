@@ -400,8 +400,8 @@ def test_a_config_moved_with_the_checkout_is_no_change(tmp_path):
 
 def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch, tmp_path):
     """--eval-tasks runs tools/evaluate.py on a finished run's final checkpoint (here the held-out demo task of
-    tools/make_demo_tasks.py, from another directory), keeps the result beside its logs, tabulates its accuracy, and
-    does not evaluate it again."""
+    tools/make_demo_tasks.py, from another directory), with --report-only too, keeps the result beside its logs,
+    tabulates its accuracy, and does not evaluate it again."""
     pytest.importorskip("lm_eval")
     from est_megatron.evaluation.demo_tasks import CODE_TASK, write_demo_tasks
     tasks = write_demo_tasks(str(tmp_path / "tasks"), items=8, seed=0)
@@ -411,7 +411,8 @@ def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch,
     argv.remove("--run")  # only est: one evaluation
     argv += ["--eval-tasks", CODE_TASK, "--eval-include-path", os.path.dirname(tasks["tasks"][CODE_TASK]["yaml"]),
              "--no-plot"]
-    summary, out = run_harness(argv)
+    summary, out = run_harness(argv + ["--report-only"])  # trains nothing, scores the finished run
+    assert "runs to train" not in out
     assert f"est seed 3: downstream tasks {CODE_TASK} on its step-8 checkpoint" in out
     (seed,) = _runs(summary)["est"]["seeds"]
     assert 0.0 <= seed["downstream"][CODE_TASK] <= 1.0

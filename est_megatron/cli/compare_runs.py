@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="prepare the data, check every run's flags and print the commands; train nothing")
     p.add_argument("--report-only", action="store_true",
-                   help="train nothing: write the summary, figure and table from the logs already there")
+                   help="train nothing: write the summary, figure and table from the logs already there (and, "
+                        "with --eval-tasks, score the finished runs not yet scored)")
     p.add_argument("--no-plot", dest="plot", action="store_false",
                    help="skip figure2.png (no matplotlib needed)")
     p.add_argument("--verbose", action="store_true",
@@ -240,7 +241,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name}{'' if self.lr is None else f' lr {self.lr:g}'} seed {self.seed}"
+        return run_label(self.spec.name, self.lr, self.seed)
 
     @property
     def log_dir(self) -> str:
@@ -253,6 +254,10 @@ class Job:
     @property
     def state_path(self) -> str:
         return os.path.join(self.directory, "run.json")
+
+
+def run_label(name: str, lr: Optional[float], seed: int) -> str:
+    return f"{name}{'' if lr is None else f' lr {lr:g}'} seed {seed}"
 
 
 def run_directory(output_dir: str, name: str, seed: int, lr: Optional[float] = None) -> str:
@@ -566,36 +571,39 @@ def train_pending(pending: List[Job], args, replan) -> None:
         raise RunFailed(failed)
 
 
-def evaluate_downstream(jobs: List[Job], specs: List[RunSpec], args) -> None:
+def evaluate_downstream(specs: List[RunSpec], args) -> None:
     """tools/evaluate.py on the final checkpoint of every finished run (in a sweep: at its chosen rate, the one the
     report shows) not yet scored on --eval-tasks, one at a time; Ctrl-C or SIGTERM stops the evaluation in flight
-    (rerun to go on)."""
+    (rerun to go on). Reads only the runs' directories, so --report-only scores runs too."""
+    logs = run_logs(specs, args)
     if args.lr_sweep:
-        chosen = {(run["name"], run["lr"]) for run in compare(run_logs(specs, args), args.baseline, [])[0]}
-        jobs = [job for job in jobs if (job.spec.name, job.lr) in chosen]
-    todo = [job for job in jobs if finished(job.directory, job.info["train_steps"])
-            and not evaluated(job.directory, job.info["train_steps"], args.eval_tasks)]
-    for i, job in enumerate(todo, 1):
-        step = job.info["train_steps"]
-        log = os.path.join(job.directory, "evaluate.log")
-        print(f"[{i}/{len(todo)}] {job.label}: downstream tasks {' '.join(args.eval_tasks)} on its step-{step} "
+        chosen = {(run["name"], run["lr"]) for run in compare(logs, args.baseline, [])[0]}
+        logs = [entry for entry in logs if (entry.name, entry.lr) in chosen]
+    todo = [(run_label(entry.name, entry.lr, seed), directory, state["train_steps"]) for entry in logs
+            for seed, directory, state in entry.seeds
+            if state is not None and finished(directory, state["train_steps"])
+            and not evaluated(directory, state["train_steps"], args.eval_tasks)]
+    for i, (label, directory, step) in enumerate(todo, 1):
+        log = os.path.join(directory, "evaluate.log")
+        print(f"[{i}/{len(todo)}] {label}: downstream tasks {' '.join(args.eval_tasks)} on its step-{step} "
               f"checkpoint (log {log})", flush=True)
-        cmd = [sys.executable, "-m", "est_megatron.cli.evaluate", "--load", job.ckpt_dir, "--tasks", *args.eval_tasks,
+        cmd = [sys.executable, "-m", "est_megatron.cli.evaluate", "--load", os.path.join(directory, "checkpoints"),
+               "--tasks", *args.eval_tasks,
                *(["--include-path", *args.eval_include_path] if args.eval_include_path else []),
-               "--no-progress", "--output", downstream_path(job.directory, step)]
+               "--no-progress", "--output", downstream_path(directory, step)]
         with StopSignals():
-            process = RunProcess(job.label, cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log,
+            process = RunProcess(label, cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log,
                                  lambda line: args.verbose, queue.Queue())
             try:
                 status = process.wait()
             except Interrupted as err:
                 stop_all([process], (Interrupted,))
-                raise Interrupted(f"{err}: stopped the downstream evaluation of {job.label}; rerun the same "
-                                  "command to go on") from None
+                raise Interrupted(f"{err}: stopped the downstream evaluation of {label}; rerun the same command to "
+                                  "go on") from None
         if status != 0:
             print(_tail(log, 25), file=sys.stderr)
-            raise RunFailed(f"the downstream evaluation of {job.label} failed with exit status {status}; its output "
-                            f"is in {log} (last lines above)")
+            raise RunFailed(f"the downstream evaluation of {label} failed with exit status {status}; its output is "
+                            f"in {log} (last lines above)")
 
 
 def _tail(path: str, lines: int) -> str:
@@ -695,34 +703,31 @@ def main(argv=None) -> dict:
     if args.plot:  # before hours of training, not after
         from est_megatron.analysis.figure import require_matplotlib
         require_matplotlib()
-    if args.report_only:
-        return write_report(specs, args)
-
-    jobs, replan = plan_jobs(args, specs, common)
-    pending = []
-    for job in jobs:
-        state = read_state(job.state_path)
-        changed = changed_settings(state["settings"], job.settings) if state is not None else []
-        if changed:
-            raise UsageError(f"{job.label} in {job.directory} was started with other flags ({'; '.join(changed)}); "
-                             "rerun it with its flags, or use another --output-dir (or delete that directory to "
-                             "retrain it)")
-        if state is not None and finished(job.directory, job.info["train_steps"]):
-            print(f"compare_runs: {job.label} is finished; skipped", flush=True)
-        else:
-            pending.append(job)
-    if args.dry_run:
+    pending, replan = [], None
+    if not args.report_only:
+        jobs, replan = plan_jobs(args, specs, common)
         for job in jobs:
-            print(f"{job.label}: {shlex.join(launcher_command(job, args.family, args.nproc))}")
-        return {"jobs": [job.argv for job in jobs], "pending": [job.label for job in pending]}
-
-    rates = f" x {len(args.lr_sweep)} rates" if args.lr_sweep else ""
-    print(f"compare_runs: {len(pending)} of {len(jobs)} runs to train "
-          f"({len(specs)} runs{rates} x {len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
+            state = read_state(job.state_path)
+            changed = changed_settings(state["settings"], job.settings) if state is not None else []
+            if changed:
+                raise UsageError(f"{job.label} in {job.directory} was started with other flags "
+                                 f"({'; '.join(changed)}); rerun it with its flags, or use another --output-dir (or "
+                                 "delete that directory to retrain it)")
+            if state is not None and finished(job.directory, job.info["train_steps"]):
+                print(f"compare_runs: {job.label} is finished; skipped", flush=True)
+            else:
+                pending.append(job)
+        if args.dry_run:
+            for job in jobs:
+                print(f"{job.label}: {shlex.join(launcher_command(job, args.family, args.nproc))}")
+            return {"jobs": [job.argv for job in jobs], "pending": [job.label for job in pending]}
+        rates = f" x {len(args.lr_sweep)} rates" if args.lr_sweep else ""
+        print(f"compare_runs: {len(pending)} of {len(jobs)} runs to train ({len(specs)} runs{rates} x "
+              f"{len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
     try:
         train_pending(pending, args, replan)
         if args.eval_tasks:
-            evaluate_downstream(jobs, specs, args)
+            evaluate_downstream(specs, args)
     except Interrupted as err:
         print(f"compare_runs: {err}", file=sys.stderr, flush=True)
         sys.exit(130)
@@ -730,7 +735,6 @@ def main(argv=None) -> dict:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     return write_report(specs, args)
-
 
 if __name__ == "__main__":
     main()
