@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import warnings
 
 import torch
 
@@ -74,7 +75,9 @@ def read_source(path):
 def docstrings(source):
     """Module, class and function docstrings of one source file, in order, as one text."""
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # invalid escapes in a source are its business, not the corpus's
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return ""
     parts = []

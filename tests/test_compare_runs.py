@@ -398,7 +398,7 @@ def test_a_config_moved_with_the_checkout_is_no_change(tmp_path):
     assert changed_settings({"lr": 1e-3}, {"lr": 2e-3}) == ["lr 0.001 -> 0.002"]
 
 
-def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch, tmp_path):
+def test_downstream_tasks_scored_once_per_final_checkpoint(harness, tiny_shards, monkeypatch, tmp_path):  # noqa: F811
     """--eval-tasks runs tools/evaluate.py on a finished run's final checkpoint (here the held-out demo task of
     tools/make_demo_tasks.py, from another directory), with --report-only too, keeps the result beside its logs,
     tabulates its accuracy, and does not evaluate it again."""
@@ -410,27 +410,35 @@ def test_downstream_tasks_scored_once_per_final_checkpoint(harness, monkeypatch,
     argv = [a for a in harness["argv"] if a != "dense"]
     argv.remove("--run")  # only est: one evaluation
     argv += ["--eval-tasks", CODE_TASK, "--eval-include-path", os.path.dirname(tasks["tasks"][CODE_TASK]["yaml"]),
-             "--no-plot"]
+             "--eval-data-path", tiny_shards["prefix"], "--eval-samples", "4", "--no-plot"]
     summary, out = run_harness(argv + ["--report-only"])  # trains nothing, scores the finished run
     assert "runs to train" not in out
-    assert f"est seed 3: downstream tasks {CODE_TASK} on its step-8 checkpoint" in out
+    corpus = os.path.basename(tiny_shards["prefix"])
+    assert f"est seed 3: downstream tasks {CODE_TASK} and held-out corpora {tiny_shards['prefix']} on its step-8 " \
+        "checkpoint" in out
     (seed,) = _runs(summary)["est"]["seeds"]
-    assert 0.0 <= seed["downstream"][CODE_TASK] <= 1.0
+    assert 0.0 <= seed["downstream"]["acc"][CODE_TASK] <= 1.0 and seed["downstream"]["loss"][corpus] > 0
     result = json.loads((harness["out"] / "est" / "seed_3" / "downstream_step_8.json").read_text())
     assert {r["documents"] for r in result["lm_eval"]["table"]} == {8}
-    assert f"| {CODE_TASK} acc |" in out
+    assert [c["samples"] for c in result["perplexity"]["corpora"]] == [4]
+    assert f"| {CODE_TASK} acc | {corpus} loss |" in out
     _, again = run_harness(argv)
     assert "downstream tasks" not in again
 
 
-def test_downstream_accuracy_compared_in_points_seed_by_seed():
-    from est_megatron.analysis.downstream import compare_accuracy
-    base = {"seeds": [{"seed": 1, "downstream": {"t": 0.50}}, {"seed": 2, "downstream": {"t": 0.40}}]}
-    run = {"seeds": [{"seed": 1, "downstream": {"t": 0.55}}, {"seed": 2, "downstream": {"t": 0.43}}]}
-    t = compare_accuracy(run, base)["t"]
-    assert t["mean"] == pytest.approx(0.49) and t["vs_baseline_points_mean"] == pytest.approx(4.0)
-    assert t["vs_baseline_points_sd"] == pytest.approx(2 ** 0.5)
-    assert compare_accuracy(base, base)["t"]["vs_baseline_points_mean"] is None
+def test_downstream_accuracy_in_points_and_corpus_loss_in_percent_seed_by_seed():
+    from est_megatron.analysis.downstream import compare_downstream
+
+    def seeds(*results):
+        return {"seeds": [{"seed": seed, "downstream": {"acc": {"t": acc}, "loss": {"c": loss}}}
+                          for seed, (acc, loss) in enumerate(results, 1)]}
+    base, run = seeds((0.50, 4.0), (0.40, 5.0)), seeds((0.55, 3.8), (0.43, 5.0))
+    result = compare_downstream(run, base)
+    t, c = result["acc"]["t"], result["loss"]["c"]
+    assert t["mean"] == pytest.approx(0.49) and t["vs_baseline_mean"] == pytest.approx(4.0)
+    assert t["vs_baseline_sd"] == pytest.approx(2 ** 0.5)
+    assert c["mean"] == pytest.approx(4.4) and c["vs_baseline_mean"] == pytest.approx(-2.5)
+    assert compare_downstream(base, base)["acc"]["t"]["vs_baseline_mean"] is None
 
 
 def test_lr_sweep_compares_rates_on_the_seeds_finished_at_all_of_them():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from est_megatron.analysis.curves import RunCurves, load_curves, mean_and_spread
-from est_megatron.analysis.downstream import compare_accuracy, read_accuracy
+from est_megatron.analysis.downstream import compare_downstream, read_downstream
 from est_megatron.analysis.lr_sweep import choose_rate
 
 SEED_MEANS = ("final_val_loss", "final_test_loss", "final_train_loss", "flops_saved_frac", "wall_clock_s",
@@ -59,7 +59,7 @@ def seed_report(directory: str, state: Optional[dict]):
         "wall_clock_s": round(sum(a["seconds"] for a in state["attempts"]), 1),
         "attempts": len(state["attempts"]),
         "val": val.to_json(), "train": train.to_json(), "stage_transitions": curves.transitions,
-        "downstream": read_accuracy(directory, state["train_steps"]) if done else None,
+        "downstream": read_downstream(directory, state["train_steps"]) if done else None,
     }
     if "equal_flops" in state:
         report["equal_flops"] = state["equal_flops"]
@@ -143,7 +143,7 @@ def compare(logs: Sequence[RunLogs], baseline: Optional[str], table_steps: Seque
         run[f"{measure}_loss_vs_baseline_pct_mean"], run[f"{measure}_loss_vs_baseline_pct_sd"] = \
             relative_pct(run, base, key) if base is not None and run is not base else (None, None)
         run[f"{measure}_loss_by_corpus"] = corpus_losses(run, base, measure)
-        run["downstream"] = compare_accuracy(run, base)
+        run["downstream"] = compare_downstream(run, base)
         if "equal_flops_of" in run:
             matched = by_run[run["equal_flops_of"]]
             matched["equal_flops_baseline"] = run["name"]

@@ -121,26 +121,32 @@ def corpus_table(summary: dict) -> str:
 
 
 def downstream_table(summary: dict) -> str:
-    """Accuracy on the downstream tasks at each run's final checkpoint (compare_runs --eval-tasks): mean ± sd over
-    seeds, and the difference to the baseline in points; empty when no run was evaluated."""
+    """tools/evaluate.py on each run's final checkpoint (compare_runs --eval-tasks, --eval-data-path): accuracy per
+    task (difference to the baseline in points) and loss per held-out corpus (relative to it); mean ± sd over
+    seeds. Empty when no run was evaluated."""
     base = summary["baseline"]
-    tasks = sorted({task for run in summary["runs"] for task in run.get("downstream") or {}})
-    if not tasks:
+    columns = [(kind, name) for kind in ("acc", "loss")
+               for name in sorted({n for run in summary["runs"] for n in (run.get("downstream") or {}).get(kind, {})})]
+    if not columns:
         return ""
-    header = ["run"] + [f"{task} acc" + (f" (vs {base}, points)" if base else "") for task in tasks]
-    lines = ["Downstream accuracy (lm-eval `acc`, tools/evaluate.py) of each run's final checkpoint, same seeds and "
-             "rates as above.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    versus = {"acc": f" (vs {base}, points)", "loss": f" (vs {base})"} if base else {"acc": "", "loss": ""}
+    header = ["run"] + [f"{name} {kind}{versus[kind]}" for kind, name in columns]
+    lines = ["tools/evaluate.py on each run's final checkpoint, same seeds and rates as above: lm-eval `acc` per task "
+             "and the loss on each held-out corpus.", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
     for run in summary["runs"]:
         cells = [_run_label(run)]
-        for task in tasks:
-            acc = (run.get("downstream") or {}).get(task)
-            if acc is None or acc["mean"] is None:
+        for kind, name in columns:
+            value = (run.get("downstream") or {}).get(kind, {}).get(name)
+            if value is None or value["mean"] is None:
                 cells.append("–")
                 continue
-            diff = acc["vs_baseline_points_mean"]
-            rel = "" if diff is None else f" ({diff:+.1f}" + (
-                f" ± {acc['vs_baseline_points_sd']:.1f})" if acc["vs_baseline_points_sd"] is not None else ")")
-            cells.append(_pm(acc["mean"], acc["sd"], digits=3) + rel)
+            text = _pm(value["mean"], value["sd"], digits=3 if kind == "acc" else 4)
+            diff, sd = value["vs_baseline_mean"], value["vs_baseline_sd"]
+            if diff is not None:
+                text += f" ({diff:+.1f}" + (f" ± {sd:.1f})" if sd is not None else ")") if kind == "acc" else \
+                    f" ({_relative(diff, sd)})"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -38,10 +38,11 @@ one thread per process on a machine with N cores. A run's flags must not change 
 except --exit-interval (chained jobs of one run); an equal-FLOPs run keeps the steps it started with.
 
 Downstream. `--eval-tasks TASK ...` (with `--eval-include-path DIR` for local YAML tasks, such as the held-out
-ones tools/make_demo_tasks.py writes) scores every finished run's final checkpoint with tools/evaluate.py once
-training is done (in a sweep, each run at its chosen rate), keeps the result beside its logs (downstream_step_N.json;
-a run evaluated once is not again) and tabulates each task's accuracy against the baseline's, seed by seed, in
-points.
+ones tools/make_demo_tasks.py writes) and `--eval-data-path PREFIX ...` (held-out corpora, scored on --eval-samples
+windows each) score every finished run's final checkpoint with tools/evaluate.py once training is done (in a sweep,
+each run at its chosen rate; with --report-only, without training), keep the result beside its logs
+(downstream_step_N.json; a run evaluated once is not again) and tabulate each task's accuracy against the
+baseline's in points and each corpus's loss against the baseline's in percent, seed by seed.
 
 Outputs: OUTPUT_DIR/summary.json (per run and seed: validation loss per evaluation, training loss per log step,
 cumulative FLOPs and tokens, stage transitions, final losses, FLOPs saved, wall-clock), OUTPUT_DIR/figure2.png
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "accuracy; each result is kept beside the run's logs (default: no downstream tasks)")
     p.add_argument("--eval-include-path", nargs="+", metavar="DIR",
                    help="folders of local lm-eval YAML tasks for --eval-tasks")
+    p.add_argument("--eval-data-path", nargs="+", metavar="PREFIX",
+                   help="after training, also the loss of every finished run's final checkpoint on each of these "
+                        "held-out corpora (shard prefixes, e.g. tools/make_demo_tasks.py's prose and code), per "
+                        "corpus, against the baseline's (default: none)")
+    p.add_argument("--eval-samples", type=int, default=2048,
+                   help="windows of --seq-length scored per --eval-data-path corpus (default: 2048)")
     p.add_argument("--table-steps", type=int, nargs="+", default=[],
                    help="also tabulate the validation loss at these steps (default: only the final one)")
     p.add_argument("--smoke", action="store_true",
@@ -582,14 +589,18 @@ def evaluate_downstream(specs: List[RunSpec], args) -> None:
     todo = [(run_label(entry.name, entry.lr, seed), directory, state["train_steps"]) for entry in logs
             for seed, directory, state in entry.seeds
             if state is not None and finished(directory, state["train_steps"])
-            and not evaluated(directory, state["train_steps"], args.eval_tasks)]
+            and not evaluated(directory, state["train_steps"], args.eval_tasks or [], args.eval_data_path or [])]
     for i, (label, directory, step) in enumerate(todo, 1):
         log = os.path.join(directory, "evaluate.log")
-        print(f"[{i}/{len(todo)}] {label}: downstream tasks {' '.join(args.eval_tasks)} on its step-{step} "
-              f"checkpoint (log {log})", flush=True)
+        what = " and ".join(f"{kind} {' '.join(names)}" for kind, names in (("downstream tasks", args.eval_tasks),
+                                                                            ("held-out corpora", args.eval_data_path))
+                            if names)
+        print(f"[{i}/{len(todo)}] {label}: {what} on its step-{step} checkpoint (log {log})", flush=True)
         cmd = [sys.executable, "-m", "est_megatron.cli.evaluate", "--load", os.path.join(directory, "checkpoints"),
-               "--tasks", *args.eval_tasks,
+               *(["--tasks", *args.eval_tasks] if args.eval_tasks else []),
                *(["--include-path", *args.eval_include_path] if args.eval_include_path else []),
+               *(["--data-path", *map(os.path.abspath, args.eval_data_path), "--samples", str(args.eval_samples)]
+                 if args.eval_data_path else []),
                "--no-progress", "--output", downstream_path(directory, step)]
         with StopSignals():
             process = RunProcess(label, cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log,
@@ -675,6 +686,8 @@ def check_args(args, specs: List[RunSpec], common: List[str]) -> None:
         raise UsageError(f"--nproc must be positive, got {args.nproc}")
     if args.jobs <= 0:
         raise UsageError(f"--jobs must be positive, got {args.jobs}")
+    if args.eval_samples <= 0:
+        raise UsageError(f"--eval-samples must be positive, got {args.eval_samples}")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once")
     if any(t <= 0 for t in args.table_steps):
@@ -726,7 +739,7 @@ def main(argv=None) -> dict:
               f"{len(args.seeds)} seeds) in {os.path.abspath(args.output_dir)}", flush=True)
     try:
         train_pending(pending, args, replan)
-        if args.eval_tasks:
+        if args.eval_tasks or args.eval_data_path:
             evaluate_downstream(specs, args)
     except Interrupted as err:
         print(f"compare_runs: {err}", file=sys.stderr, flush=True)

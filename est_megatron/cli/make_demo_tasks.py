@@ -1,7 +1,8 @@
 """Write two lm-eval multiple-choice tasks for `--demo` models on text the demo corpus never contains: the next
 line of held-out standard-library code, and the second half of a held-out docstring (the stdlib directories the
 demo skips: test/, idlelib/, tkinter/, lib2to3/, turtledemo/, ...). Tiny demo models are at chance on the GPT4All
-suite; these stay in their domain. The folder works from any directory (data paths are absolute).
+suite; these stay in their domain. The folder works from any directory (data paths are absolute). It also gets
+the held-out text as two corpora, prose (docstrings) and code, for a loss on each.
 
     python tools/make_demo_tasks.py --output-dir demo_tasks
     python tools/evaluate.py --load demo_run/checkpoints --include-path demo_tasks \\
@@ -36,6 +37,15 @@ def main(argv=None):
     folder = os.path.dirname(next(iter(report["tasks"].values()))["yaml"])
     print("run them with:\n  python tools/evaluate.py --load CHECKPOINT --include-path "
           f"{shlex.quote(folder)} --tasks {','.join(report['tasks'])}")
+    corpora = report["corpora"]
+    print("held-out corpora: " + ", ".join(f"{name} {c['documents']} documents -> {c['path']}"
+                                          for name, c in corpora.items()))
+    print("a loss on each: tokenize with the demo's tokenizer, then score:")
+    for name, c in corpora.items():
+        print(f"  python tools/preprocess_data.py --input {shlex.quote(c['path'])} --tokenizer-model "
+              f"DEMO_DIR/tokenizer/demo.model --output-prefix {shlex.quote(os.path.join(folder, 'heldout_' + name))}")
+    prefixes = " ".join(shlex.quote(os.path.join(folder, "heldout_" + name)) for name in corpora)
+    print(f"  python tools/evaluate.py --load CHECKPOINT --data-path {prefixes}")
     return report
 
 

@@ -23,8 +23,9 @@ import json
 import os
 import random
 import time
+import warnings
 
-from est_megatron.demo import read_source, stdlib_files
+from est_megatron.demo import docstrings, read_source, stdlib_files
 from est_megatron.errors import UsageError
 
 CODE_TASK = "demo_code_next_line"
@@ -35,6 +36,7 @@ MIN_LINE_CHARS = 12  # non-space characters of a target line
 MAX_LINE_CHARS = 120
 DOC_CHARS = (80, 400)  # docstring lengths kept: long enough to cut in two, short enough for a 128-token model
 CHOICES = 4
+MAX_CODE_FILE_CHARS = 200_000  # the demo's code corpus leaves larger files out too
 SIMILAR = 12  # distractors come from this many candidates (a docstring's: the nearest in length)
 
 DESCRIPTIONS = {
@@ -155,7 +157,9 @@ def file_docstrings(source):
     """Docstrings of a source file as demo.docstrings finds them (module, classes, functions), whitespace collapsed,
     of DOC_CHARS length."""
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # some held-out test files have invalid escapes, on purpose
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
     docs = (ast.get_docstring(node) for node in ast.walk(tree)
@@ -272,5 +276,21 @@ def write_demo_tasks(out_dir, items=400, seed=0) -> dict:
     for name, (docs, skipped) in made.items():
         tasks[name] = _write_task(out_dir, name, docs, "\n" if name == CODE_TASK else " ", seed, root)
         tasks[name]["skipped_seen"] = skipped
-    return {"tasks": tasks, "heldout_files": len(sources), "root": root,
-            "seconds": time.time() - start}
+    return {"tasks": tasks, "corpora": write_heldout_corpora(out_dir, sources), "heldout_files": len(sources),
+            "root": root, "seconds": time.time() - start}
+
+
+def write_heldout_corpora(out_dir, sources) -> dict:
+    """heldout_prose.jsonl (each held-out file's docstrings, as the demo's prose takes them from the files it
+    keeps) and heldout_code.jsonl (the files themselves, as its code): the demo's two corpora on text it never
+    contains, for a loss per corpus (preprocess them with the demo's tokenizer, then tools/evaluate.py
+    --data-path). Returns {corpus: {"path", "documents"}}."""
+    texts = {"prose": [docstrings(source) for source in sources.values()],
+             "code": [source for source in sources.values() if len(source) < MAX_CODE_FILE_CHARS]}
+    out = {}
+    for corpus, documents in texts.items():
+        path = os.path.join(out_dir, f"heldout_{corpus}.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": text}) + "\n" for text in documents if text)
+        out[corpus] = {"path": path, "documents": sum(1 for text in documents if text)}
+    return out
