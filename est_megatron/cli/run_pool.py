@@ -26,9 +26,8 @@ class RunProcess:
                  echo: Callable[[str], bool], ended: "queue.Queue[RunProcess]"):
         self.name = name
         self.began = time.time()
-        self._log = open(log_path, "a")
+        self._log = open(log_path, "a", buffering=1)  # line-buffered: `tail -f` follows the run, a crash loses nothing
         self._log.write(f"$ {shlex.join(cmd)}\n")
-        self._log.flush()
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      bufsize=1, start_new_session=True)
         self._copier = threading.Thread(target=self._copy, args=(echo, ended), daemon=True)
