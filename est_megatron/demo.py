@@ -16,7 +16,6 @@ Steps whose outputs exist are reused, so a second `--demo` goes straight to trai
 """
 from __future__ import annotations
 
-import ast
 import glob
 import json
 import os
@@ -25,13 +24,13 @@ import subprocess
 import sys
 import sysconfig
 import time
-import warnings
 
 import torch
 
 from est_megatron.checkpoint.tags import latest_tag
 from est_megatron.data.preprocess import preprocess, summary_line
 from est_megatron.data.sources import SourceOptions
+from est_megatron.data.stdlib_text import docstrings, read_source, stdlib_files
 from est_megatron.data.tokenizer import TokenizerSpec
 from est_megatron.data.tokenizer_training import train_tokenizer
 from est_megatron.errors import UsageError
@@ -39,8 +38,6 @@ from est_megatron.training.arguments import DS_CONFIG_DIR, build_parser, check_a
 from est_megatron.training.distributed import free_port
 from est_megatron.training.preemption import STOP_SIGNALS
 
-SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
-             "__pycache__", "tkinter", "config-3.11-x86_64-linux-gnu"}
 CODE_CHARS = 6_000_000  # about 2.5M tokens of code
 DOC_RECORDS_PER_FILE = 2000
 
@@ -52,41 +49,6 @@ DEMO_RUN = ["--seq-length", "128", "--micro-batch-size", "8", "--global-batch-si
             "--est-schedule", "tinyllama", "--split", "98,2,0", "--eval-interval", "80", "--eval-iters", "4",
             "--log-interval", "20", "--save-interval", "80", "--keep-checkpoints", "2"]
 VOCAB = 3000
-
-
-def stdlib_files():
-    """Sorted standard-library sources (no tests, no third-party packages)."""
-    root = sysconfig.get_paths()["stdlib"]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
-    return root, out
-
-
-def read_source(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def docstrings(source):
-    """Module, class and function docstrings of one source file, in order, as one text."""
-    try:
-        with warnings.catch_warnings():  # invalid escapes in a source are its business, not the corpus's
-            warnings.simplefilter("ignore")
-            tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return ""
-    parts = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node)
-            if doc and len(doc) > 40:
-                parts.append(doc.strip())
-    return "\n\n".join(parts)
 
 
 def build_corpus(raw_dir):

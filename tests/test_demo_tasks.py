@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from est_megatron.demo import SKIP_DIRS, stdlib_files
+from est_megatron.data.stdlib_text import SKIP_DIRS, stdlib_files
 from est_megatron.evaluation import demo_tasks
 from est_megatron.evaluation.demo_tasks import CODE_TASK, DOC_TASK, training_text, write_demo_tasks
 

@@ -2,7 +2,7 @@
 
 Models of 1.5M-12M parameters trained on the demo corpus score at chance on the GPT4All suite, which asks for
 knowledge they cannot have. These tasks stay in the demo's domain, Python code and its documentation, but read only
-the standard-library sources the demo skips (`demo.SKIP_DIRS` at any depth: test/, idlelib/, tkinter/, lib2to3/,
+the standard-library sources the demo skips (`SKIP_DIRS` at any depth: test/, idlelib/, tkinter/, lib2to3/,
 turtledemo/, ctypes/test/, ...; never third-party packages), so a score above chance is generalisation, not recall:
 
 - demo_code_next_line: up to 8 lines of code; the true next line against 3 lines of the same file, away from the
@@ -12,7 +12,7 @@ turtledemo/, ctypes/test/, ...; never third-party packages), so a score above ch
   its second half against the second halves of 3 docstrings of other files of about the same length.
 
 Held-out is checked, not only assumed from the directories: an item whose answer occurs in the demo's sources (every
-file `demo.stdlib_files()` returns, and the pydoc topics; whitespace collapsed on both sides) is skipped. The true
+file `stdlib_files()` returns, and the pydoc topics; whitespace collapsed on both sides) is skipped. The true
 answer sits in each of the 4 slots equally often, so always picking one slot scores 25%.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import random
 import time
 import warnings
 
-from est_megatron.demo import docstrings, read_source, stdlib_files
+from est_megatron.data.stdlib_text import docstrings, read_source, stdlib_files
 from est_megatron.errors import UsageError
 
 CODE_TASK = "demo_code_next_line"
@@ -46,7 +46,7 @@ DESCRIPTIONS = {
 
 
 def heldout_files():
-    """(stdlib root, sorted .py files under it that demo.stdlib_files() leaves out, third-party code excluded)."""
+    """(stdlib root, sorted .py files under it that stdlib_files() leaves out, third-party code excluded)."""
     root, training = stdlib_files()
     training = set(training)
     out = []
@@ -154,7 +154,7 @@ def code_items(sources, items, rng, seen):
 
 
 def file_docstrings(source):
-    """Docstrings of a source file as demo.docstrings finds them (module, classes, functions), whitespace collapsed,
+    """Docstrings of a source file as docstrings() finds them (module, classes, functions), whitespace collapsed,
     of DOC_CHARS length."""
     try:
         with warnings.catch_warnings():  # some held-out test files have invalid escapes, on purpose

@@ -1,0 +1,45 @@
+"""The Python installation's own text, the demo corpus's source (est_megatron.demo) and its held-out remainder
+(est_megatron.evaluation.demo_tasks): standard-library files outside SKIP_DIRS, and their docstrings. Here, below
+both, so that evaluation need not import the demo pipeline."""
+import ast
+import os
+import sysconfig
+import warnings
+
+SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "ensurepip",
+             "__pycache__", "tkinter", "config-3.11-x86_64-linux-gnu"}
+
+
+def stdlib_files():
+    """Sorted standard-library sources (no tests, no third-party packages)."""
+    root = sysconfig.get_paths()["stdlib"]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+    return root, out
+
+
+def read_source(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def docstrings(source):
+    """Module, class and function docstrings of one source file, in order, as one text."""
+    try:
+        with warnings.catch_warnings():  # invalid escapes in a source are its business, not the corpus's
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ""
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) > 40:
+                parts.append(doc.strip())
+    return "\n\n".join(parts)
