@@ -9,6 +9,7 @@ import os
 from typing import Dict, Optional, Sequence
 
 from est_megatron.analysis.curves import mean_and_spread
+from est_megatron.data import corpus_names
 
 METRIC = "acc"
 
@@ -32,11 +33,11 @@ def read_downstream(run_directory: str, step: int) -> Optional[dict]:
 
 
 def evaluated(run_directory: str, step: int, tasks: Sequence[str], corpora: Sequence[str]) -> bool:
-    """Whether every task (a group task through its name) and every corpus (by the evaluation's name for it, the
-    prefix's basename) has a result at `step`."""
+    """Whether every task (a group task through its name) and every corpus prefix (under the name the evaluation
+    gives it) has a result at `step`."""
     result = read_downstream(run_directory, step)
     return result is not None and all(t in result["acc"] for t in tasks) and \
-        all(os.path.basename(os.path.normpath(c)) in result["loss"] for c in corpora)
+        all(name in result["loss"] for name in corpus_names(corpora))
 
 
 def _compared(run: dict, base: Optional[dict], kind: str, difference) -> Dict[str, dict]:

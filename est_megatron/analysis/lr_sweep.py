@@ -26,8 +26,8 @@ def choose_rate(by_rate: Dict[float, dict]) -> Tuple[Optional[float], List[dict]
     val = {lr: _finished_losses(entry, "final_val_loss") for lr, entry in sorted(by_rate.items())}
     rows = []
     for lr, entry in sorted(by_rate.items()):
-        (val_mean, val_sd), (test_mean, test_sd) = (mean_and_spread(list(_finished_losses(entry, key).values()))
-                                                    for key in ("final_val_loss", "final_test_loss"))
+        val_mean, val_sd = mean_and_spread(list(val[lr].values()))
+        test_mean, test_sd = mean_and_spread(list(_finished_losses(entry, "final_test_loss").values()))
         rows.append({"lr": lr, "val_loss_mean": val_mean, "val_loss_sd": val_sd, "test_loss_mean": test_mean,
                      "test_loss_sd": test_sd, "seeds_finished": len(val[lr])})
     candidates = {lr: losses for lr, losses in val.items() if losses}

@@ -602,9 +602,10 @@ def evaluate_downstream(specs: List[RunSpec], args) -> None:
                *(["--data-path", *map(os.path.abspath, args.eval_data_path), "--samples", str(args.eval_samples)]
                  if args.eval_data_path else []),
                "--no-progress", "--output", downstream_path(directory, step)]
-        with StopSignals():
-            process = RunProcess(label, cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log,
-                                 lambda line: args.verbose, queue.Queue())
+        with StopSignals() as stops:
+            with stops.held():  # a stop meanwhile finds the evaluation started, not orphaned
+                process = RunProcess(label, cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log,
+                                     lambda line: args.verbose, queue.Queue())
             try:
                 status = process.wait()
             except Interrupted as err:
@@ -748,6 +749,7 @@ def main(argv=None) -> dict:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     return write_report(specs, args)
+
 
 if __name__ == "__main__":
     main()
