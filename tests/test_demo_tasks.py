@@ -2,7 +2,6 @@
 answers spread evenly over the 4 slots, distinct choices, every item from a source the demo corpus leaves out and
 with an answer the corpus does not contain, one clear line when the installation has too little held-out text.
 tools/evaluate.py runs one from another directory in tests/test_compare_runs.py (compare_runs --eval-tasks)."""
-import functools
 import json
 import os
 
@@ -58,7 +57,7 @@ def test_items_come_from_held_out_sources_and_answers_are_not_in_the_corpus(task
     root, training = stdlib_files()
     training = set(training)
     seen = training_text()
-    docstrings = functools.lru_cache(maxsize=None)(demo_tasks.file_docstrings)  # several items per file
+    file_docs = demo_tasks.heldout_sources()[2]
     for name in (CODE_TASK, DOC_TASK):
         for d in read(tasks, name):
             path = source_file(d)
@@ -73,7 +72,7 @@ def test_items_come_from_held_out_sources_and_answers_are_not_in_the_corpus(task
                 lines = [line.rstrip() for line in text.split("\n")]
                 assert lines[number - 1] == truth and "\n".join(lines[:number - 1]).endswith(d["context"])
             else:
-                assert f"{d['context']} {truth}" in docstrings(text)
+                assert f"{d['context']} {truth}" in demo_tasks.doc_texts(file_docs[path])
     # the guard itself: text of the demo's sources is seen, text of held-out files mostly not
     with open(sorted(training)[0], encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if len(line.split()) >= 6]
@@ -83,8 +82,9 @@ def test_items_come_from_held_out_sources_and_answers_are_not_in_the_corpus(task
 
 def test_too_little_held_out_text_is_one_line(monkeypatch, tmp_path, capsys):
     from est_megatron.cli.make_demo_tasks import main
-    root, files = demo_tasks.heldout_files()
-    monkeypatch.setattr(demo_tasks, "heldout_files", lambda: (root, files[:6]))
+    root, sources, file_docs = demo_tasks.heldout_sources()
+    few = dict(list(sources.items())[:6])
+    monkeypatch.setattr(demo_tasks, "heldout_sources", lambda: (root, few, file_docs))
     with pytest.raises(SystemExit) as exit_info:
         main(["--output-dir", str(tmp_path / "tasks"), "--items", "400"])
     err = capsys.readouterr().err.strip()
@@ -100,3 +100,46 @@ def test_tool_prints_the_evaluate_command(tmp_path, capsys):
     for task in report["tasks"].values():
         with open(task["yaml"]) as f:
             assert f"test: {json.dumps(task['data'])}" in f.read() and os.path.isabs(task["data"])
+
+
+def test_docstrings_in_ast_walk_order_wherever_definitions_nest():
+    """definition_docstrings walks statements only; it finds what ast.walk finds, in its order: definitions inside
+    if/else, try/except/finally, with, loops, match cases, classes and functions."""
+    import ast
+    import textwrap
+    from est_megatron.data.stdlib_text import definition_docstrings
+    source = textwrap.dedent('''
+        """module"""
+        if X:
+            def a():
+                """a"""
+                def inner():
+                    """inner"""
+        else:
+            class B:
+                """B"""
+                async def m(self):
+                    """m"""
+        try:
+            def c():
+                """c"""
+        except ValueError:
+            def d():
+                """d"""
+        finally:
+            def e():
+                """e"""
+        with ctx:
+            for i in x:
+                def f():
+                    """f"""
+        match v:
+            case 1:
+                def g():
+                    """g"""
+        f = lambda: None
+        ''')
+    expected = [ast.get_docstring(n) for n in ast.walk(ast.parse(source))
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    assert definition_docstrings(source) == expected == ["module", "a", "B", "c", "e", "inner", "m", "d", "f", "g"]
+    assert definition_docstrings("def broken(:") == []

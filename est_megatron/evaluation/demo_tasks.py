@@ -17,15 +17,13 @@ answer sits in each of the 4 slots equally often, so always picking one slot sco
 """
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import os
 import random
 import time
-import warnings
 
-from est_megatron.data.stdlib_text import docstrings, read_source, stdlib_files
+from est_megatron.data.stdlib_text import definition_docstrings, prose, read_source, stdlib_files
 from est_megatron.errors import UsageError
 
 CODE_TASK = "demo_code_next_line"
@@ -55,6 +53,15 @@ def heldout_files():
         out.extend(p for p in (os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
                    if p not in training)
     return root, out
+
+
+@functools.lru_cache(maxsize=1)
+def heldout_sources():
+    """(root, {path: source}, {path: its docstrings}) of the held-out files: each parsed once a process, as both
+    tasks, the held-out prose and every later call (compare_runs, the tests) need them."""
+    root, files = heldout_files()
+    sources = {p: s for p, s in zip(files, map(read_source, files)) if s}
+    return root, sources, {path: definition_docstrings(source) for path, source in sources.items()}
 
 
 def _words(text):
@@ -153,18 +160,9 @@ def code_items(sources, items, rng, seen):
         skipped
 
 
-def file_docstrings(source):
-    """Docstrings of a source file as docstrings() finds them (module, classes, functions), whitespace collapsed,
-    of DOC_CHARS length."""
-    try:
-        with warnings.catch_warnings():  # some held-out test files have invalid escapes, on purpose
-            warnings.simplefilter("ignore")
-            tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return []
-    docs = (ast.get_docstring(node) for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
-    return [text for text in map(_words, filter(None, docs)) if DOC_CHARS[0] <= len(text) <= DOC_CHARS[1]]
+def doc_texts(docs):
+    """A file's docstrings (definition_docstrings) whitespace collapsed, those of DOC_CHARS length."""
+    return [text for text in map(_words, docs) if DOC_CHARS[0] <= len(text) <= DOC_CHARS[1]]
 
 
 def _cut(text):
@@ -175,16 +173,16 @@ def _cut(text):
     return text[:cut], text[cut + 1:]
 
 
-def docstring_items(sources, items, rng, seen):
-    """Items of demo_docstring_continuation. Parsing every held-out file costs ~20 s, so files are parsed densest in
-    triple quotes first, until twice `items` docstrings are in hand. Returns (items, answers skipped as seen)."""
+def docstring_items(sources, file_docs, items, rng, seen):
+    """Items of demo_docstring_continuation from {path: source} and {path: its docstrings}: files densest in triple
+    quotes first, until twice `items` docstrings are in hand. Returns (items, answers skipped as seen)."""
     def density(path):
         source = sources[path]
         return -(source.count('"""') + source.count("'''")) / max(len(source), 1), path
 
     pool, texts = [], set()
     for path in sorted(sources, key=density):
-        for text in file_docstrings(sources[path]):
+        for text in doc_texts(file_docs[path]):
             if text not in texts:
                 texts.add(text)
                 pool.append((path,) + _cut(text))
@@ -260,11 +258,10 @@ def write_demo_tasks(out_dir, items=400, seed=0) -> dict:
     if items < 1:
         raise UsageError(f"--items must be positive, got {items}")
     start = time.time()
-    root, files = heldout_files()
-    sources = {p: s for p, s in zip(files, map(read_source, files)) if s}
+    root, sources, file_docs = heldout_sources()
     seen = training_text()
     made = {CODE_TASK: code_items(sources, items, random.Random(f"{CODE_TASK}:{seed}"), seen),
-            DOC_TASK: docstring_items(sources, items, random.Random(f"{DOC_TASK}:{seed}"), seen)}
+            DOC_TASK: docstring_items(sources, file_docs, items, random.Random(f"{DOC_TASK}:{seed}"), seen)}
     for name, (docs, _) in made.items():
         if len(docs) < items:
             raise UsageError(f"this Python installation's held-out sources ({len(sources)} files under {root} in the "
@@ -276,16 +273,16 @@ def write_demo_tasks(out_dir, items=400, seed=0) -> dict:
     for name, (docs, skipped) in made.items():
         tasks[name] = _write_task(out_dir, name, docs, "\n" if name == CODE_TASK else " ", seed, root)
         tasks[name]["skipped_seen"] = skipped
-    return {"tasks": tasks, "corpora": write_heldout_corpora(out_dir, sources), "heldout_files": len(sources),
-            "root": root, "seconds": time.time() - start}
+    return {"tasks": tasks, "corpora": write_heldout_corpora(out_dir, sources, file_docs),
+            "heldout_files": len(sources), "root": root, "seconds": time.time() - start}
 
 
-def write_heldout_corpora(out_dir, sources) -> dict:
+def write_heldout_corpora(out_dir, sources, file_docs) -> dict:
     """heldout_prose.jsonl (each held-out file's docstrings, as the demo's prose takes them from the files it
     keeps) and heldout_code.jsonl (the files themselves, as its code): the demo's two corpora on text it never
     contains, for a loss per corpus (preprocess them with the demo's tokenizer, then tools/evaluate.py
     --data-path). Returns {corpus: {"path", "documents"}}."""
-    texts = {"prose": [docstrings(source) for source in sources.values()],
+    texts = {"prose": [prose(file_docs[path]) for path in sources],
              "code": [source for source in sources.values() if len(source) < MAX_CODE_FILE_CHARS]}
     out = {}
     for corpus, documents in texts.items():

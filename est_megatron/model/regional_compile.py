@@ -14,8 +14,6 @@ import logging
 from typing import Callable
 
 import torch
-from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-from torch._dynamo.utils import counters
 
 from est_megatron.model.layer import TransformerLayer
 
@@ -52,7 +50,7 @@ class CompileWatch:
     def __init__(self, limit: int, warn: Callable[[str], None]):
         self.limit, self.warn = limit, warn
         self.limit_hit = False
-        self._graphs_before = counters["stats"]["unique_graphs"]
+        self._graphs_before = _dynamo_counters()["stats"]["unique_graphs"]
         logging.getLogger("torch._dynamo.convert_frame").addFilter(self._on_torch_warning)
 
     def _on_torch_warning(self, record: logging.LogRecord) -> bool:
@@ -68,11 +66,12 @@ class CompileWatch:
     @property
     def graphs(self) -> int:
         """FX graphs torch.compile has built since the watch began (a graph break splits a compile in several)."""
-        return counters["stats"]["unique_graphs"] - self._graphs_before
+        return _dynamo_counters()["stats"]["unique_graphs"] - self._graphs_before
 
     @property
     def recompiles(self) -> int:
         """Compiles of the layer block after its first (one per stage and mode is expected)."""
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
         return max(len(_debug_get_cache_entry_list(TransformerLayer.block.__code__)) - 1, 0)
 
     def record(self) -> dict:
@@ -81,3 +80,10 @@ class CompileWatch:
 
     def close(self) -> None:
         logging.getLogger("torch._dynamo.convert_frame").removeFilter(self._on_torch_warning)
+
+
+def _dynamo_counters():
+    """torch._dynamo's counters, imported here: importing torch._dynamo takes a second or more, which every run
+    without --compile (and every DataLoader worker it spawns) would pay at start-up."""
+    from torch._dynamo.utils import counters
+    return counters
