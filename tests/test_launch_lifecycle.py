@@ -77,8 +77,9 @@ def test_a_stalled_rank_ends_the_run_with_every_ranks_stacks(tiny_shards, tmp_pa
 
 
 def test_a_stop_signal_during_start_up_ends_every_process(tiny_shards, tmp_path):  # noqa: F811
-    """Rank 1 stalls in start-up (EST_MEGATRON_TEST_STALL=1:0) while rank 0 waits for it; SIGTERM to the process
-    group (scancel) ends both at once, with nothing to save, and leaves no process."""
+    """Rank 1 stalls in start-up (EST_MEGATRON_TEST_STALL=1:0) while rank 0 waits for it inside a collective;
+    SIGTERM to the process group (scancel) ends both at once, each with its line and nothing saved, and leaves no
+    process (not after torchrun's 30 s grace and SIGKILL: a blocked rank's Python handler would wait that long)."""
     mark = "startup-" + os.urandom(4).hex()
     flags = train_flags(tiny_shards, tmp_path, steps=50, **{"--save": str(tmp_path / "ckpt")})
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", EST_MEGATRON_TEST_STALL="1:0",
@@ -99,6 +100,6 @@ def test_a_stop_signal_during_start_up_ends_every_process(tiny_shards, tmp_path)
     soak.kill_all(left)
     log.close()
     out = (tmp_path / "launcher.log").read_text()
-    assert not left and took < 45, (took, out[-4000:])
-    assert "stopping on SIGTERM during start-up: nothing trained yet, nothing saved" in out, out[-4000:]
+    assert not left and took < 15, (took, out[-4000:])
+    assert out.count("stopping on SIGTERM during start-up: nothing trained yet, nothing saved") == 2, out[-4000:]
     assert not (tmp_path / "ckpt" / "latest").exists()

@@ -8,7 +8,8 @@ per-node `deepspeed.launcher.launch` sends SIGTERM), or the training processes t
 - DataLoader workers ignore them (a worker killed by the group-wide signal would end the run with nothing saved;
   the main process shuts them down itself, `training.loader`);
 - before the first step nothing is worth saving, and a rank may wait for ever in start-up (for a peer, a lock, a
-  build), so there a stop signal ends the process at once (exit status 128 + the signal);
+  build), so there a stop signal ends the process at once (exit status 128 + the signal), even one blocked inside
+  a collective, where Python's own handler would wait until the call returns (a thread reads signal's wakeup fd);
 - a launcher that dies without forwarding the signal (the `deepspeed` command exits at once on SIGTERM, torchrun
   on SIGUSR1) is noticed at the next step and treated like the signal, so its workers save instead of training
   on as orphans.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+import threading
 from typing import Optional
 
 import psutil
@@ -26,15 +29,34 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # How a launcher's command line starts: its script (torchrun, deepspeed) or `python -m MODULE`.
 _LAUNCHERS = {"torchrun", "deepspeed", "torch.distributed.run", "deepspeed.launcher.launch",
               "deepspeed.launcher.runner"}
-_state = {"signum": None, "launchers": (), "training": False}
+_state = {"signum": None, "launchers": (), "training": False, "wakeup": None}
+_stopping = threading.Lock()
 
 
 def _on_signal(signum, frame):
     _state["signum"] = signum
     if not _state["training"]:  # still starting (waiting for a peer, a lock, a build): nothing to save, stop now
+        _stop_during_start_up(signum)
+
+
+def _stop_during_start_up(signum) -> None:
+    """One line, then the process ends (os._exit: a clean exit would wait in the collective that blocks it). The
+    signal handler and the wakeup thread may both get here; the first prints."""
+    if _stopping.acquire(blocking=False):
         print(f"stopping on {signal.Signals(signum).name} during start-up: nothing trained yet, nothing saved",
               file=sys.stderr, flush=True)
-        sys.exit(128 + signum)
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+
+def _watch_wakeup_fd(read_end: socket.socket) -> None:
+    """Python's C-level handler writes each signal's number to the wakeup fd at once, from any thread, while the
+    Python handler waits for the main thread; here those bytes end start-up. Returns once training starts (the
+    write end is closed)."""
+    while data := read_end.recv(64):
+        for signum in data:
+            if signum in STOP_SIGNALS and not _state["training"]:
+                _stop_during_start_up(signum)
 
 
 def install_signal_handlers() -> None:
@@ -43,11 +65,25 @@ def install_signal_handlers() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     _state.update(signum=None, training=False, launchers=_launcher_ancestors())
+    _stop_watching()
+    read_end, write_end = socket.socketpair()
+    write_end.setblocking(False)  # set_wakeup_fd requires it
+    signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+    _state["wakeup"] = write_end
+    threading.Thread(target=_watch_wakeup_fd, args=(read_end,), name="est-stop-in-start-up", daemon=True).start()
 
 
 def training_started() -> None:
     """From the first step on, a stop signal waits for the end of the step, then saves."""
     _state["training"] = True
+    _stop_watching()
+
+
+def _stop_watching() -> None:
+    if _state["wakeup"] is not None:
+        signal.set_wakeup_fd(-1)
+        _state["wakeup"].close()  # the watching thread's recv returns b"": it ends
+        _state["wakeup"] = None
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
