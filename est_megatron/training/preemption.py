@@ -29,34 +29,34 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # How a launcher's command line starts: its script (torchrun, deepspeed) or `python -m MODULE`.
 _LAUNCHERS = {"torchrun", "deepspeed", "torch.distributed.run", "deepspeed.launcher.launch",
               "deepspeed.launcher.runner"}
-_state = {"signum": None, "launchers": (), "training": False, "wakeup": None}
-_stopping = threading.Lock()
+_state = {"signum": None, "launchers": (), "training": False, "wakeup": None, "stopping": threading.Lock()}
 
 
 def _on_signal(signum, frame):
     _state["signum"] = signum
     if not _state["training"]:  # still starting (waiting for a peer, a lock, a build): nothing to save, stop now
-        _stop_during_start_up(signum)
+        _stop_during_start_up(signum, sys.exit)
 
 
-def _stop_during_start_up(signum) -> None:
-    """One line, then the process ends (os._exit: a clean exit would wait in the collective that blocks it). The
-    signal handler and the wakeup thread may both get here; the first prints."""
-    if _stopping.acquire(blocking=False):
+def _stop_during_start_up(signum, exit_with) -> None:
+    """One line, then exit_with(128 + signum). The signal handler (sys.exit, in the main thread) and the wakeup
+    thread (os._exit: the main thread is blocked) may both get here; the first prints and exits."""
+    if _state["stopping"].acquire(blocking=False):
         print(f"stopping on {signal.Signals(signum).name} during start-up: nothing trained yet, nothing saved",
               file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(128 + signum)
+        exit_with(128 + signum)
 
 
 def _watch_wakeup_fd(read_end: socket.socket) -> None:
     """Python's C-level handler writes each signal's number to the wakeup fd at once, from any thread, while the
     Python handler waits for the main thread; here those bytes end start-up. Returns once training starts (the
     write end is closed)."""
-    while data := read_end.recv(64):
-        for signum in data:
-            if signum in STOP_SIGNALS and not _state["training"]:
-                _stop_during_start_up(signum)
+    with read_end:
+        while data := read_end.recv(64):
+            for signum in data:
+                if signum in STOP_SIGNALS and not _state["training"]:
+                    _stop_during_start_up(signum, os._exit)
 
 
 def install_signal_handlers() -> None:
@@ -64,8 +64,8 @@ def install_signal_handlers() -> None:
     `training_started`, a stop signal ends the process at once."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
-    _state.update(signum=None, training=False, launchers=_launcher_ancestors())
-    _stop_watching()
+    _state.update(signum=None, training=False, launchers=_launcher_ancestors(), stopping=threading.Lock())
+    release_wakeup_fd()
     read_end, write_end = socket.socketpair()
     write_end.setblocking(False)  # set_wakeup_fd requires it
     signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
@@ -76,10 +76,12 @@ def install_signal_handlers() -> None:
 def training_started() -> None:
     """From the first step on, a stop signal waits for the end of the step, then saves."""
     _state["training"] = True
-    _stop_watching()
+    release_wakeup_fd()
 
 
-def _stop_watching() -> None:
+def release_wakeup_fd() -> None:
+    """End the start-up watch (its thread, the wakeup fd): once training starts, and when the run returns (a
+    later Ctrl-C in the same process, e.g. a notebook, is not start-up's)."""
     if _state["wakeup"] is not None:
         signal.set_wakeup_fd(-1)
         _state["wakeup"].close()  # the watching thread's recv returns b"": it ends

@@ -106,6 +106,7 @@ def pretrain(args, hooks: Optional[DataHooks] = None) -> int:
     finally:
         teardown(None if trainer is None else trainer.engine, barrier=clean)
         watchdog.stop()
+        preemption.release_wakeup_fd()
     return 0
 
 
