@@ -111,6 +111,7 @@ def worker(args) -> None:
     from est_megatron.training.ds_config import load_ds_config, resolve_zero3_auto
     from est_megatron.training.optimizer_setup import build_optimizer
 
+    import torch._dynamo  # noqa: F401  every run has it from its first optimizer on (torch.optim imports it): runtime
     state = initialize_model_parallel(1, 1, backend="nccl" if cuda else "gloo")
     dp = state.get_data_parallel_world_size()
     marks = {"baseline": peak_bytes(cuda)}
