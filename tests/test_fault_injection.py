@@ -233,18 +233,31 @@ def test_divergence_stops_with_skips_logged_and_a_finite_checkpoint_kept(tiny_sh
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_resume_refuses_a_changed_flag(trained, tiny_shards, tmp_path):  # noqa: F811
+    """The launcher refuses a resume with another --seed in one line naming both values and the override."""
+    result = launch(train_flags(tiny_shards, tmp_path, steps=4, **{"--seed": "7", "--load": str(trained / "ckpt")}))
+    assert_refused(result, "was trained with", "--seed 1234", "--seed 7", "--override-resume-args seed")
+
+
 @pytest.mark.parametrize("change, fragments", [
-    ({"--seed": "7"}, ("--seed 1234", "--seed 7", "--override-resume-args seed")),
     ({"--est-schedule": "dense"}, ("--est-schedule",)),
     ({"--method": "dense"}, ("--method est", "--method dense")),
     ({"--seq-length": "16"}, ("--seq-length 32", "--seq-length 16")),
     ({"--data-path": "weighted"}, ("--data-path",)),
-], ids=["seed", "schedule", "method", "seq-length", "data-blend"])
-def test_resume_refuses_a_changed_flag(change, fragments, trained, tiny_shards, tmp_path):  # noqa: F811
+], ids=["schedule", "method", "seq-length", "data-blend"])
+def test_resume_check_names_each_changed_flag(change, fragments, trained, tiny_shards, tmp_path):  # noqa: F811
+    """The check the launcher runs above (resume.check_resume), on the run state the trained checkpoint holds and
+    the parsed flags of a resume that changes one more flag each."""
+    from est_megatron.checkpoint.state import read_state
+    from est_megatron.training.arguments import parse_args
+    from est_megatron.training.resume import check_resume
     if change.get("--data-path") == "weighted":  # the same corpus as a one-entry blend: another blend spec
         change = {"--data-path": f"1 {tiny_shards['prefix']}"}
-    result = launch(train_flags(tiny_shards, tmp_path, steps=4, **change, **{"--load": str(trained / "ckpt")}))
-    assert_refused(result, "was trained with", *fragments)
+    saved = read_state(str(trained / "ckpt" / "step_000004"))
+    args = parse_args(train_flags(tiny_shards, tmp_path, steps=4, **change, **{"--load": str(trained / "ckpt")}))
+    with pytest.raises(UsageError, match="was trained with") as refused:
+        check_resume(args, saved, saved["tokenizer_sha256"], saved["layout"], "step_000004")
+    assert all(f in str(refused.value) for f in fragments), refused.value
 
 
 def test_resume_override_accepts_the_named_change(trained, tiny_shards, tmp_path):  # noqa: F811
