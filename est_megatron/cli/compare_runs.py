@@ -89,7 +89,7 @@ VOLATILE_SETTINGS = ("exit_interval", "progress", "local_rank")
 SMOKE_FLAGS = ["--model", "tiny", "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4",
                "--train-steps", "8", "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-steps", "2",
                "--log-interval", "1", "--eval-interval", "4", "--eval-iters", "1", "--save-interval", "4",
-               "--keep-checkpoints", "1", "--split", "90,10,0", "--num-workers", "0"]
+               "--keep-checkpoints", "1", "--split", "90,10,0"]  # DataLoader workers as users run them
 # Console echo of a run's output: the training loop's own lines; everything goes to its train.log.
 ECHO = re.compile(r"^(step |est_megatron:|resumed |no checkpoint|the run is complete|error:|Traceback)")
 
