@@ -301,8 +301,8 @@ class Trainer:
             settle = logging_step or step == args.train_steps or exiting or saving
 
             watchdog.doing(f"step {step}: agreeing on the stop and non-finite flags (all-reduce)")
-            reason = preemption.stop_reason()
-            flags.post(step, reason is not None, step_loss, self.engine.skipped_steps != skipped_before)
+            flags.post(step, preemption.stop_reason() is not None, step_loss,
+                       self.engine.skipped_steps != skipped_before)
             stopping = self._take_outcomes(flags.collect(settle))
             if stopping and not settle:  # the save on stopping counts this step's outcome too
                 stopping = self._take_outcomes(flags.collect(True)) or stopping
@@ -319,8 +319,9 @@ class Trainer:
             if args.save and (at_end or (saving and not self.skips.consecutive)):
                 watchdog.doing(f"step {step}: saving the checkpoint")
                 self._save()  # not periodically while steps are being skipped: older checkpoints stay
-            if stopping:
-                log.line(f"step {step}: stopping on {reason or 'a stop request on a peer rank'}"
+            if stopping:  # the reason read again: a signal that reached this rank inside the step's collectives
+                # (after its flag was posted, before a peer's) has run its handler by now
+                log.line(f"step {step}: stopping on {preemption.stop_reason() or 'a stop request on a peer rank'}"
                          + (" (checkpoint saved)" if args.save else ""))
                 break
             if exiting and step < args.train_steps:
