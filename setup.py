@@ -66,9 +66,9 @@ setup(
     extras_require={
         # triton: the sparse step's GPU kernel runs under Triton's interpreter on the CPU and is compiled for
         # Hopper without a GPU (tests/test_sparse_optimizer.py); torch's CUDA builds bring their own
-        # pytest-xdist: the suite runs on two workers (-n 2), whole files each (pytest.ini), most of its time being
-        # processes waiting on each other
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.5", "transformers>=5.0,<6", "megatron-core>=0.14",
+        # pytest-xdist: the suite runs on two workers (-n 2), whole files each, longest first (pytest.ini,
+        # tests/conftest.py; 3.8 brought --no-loadscope-reorder), most of its time being processes waiting on each other
+        "test": ["pytest>=7", "pytest-xdist>=3.8", "ruff>=0.5", "transformers>=5.0,<6", "megatron-core>=0.14",
                  "matplotlib>=3.7", "lm_eval>=0.4.9,<0.5", "accelerate>=0.26",
                  "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "gpu": ["flash-attn>=2.5", "liger-kernel>=0.5"],  # flash-attention; the fused linear cross-entropy
