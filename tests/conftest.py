@@ -1,6 +1,6 @@
-"""The order of the test files for a parallel run (`-n 2`, whole files per worker): the longest files first, in
-the order of their time on one worker (`pytest -n 1 --durations`), so that the workers end on short files
-together instead of one worker finishing a long file alone."""
+"""The order of the test files for a parallel run (`-n 2`, whole files per worker; pytest.ini keeps xdist from
+reordering them): the longest files first, in the order of their time on one worker (`pytest -n 1 --durations`),
+so that the workers end on short files together instead of one worker finishing a long file alone."""
 LONG_FILES_FIRST = (
     "test_launch_lifecycle.py", "test_fault_injection.py", "test_compare_runs.py", "test_training_zero.py",
     "test_sparse_optimizer.py", "test_methods_zero.py", "test_parallel_layouts.py", "test_loop_reference.py",
