@@ -9,17 +9,16 @@ and nothing outlives it.
 - SIGTERM to the process group while a rank is still starting (stalled on purpose) ends every process at once.
 (Two nodes on one machine: tests/test_training_zero.py.)
 """
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
+from conftest import virtualenv_extensions_dir
 from dist_utils import tiny_shards, train_flags  # noqa: F401
 from est_megatron.bench import soak
 
@@ -31,8 +30,7 @@ def built_comm_op():
     extensions directory (the runs inherit it): runs from another virtualenv on the machine rebuild torch's shared
     default one for their own paths, and a rank here would then wait for that build past the short timeouts."""
     previous = os.environ.get("TORCH_EXTENSIONS_DIR")
-    prefix = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
-    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(tempfile.gettempdir(), f"est_megatron_torch_extensions_{prefix}")
+    os.environ["TORCH_EXTENSIONS_DIR"] = virtualenv_extensions_dir()
     # in a process of its own: this one may have loaded the op from the default directory already
     subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
                    check=True, capture_output=True, timeout=600)
