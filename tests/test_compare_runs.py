@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -366,7 +367,8 @@ def test_sigterm_saves_and_stops_every_run_in_flight(harness, tiny_shards):  # n
     def stop_once_both_train():
         logs = [out / name / "seed_3" / "train.log" for name in ("dense", "est")]
         deadline = time.time() + 120
-        while time.time() < deadline and not all(p.is_file() and "step " in p.read_text() for p in logs):
+        while time.time() < deadline and not all(p.is_file() and re.search(r"^step +\d+/", p.read_text(), re.M)
+                                                  for p in logs):  # a trained step (start-up lines say "by step N")
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGTERM)
 
