@@ -9,7 +9,7 @@ per-node `deepspeed.launcher.launch` sends SIGTERM), or the training processes t
   the main process shuts them down itself, `training.loader`);
 - before the first step nothing is worth saving, and a rank may wait for ever in start-up (for a peer, a lock, a
   build), so there a stop signal ends the process at once (exit status 128 + the signal), even one blocked inside
-  a collective, where Python's own handler would wait until the call returns (a thread reads signal's wakeup fd);
+  a collective, where Python's own handler would wait until the call returns (a thread reads the signal wakeup fd);
 - a launcher that dies without forwarding the signal (the `deepspeed` command exits at once on SIGTERM, torchrun
   on SIGUSR1) is noticed at the next step and treated like the signal, so its workers save instead of training
   on as orphans.
@@ -89,9 +89,12 @@ def release_wakeup_fd() -> None:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader `worker_init_fn`: stop signals are for the main process, which saves and ends the workers."""
+    """DataLoader `worker_init_fn`: stop signals are for the main process, which saves and ends the workers. A
+    worker forked in start-up also closes its copy of the wakeup fd, or the main process's watching thread would
+    never see the end of it."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    release_wakeup_fd()
 
 
 def _launcher_ancestors() -> tuple:
