@@ -36,6 +36,17 @@ def tiny_shards(tmp_path_factory):
     return {"tokenizer": str(root / "tok.model"), "prefix": str(root / "shards" / "docs")}
 
 
+OTHER_WORDS = "print return def class alpha beta 0123 4567".split()  # another corpus's words, for blends
+
+
+def corpus(root, name, texts, tokenizer):
+    """Shards of `texts` (one document each) with `tokenizer`, by tools/preprocess_data.py; returns the prefix."""
+    raw = write_jsonl(str(root / "raw" / f"{name}.jsonl"), [{"text": t} for t in texts])
+    load_tool("tools/preprocess_data.py").main(["--input", raw, "--format", "jsonl", "--tokenizer-model", tokenizer,
+                                                "--output-prefix", str(root / name), "--no-progress"])
+    return str(root / name)
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -13,7 +14,7 @@ import sys
 import pytest
 
 from data_fixtures import load_tool
-from dist_utils import tiny_shards  # noqa: F401
+from dist_utils import OTHER_WORDS, corpus, tiny_shards  # noqa: F401
 
 from est_megatron.analysis.curves import DENSE_STEPS, FLOPS, load_curves
 
@@ -30,10 +31,14 @@ def run_harness(argv):
 
 @pytest.fixture(scope="module")
 def harness(tiny_shards, tmp_path_factory):  # noqa: F811
+    """A blend of two corpora, as the demo's prose and code: validation reports each."""
     root = tmp_path_factory.mktemp("compare")
+    rng = random.Random(11)
+    other = corpus(root, "other", [" ".join(rng.choice(OTHER_WORDS) for _ in range(rng.randint(20, 60)))
+                                   for _ in range(120)], tiny_shards["tokenizer"])
+    blend = ["0.7", tiny_shards["prefix"], "0.3", other]
     argv = ["--smoke", "--output-dir", str(root / "out"), "--run", "dense", "--run", "est", "--seeds", "3",
-            "--data-path", tiny_shards["prefix"], "--tokenizer-model", tiny_shards["tokenizer"],
-            "--table-steps", "4"]
+            "--data-path", *blend, "--tokenizer-model", tiny_shards["tokenizer"], "--table-steps", "4"]
     stopped, _ = run_harness(argv + ["--exit-interval", "4"])
     attempts_after_stop = {name: json.loads((root / "out" / name / "seed_3" / "run.json").read_text())["attempts"]
                            for name in ("dense", "est")}
@@ -94,6 +99,10 @@ def test_summary_has_curves_flops_and_the_comparison(harness):
     assert runs["est"]["val_loss_vs_baseline_pct_mean"] == pytest.approx(relative)
     assert runs["dense"]["val_loss_vs_baseline_pct_mean"] is None
     assert runs["est"]["val_loss_at_4_mean"] == est["val"]["loss"][0]
+    # each corpus of the blend validated apart, the blend's loss their weighted mean
+    by_corpus = runs["est"]["val_loss_by_corpus"]
+    assert set(by_corpus) == {"docs", "other"}
+    assert est["final_val_loss"] == pytest.approx(0.7 * by_corpus["docs"]["mean"] + 0.3 * by_corpus["other"]["mean"])
 
 
 def test_table_and_figure_written(harness):
@@ -106,6 +115,7 @@ def test_table_and_figure_written(harness):
     assert est_row[3] == f"{est['final_val_loss_mean']:.4f}"
     assert est_row[5] == f"{est['val_loss_vs_baseline_pct_mean']:+.2f}%"
     assert est_row[6] == f"{est['flops_saved_frac_mean'] * 100:.1f}%"
+    assert "| run | docs validation loss (vs dense) | other validation loss (vs dense) |" in table
     assert table in harness["skipped_out"]  # printed too
     png = harness["out"] / "figure2.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 20_000

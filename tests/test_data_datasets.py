@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from data_fixtures import load_tool, slimpajama_tree, tokenizer_model  # noqa: F401
-from est_megatron.data import build_datasets, split_ranges, parse_split
-from est_megatron.data.blend import blending_indices, parse_data_path
+from est_megatron.data import CorpusSets, build_datasets, split_ranges, parse_split
+from est_megatron.data.blend import BlendedDataset, blending_indices, parse_data_path
 from est_megatron.data.corpus import Corpus
 from est_megatron.data.gpt_dataset import GPTDataset
 from est_megatron.data.indexed import IndexedDatasetWriter
@@ -88,6 +88,25 @@ def test_blend_proportions_within_a_tenth_of_a_percent(tmp_path):
         assert (train[i] >= 10**6).all() == (train.dataset_index[i] == 1)
     counts = np.cumsum(np.eye(3)[blending_indices([0.5, 0.3, 0.2], 5000)[0]], axis=0)
     assert np.abs(counts - np.outer(np.arange(1, 5001), [0.5, 0.3, 0.2])).max() <= 1.0  # exact at every prefix
+
+
+def test_validation_parts_of_a_blend_kept_apart_per_corpus(tmp_path):
+    """What training validates on: each corpus's valid/test part alone (its own documents, the samples asked for),
+    weighted by the blend; the training set is still the blend."""
+    a = make_corpus(tmp_path / "a", 300, first_token=0)
+    b = make_corpus(tmp_path / "b", 100, first_token=10**6, seed=1)
+    train, valid, test = build_datasets(["0.7", a, "0.3", b], "80,10,10", 16, 5, (400, 50, 30), corpora_apart=True)
+    assert isinstance(train, BlendedDataset) and len(train) == 400
+    for sets, n in ((valid, 50), (test, 30)):
+        assert isinstance(sets, CorpusSets) and sets.names == ["a", "b"]
+        assert sets.weights.tolist() == pytest.approx([0.7, 0.3])
+        assert [len(d) for d in sets.datasets] == [n, n]
+        assert all((sets.datasets[0][i] < 10**6).all() for i in range(n))
+        assert all((sets.datasets[1][i] >= 10**6).all() for i in range(n))
+    blended = build_datasets(["0.7", a, "0.3", b], "80,10,10", 16, 5, (400, 50, 30))
+    for apart, together in zip((valid, test), blended[1:]):  # the same documents as the blended part draws on
+        for part, alone in zip(together.datasets, apart.datasets):
+            assert (part.corpus.prefix, part.doc_begin) == (alone.corpus.prefix, alone.doc_begin)
 
 
 def test_unweighted_prefixes_are_weighted_by_tokens(tmp_path):

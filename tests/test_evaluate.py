@@ -14,22 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import load_tool, make_text, write_jsonl
-from dist_utils import REPO, launch, read_metrics, tiny_shards, train_flags  # noqa: F401
+from data_fixtures import load_tool, make_text
+from dist_utils import OTHER_WORDS, REPO, corpus, launch, read_metrics, tiny_shards, train_flags  # noqa: F401
 from est_megatron.data.corpus import Corpus
 from est_megatron.checkpoint.reader import load_est_weights
 from est_megatron.model.transformer import Transformer
 
 evaluate = load_tool("tools/evaluate.py")
 TASKS = os.path.join(REPO, "tests", "eval_tasks")
-OTHER_WORDS = "print return def class alpha beta 0123 4567".split()
-
-
-def corpus(root, name, texts, tokenizer):
-    raw = write_jsonl(str(root / "raw" / f"{name}.jsonl"), [{"text": t} for t in texts])
-    load_tool("tools/preprocess_data.py").main(["--input", raw, "--format", "jsonl", "--tokenizer-model", tokenizer,
-                                                "--output-prefix", str(root / name), "--no-progress"])
-    return str(root / name)
 
 
 @pytest.fixture(scope="module")

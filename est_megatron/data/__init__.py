@@ -40,12 +40,15 @@ def split_ranges(num_documents: int, weights: Sequence[float]) -> List[Tuple[int
 
 
 def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: int, num_samples: Sequence[int],
-                   cache_dir: Optional[str] = None) -> Tuple[Optional[Dataset], ...]:
+                   cache_dir: Optional[str] = None,
+                   corpora_apart: bool = False) -> Tuple[Optional[Union[Dataset, "CorpusSets"]], ...]:
     """(train, valid, test) datasets of packed samples; a split with weight 0 or 0 samples is None.
 
     data_path: Megatron's --data-path words (prefixes, or weight/prefix pairs; prefixes alone are weighted by
     their token counts). num_samples: samples wanted per split; each dataset has exactly that many, drawn from
     as many epochs as needed. Indices are cached beside the first corpus' shards, or in cache_dir.
+    corpora_apart: the valid and test parts of several corpora come as CorpusSets, each corpus's part with that
+    many samples, so that validation reports every corpus (weighted by the blend: the blended loss's expectation).
     """
     if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
         raise UsageError(f"num_samples {num_samples} must be three non-negative counts (train, valid, test)")
@@ -69,6 +72,10 @@ def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: 
 
         if len(corpora) == 1:
             result.append(part(0, size))
+            continue
+        if corpora_apart and name != "train":
+            names = corpus_names([c.prefix for c in corpora])
+            result.append(CorpusSets(names, normalise(weights), [part(k, size) for k in range(len(corpora))]))
             continue
         dataset_index, dataset_sample_index = cached_blending_indices(weights, size, blend_cache)
         counts = np.bincount(dataset_index, minlength=len(corpora))

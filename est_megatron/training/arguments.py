@@ -124,7 +124,8 @@ def build_parser(family: str = "tinyllama") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=1000, help="validation every N steps and at the end")
-    g.add_argument("--eval-iters", type=int, default=10, help="global batches per validation")
+    g.add_argument("--eval-iters", type=int, default=10,
+                   help="global batches per validation, of each corpus where there are several")
     g.add_argument("--log-interval", type=int, default=10, help="log every N steps")
     g.add_argument("--log-dir", help="metrics.jsonl, args.json and tensorboard/ go here")
     g.add_argument("--tensorboard-dir", help="TensorBoard event files go here (default: LOG_DIR/tensorboard; "

@@ -3,9 +3,10 @@ into inputs and labels) and the pretraining hooks over --data-path shards; launc
 
 Rank 0 builds the datasets' index caches first, then the first rank of every other node (each node may cache on
 its own disk), then the other ranks read them; an error on a builder reaches every rank as one UsageError.
-Validation corpora given apart (--valid-data-path, --test-data-path) come as `CorpusSets`, one dataset per corpus,
-so validation reports each on its own. Without --test-data-path the test part of --split is the test set, evaluated
-once the run completes, as in Megatron.
+Validation data comes as `CorpusSets`, one dataset per corpus, so validation reports each on its own: the corpora
+given apart (--valid-data-path, --test-data-path), or the valid and test parts of --split of each corpus of a
+--data-path blend. Without --test-data-path the test part of --split is the test set, evaluated once the run
+completes, as in Megatron.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from est_megatron.training.preflight import check_directories
 
 def build_data(args, dist_info):
     """Tokenizer, datasets (rank 0 builds the index caches first, then each node's first rank, then the others read
-    them). The training set is --data-path's split (or all of --train-data-path); --valid-data-path /
-    --test-data-path corpora come as CorpusSets, one dataset per corpus, so validation reports each on its own."""
+    them). The training set is --data-path's split (or all of --train-data-path); validation and test data come as
+    CorpusSets, one dataset per corpus (a blend's parts of --split, or the --valid-data-path / --test-data-path
+    corpora), so validation reports each on its own."""
     tokenizer = spec_from_args(args).load()
     check_directories([("--data-cache-dir", args.data_cache_dir, 0)])
     train_samples, eval_samples = args.train_steps * args.global_batch_size, args.eval_iters * args.global_batch_size
@@ -43,7 +45,7 @@ def build_data(args, dist_info):
             split_test = 0 if args.test_data_path else split_test_samples(args.data_path, args.split, eval_samples)
             train, valid, test = build_datasets(args.data_path, args.split, args.seq_length, args.seed,
                                                 (train_samples, split_valid, split_test),
-                                                cache_dir=args.data_cache_dir)
+                                                cache_dir=args.data_cache_dir, corpora_apart=True)
         separate = {}
         for name, path in (("valid", args.valid_data_path), ("test", args.test_data_path)):
             if path and eval_samples:
