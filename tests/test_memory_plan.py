@@ -173,7 +173,7 @@ def test_tool_prints_the_plan_and_refuses_bad_layouts(capsys):
 
 def test_chunked_loss_keeps_gradients_not_logits():
     """More tokens than the hidden size: the loss saves the hidden states' and output weight's gradients (what
-    autograd holds), not the logits; a pipeline's last stage holds the whole logits."""
+    autograd holds), not the logits; a pipeline's last stage (the same loss) too."""
     cfg = small("llama")
     batch, seq = 2, 200
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ def test_chunked_loss_keeps_gradients_not_logits():
     assert planned.head < logits
     pipelined = activation_plan(cfg, PlannedRun(pp=2, micro_batches=4, micro_batch_size=batch, seq_length=seq),
                                 SubnetCounts.dense(cfg))
-    assert pipelined.head > logits and pipelined.in_flight == 2
+    assert pipelined.head == planned.head and pipelined.in_flight == 2
     assert pipelined.peak == max(2 * pipelined.layers + pipelined.layer_transient,
                                  pipelined.saved + pipelined.transient)
 

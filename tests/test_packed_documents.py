@@ -12,7 +12,7 @@ from est_megatron.model.documents import DocumentResets, document_ids
 from est_megatron.model.recompute import Recompute
 from est_megatron.model.transformer import Transformer
 from est_megatron.parallel.pipeline import (EmbeddingPipe, FinalNormPipe, PositionEmbeddingPipe, StageDocuments,
-                                            TransformerLayerPipe, tied_head_forward)
+                                            TransformerLayerPipe, output_loss, tied_head_forward)
 from est_megatron.subnet.plan import PlanSampler
 from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.tensor_parallel.plan_localization import PlanHolder
@@ -112,7 +112,8 @@ def test_the_flash_attn_varlen_call_equals_the_masked_attention(monkeypatch):
 
 
 def test_pipeline_stages_pass_the_document_ids_along():
-    """The pipe layers run in a row on one process (GPT-2: learned positions, tied head) equal the model."""
+    """The pipe layers run in a row on one process (GPT-2: learned positions, tied head), then the engine's loss
+    function (the tied weight's projection, chunked), equal the model's loss."""
     cfg = model_preset("tiny-gpt2")
     torch.manual_seed(0)
     model = Transformer(cfg).double().eval()
@@ -133,11 +134,12 @@ def test_pipeline_stages_pass_the_document_ids_along():
     for stage in stages:
         stage.double().load_state_dict({n: weights[stage.weight_prefix + n] for n, _ in stage.named_parameters()})
     packed = torch.tensor([[5, 6, EOD, 7, 8, 9, EOD, 10, 11]])
-    ids = document_ids(packed, EOD)
+    ids, labels = document_ids(packed, EOD), torch.roll(packed, -1, dims=1)
     activations = (packed, ids)
     with torch.no_grad():
         for stage in stages:
             activations = stage(activations)
-        expected = model(packed, holder.plan, documents=BOTH.documents(ids))
-    torch.testing.assert_close(tied_head_forward(stages[0], activations), expected)
+        loss = output_loss(stages[0], None, cfg.vocab_size, tied_head_forward(stages[0], activations), labels)
+        expected = model(packed, holder.plan, labels, documents=BOTH.documents(ids))
+    torch.testing.assert_close(loss, expected)
     assert len(builds) == 1  # one Documents for all the stage's layers

@@ -1,4 +1,5 @@
-"""Single-process checks of the parallel pieces: layout errors, plan localisation, weight sharding, the loss."""
+"""Single-process checks of the parallel pieces: layout errors, plan localisation, weight sharding
+(the loss: tests/test_chunked_loss.py)."""
 import pytest
 import torch
 
@@ -11,7 +12,6 @@ from est_megatron.subnet.schedule import parse_schedule
 from est_megatron.tensor_parallel.layout import validate_layout
 from est_megatron.tensor_parallel.plan_localization import localize_plan
 from est_megatron.tensor_parallel.sharding import is_tensor_parallel, shard
-from est_megatron.tensor_parallel.vocab_parallel import _VocabParallelCrossEntropy
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -80,16 +80,3 @@ def test_shards_reassemble_the_seeded_full_weights(model):
         else:  # QKV groups, input rows of the output and down projections
             assert torch.equal(torch.cat(parts), tensor)
 
-
-def test_cross_entropy_matches_torch_with_ignored_labels():
-    """On one rank (the distributed parts are covered by the layout tests); computed in fp32."""
-    logits = torch.randn(2, 5, 11, requires_grad=True)
-    labels = torch.randint(0, 11, (2, 5))
-    labels[0, :2] = -100
-    ours = _VocabParallelCrossEntropy.apply(logits, labels, None, 0, 11)
-    mean = ours.sum() / (labels != -100).sum()
-    ref = torch.nn.functional.cross_entropy(logits.view(-1, 11), labels.view(-1), ignore_index=-100)
-    assert float(mean.detach()) == pytest.approx(float(ref.detach()), abs=1e-6)
-    grad, = torch.autograd.grad(mean, logits)
-    ref_grad, = torch.autograd.grad(ref, logits)
-    assert torch.allclose(grad, ref_grad, atol=1e-7)

@@ -2,8 +2,10 @@
 
 The model becomes a flat list of layers: token embedding (and GPT-2's position embedding) on the first stage,
 the transformer layers split evenly (`partition_method='type:TransformerLayerPipe'` balances exactly the
-transformer layers), final norm, output projection and the vocab-parallel loss on the last stage. Tied
-embeddings (GPT-2) are one `TiedLayerSpec` used by the first and the last stage; DeepSpeed sums its gradient
+transformer layers), final norm and the output layer on the last stage. The output layer only holds the
+projection's weight: the engine's loss function projects and computes the loss together, in chunks of tokens
+(`chunked_linear_cross_entropy`, vocab-parallel under TP), so the whole logits never exist, as without a pipeline.
+Tied embeddings (GPT-2) are one `TiedLayerSpec` used by the first and the last stage; DeepSpeed sums its gradient
 over the two. Every layer can also be tensor-parallel: a pipe layer is built with the TP group.
 
 Layers find the step's plan in a shared `PlanHolder` (est_megatron.tensor_parallel.plan_localization); a
@@ -32,10 +34,10 @@ from est_megatron.model.rope import rotary_tables
 from est_megatron.model.transformer import learned_positions
 from est_megatron.tensor_parallel.layout import validate_layout
 from est_megatron.tensor_parallel.mappings import group_size_rank
+from est_megatron.tensor_parallel.output_layer import chunked_linear_cross_entropy
 from est_megatron.tensor_parallel.plan_localization import PlanHolder
 from est_megatron.tensor_parallel.sharding import mark_tensor_parallel
-from est_megatron.tensor_parallel.vocab_parallel import (VocabParallelEmbedding, parallel_logits,
-                                                         vocab_parallel_cross_entropy, vocab_range)
+from est_megatron.tensor_parallel.vocab_parallel import VocabParallelEmbedding, vocab_range
 
 
 class EmbeddingPipe(VocabParallelEmbedding):
@@ -58,7 +60,9 @@ class EmbeddingPipe(VocabParallelEmbedding):
 
 
 def tied_head_forward(module: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
-    return parallel_logits(x, module.weight, module.group)
+    """The tied embedding as the last stage's output layer: the hidden states go on to the loss, which reads the
+    weight (`output_loss`)."""
+    return x
 
 
 class StageDocuments:
@@ -118,7 +122,8 @@ class FinalNormPipe(nn.Module):
 
 
 class LMHeadPipe(nn.Module):
-    """Column-parallel output projection: this rank's vocabulary shard of the logits."""
+    """The column-parallel output projection's weight (this rank's vocabulary shard); the hidden states go on to
+    the loss, which projects them chunk by chunk (`output_loss`)."""
 
     def __init__(self, cfg: ModelConfig, tp_group=None):
         super().__init__()
@@ -129,7 +134,14 @@ class LMHeadPipe(nn.Module):
         self.weight_prefix = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return parallel_logits(x, self.lm_head.weight, self.group)
+        return x
+
+
+def output_loss(weight_owner: nn.Module, group, vocab_size: int, hidden: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """The engine's loss on the last stage: mean next-token loss of the final hidden states through the output
+    layer's weight, in chunks of tokens."""
+    return chunked_linear_cross_entropy(hidden, weight_owner.weight, labels, group, vocab_size)
 
 
 def build_pipeline_model(cfg: ModelConfig, state, step_plan: PlanHolder, seed: Optional[int] = None,
@@ -151,9 +163,10 @@ def build_pipeline_model(cfg: ModelConfig, state, step_plan: PlanHolder, seed: O
     specs.append(LayerSpec(FinalNormPipe, cfg))
     specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, group, forward_fn=tied_head_forward)
                  if cfg.tie_embeddings else LayerSpec(LMHeadPipe, cfg, group))
-    loss = functools.partial(vocab_parallel_cross_entropy, group=group, vocab_size=cfg.vocab_size)
-    module = PipelineModule(layers=specs, loss_fn=loss, topology=state.topology(),
-                            partition_method="type:TransformerLayerPipe")
+    module = PipelineModule(layers=specs, topology=state.topology(), partition_method="type:TransformerLayerPipe")
+    if module.stage_id == module.num_stages - 1:  # the output layer's weight is on the last stage
+        owner = module.tied_modules["embed"] if cfg.tie_embeddings else module.forward_funcs[-1].lm_head
+        module.loss_fn = functools.partial(output_loss, owner, group, cfg.vocab_size)
     per_stage = [sum(isinstance(m, TransformerLayerPipe) for m in module.forward_funcs)]
     if per_stage[0] != cfg.num_layers // pp:
         raise UsageError(f"pipeline stage holds {per_stage[0]} of {cfg.num_layers} layers; "

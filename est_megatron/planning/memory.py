@@ -34,13 +34,13 @@ heads and MLP columns, skips layers, and saves its gathered weight slices (they 
 recompute keeps the QKV projection and the attention output instead of the attention core's tensors; full
 recompute keeps each recomputed layer's input only and re-materialises one layer at a time in the backward
 pass. The loss is computed in chunks of tokens (`loss_activations`): it keeps the gradients of the hidden states and
-of the output weight instead of the logits, and holds a chunk's logits at a time; only a pipeline's last stage
-materialises the whole logits. Under pipeline parallelism the first stage holds `min(PP, micro-batches)`
+of the output weight instead of the logits, and holds a chunk's logits at a time (a pipeline's last stage too).
+Under pipeline parallelism the first stage holds `min(PP, micro-batches)`
 micro-batches of layer activations in flight (1F1B), the last stage one and the loss.
 
 The peak is the largest of four phases: start-up (weights plus the seeded initialisation's full-size draw of
 the largest part), during `deepspeed.initialize`, forward/backward (states + gathered weights + the larger of the
-loss's moment, activations and the loss's chunk or whole logits, and a reduction's, the reduce buckets and what
+loss's moment, activations and the loss's chunk of logits, and a reduction's, the reduce buckets and what
 activations the backward pass still holds: `MemoryPlan.training_bytes`), and the optimizer step, each plus the fixed
 runtime overhead (CUDA context, NCCL and allocator slack on a GPU; the interpreter, torch and DeepSpeed on the CPU,
 and from `deepspeed.initialize` on what its first use imports). `tools/bench/memory.py` prints these predictions
@@ -221,7 +221,7 @@ class ActivationPlan:
     layers: int  # what the transformer layers keep through the forward pass, for the backward pass
     head: int  # what the output layer and the loss keep (on the pipeline's last stage when pipelined)
     layer_transient: int  # a fully recomputed layer's tensors, re-materialised in the backward pass
-    head_transient: int  # the loss's largest short-lived addition: a chunk's logits, or the whole logits' gradient
+    head_transient: int  # the loss's largest short-lived addition: a chunk's logits, or its backward's gradients
     in_flight: int  # micro-batches whose layer activations coexist on the first pipeline stage (1F1B)
 
     @property
@@ -252,21 +252,17 @@ class ActivationPlan:
 def loss_activations(model: ModelConfig, run: PlannedRun) -> Tuple[int, int]:
     """(saved, transient) bytes of the output layer and the loss for one micro-batch, besides the final norm's.
 
-    Without a pipeline the loss is computed in chunks of tokens (est_megatron.tensor_parallel.output_layer): each
+    The loss is computed in chunks of tokens (est_megatron.tensor_parallel.output_layer; on a pipeline's last stage
+    too, as the engine's loss function): each
     chunk's logits, loss and logit gradient at once, the gradients of the hidden states (tokens x hidden, in the
     activations' type) and of this rank's output weight (fp32) accumulated in the forward pass and kept for the
     backward pass; the working set is a chunk's fp32 logits, their shifted copy and exponent, the previous chunk's
     softmax and its cast (or, with one chunk, the cast gradient and its fp32 copy for the weight gradient), and the
-    backward pass scales both saved gradients into new tensors (the weight's then cast). A pipeline's last stage
-    materialises the whole logits (parallel.pipeline.LMHeadPipe): the loss keeps their fp32 softmax, the projection
-    its input, the targets their int64 indices; the loss's forward pass holds the logits, their fp32 copy and the
-    shifted copy beside the softmax (more than its backward pass: the logits' fp32 gradient and its cast)."""
+    backward pass scales both saved gradients into new tensors (the weight's then cast)."""
     tokens, act = run.micro_batch_size * run.seq_length, run.weight_bytes
     cast = act if act != FP32 else 0
     vocab = math.ceil(model.vocab_size / run.tp)
     d = model.hidden_size
-    if run.pp > 1:
-        return tokens * (vocab * FP32 + act * d + 2 * INT64), tokens * vocab * (act + (FP32 if cast else 0) + FP32)
     chunk_tokens = max(1, CHUNK_LOGITS // vocab)
     chunk = min(tokens, chunk_tokens) * vocab
     previous_chunk = chunk * (FP32 + cast) if tokens > chunk_tokens else 0

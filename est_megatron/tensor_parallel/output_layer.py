@@ -79,7 +79,7 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: 
                                  group: Optional[dist.ProcessGroup], vocab_size: int,
                                  chunk_logits: int = CHUNK_LOGITS) -> torch.Tensor:
     """Mean next-token loss of hidden states `x` (..., hidden) projected by this rank's vocabulary shard `weight`
-    (-100 labels ignored), equal to `vocab_parallel_cross_entropy(parallel_logits(x, weight, group), ...)`."""
+    (-100 labels ignored): the cross-entropy of `parallel_logits(x, weight, group)` over the whole vocabulary."""
     size, rank = group_size_rank(group)
     if loss_kernel(x.device, size) == "liger":
         return liger_loss()(x.reshape(-1, x.shape[-1]), weight, labels.reshape(-1), ignore_index=IGNORE_INDEX)

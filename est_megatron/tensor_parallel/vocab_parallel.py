@@ -1,5 +1,5 @@
-"""Vocab-parallel embedding, output projection and cross-entropy (Megatron-core's VocabParallelEmbedding and
-vocab_parallel_cross_entropy).
+"""Vocab-parallel embedding, output projection and cross-entropy (Megatron-core's VocabParallelEmbedding and the
+algorithm of its vocab_parallel_cross_entropy; the loss itself runs in chunks of tokens, output_layer.py).
 
 The vocabulary is padded to a multiple of the TP size (padded rows are zero and their logits are masked out of
 the loss, so the loss equals the unpadded model's). A rank holds rows [start, start + V/TP) of the embedding
@@ -84,25 +84,3 @@ def logits_gradient(softmax, local_target, in_shard, valid) -> torch.Tensor:
     (overwrites `softmax`)."""
     softmax.scatter_add_(-1, local_target[..., None], -in_shard.to(softmax.dtype)[..., None])
     return softmax.mul_(valid.to(softmax.dtype)[..., None])
-
-
-class _VocabParallelCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, target, group, vocab_start, vocab_size):
-        loss, saved = softmax_cross_entropy(logits, target, group, vocab_start, vocab_size)
-        ctx.save_for_backward(*saved)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        softmax, *rest = ctx.saved_tensors
-        return logits_gradient(softmax.clone(), *rest).mul_(grad_loss[..., None]), None, None, None, None
-
-
-def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, group: Optional[dist.ProcessGroup],
-                                 vocab_size: int) -> torch.Tensor:
-    """Mean next-token loss over non-ignored labels (-100), from this rank's vocabulary shard of the logits."""
-    size, rank = group_size_rank(group)
-    start, _ = vocab_range(vocab_size, rank, size)
-    losses = _VocabParallelCrossEntropy.apply(logits, labels, group, start, vocab_size)
-    return losses.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
