@@ -143,8 +143,10 @@ def summarize(demo_dir, seconds):
     trains = [r for r in records if "loss" in r and "event" not in r]
     lines = [f"demo finished in {seconds:.0f}s"]
     if evals:
-        lines.append(f"  final validation loss {evals[-1]['val_loss']:.4f} (perplexity {evals[-1]['val_ppl']:.1f}) "
-                     f"at step {evals[-1]['step']}")
+        last = evals[-1]
+        corpora = "".join(f", {name} {loss:.4f}" for name, loss in last.get("val_loss_by_corpus", {}).items())
+        lines.append(f"  final validation loss {last['val_loss']:.4f} (perplexity {last['val_ppl']:.1f}{corpora}) "
+                     f"at step {last['step']}")
     if trains:
         lines.append(f"  FLOPs saved against dense training: {trains[-1]['flops_saved_frac'] * 100:.1f}%")
     ckpt = os.path.join(demo_dir, "checkpoints")

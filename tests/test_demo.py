@@ -1,5 +1,6 @@
 """The demo's data pipeline on a handful of standard-library files: SlimPajama and Starcoder raw formats, the real
-tokenizer and preprocessing tools (GitHub records dropped), and training flags the parser accepts."""
+tokenizer and preprocessing tools (GitHub records dropped), training flags the parser accepts, and the closing
+summary."""
 import glob
 import json
 import os
@@ -73,3 +74,17 @@ def test_bad_training_flags_beside_demo_are_one_error_before_any_data(tmp_path, 
     with pytest.raises(UsageError, match=message):
         demo.run_demo(args, argv)
     assert not (tmp_path / "d").exists()
+
+
+def test_summary_names_the_final_losses_per_corpus_and_the_saving(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    records = [{"step": 240, "loss": 4.5, "flops_saved_frac": 0.163},
+               {"step": 240, "val_loss": 4.25, "val_ppl": 70.1,
+                "val_loss_by_corpus": {"slimpajama": 4.5, "starcoder": 3.6667}}]
+    (logs / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = demo.summarize(str(tmp_path), 125.0).splitlines()
+    assert lines[0] == "demo finished in 125s"
+    assert lines[1] == ("  final validation loss 4.2500 (perplexity 70.1, slimpajama 4.5000, starcoder 3.6667) "
+                        "at step 240")
+    assert lines[2] == "  FLOPs saved against dense training: 16.3%"
