@@ -130,7 +130,6 @@ class LMHeadPipe(nn.Module):
         size, rank = group_size_rank(tp_group)
         start, end = vocab_range(cfg.vocab_size, rank, size)
         self.lm_head = nn.Linear(cfg.hidden_size, end - start, bias=False)
-        self.group = tp_group
         self.weight_prefix = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
