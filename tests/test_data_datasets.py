@@ -9,6 +9,7 @@ from data_fixtures import load_tool, slimpajama_tree, tokenizer_model  # noqa: F
 from est_megatron.data import CorpusSets, build_datasets, split_ranges, parse_split
 from est_megatron.data.blend import BlendedDataset, blending_indices, parse_data_path
 from est_megatron.data.corpus import Corpus
+from est_megatron.data import gpt_dataset
 from est_megatron.data.gpt_dataset import GPTDataset
 from est_megatron.data.indexed import IndexedDatasetWriter
 from est_megatron.data.sampler import PretrainingSampler, collate
@@ -60,6 +61,25 @@ def test_epochs_determinism_and_cache(tmp_path):
     other = GPTDataset(corpus, 0, 50, 8, n, seed=2, split_name="train", cache_dir=str(tmp_path / "cache"))
     assert os.path.dirname(other.cache_files[0]) == str(tmp_path / "cache")
     assert not all(np.array_equal(ds[i], other[i]) for i in range(n))
+
+
+@pytest.mark.parametrize("block", [None, 7])
+def test_a_shorter_run_reads_the_first_samples_of_a_longer_one(tmp_path, monkeypatch, block):
+    """The order does not depend on the number of samples: across epochs, across shuffle blocks (7 samples here),
+    and through a blend; each epoch's samples are shuffled among themselves only."""
+    if block:
+        monkeypatch.setattr(gpt_dataset, "SHUFFLE_BLOCK", block)
+    corpus = Corpus(make_corpus(tmp_path / "c", 40))
+    per_epoch = (corpus.num_tokens - 1) // 8
+    short, long = (GPTDataset(corpus, 0, 40, 8, n, seed=4, split_name="train", cache_dir=str(tmp_path / str(n)))
+                   for n in (per_epoch + 3, 3 * per_epoch + 5))
+    assert all(np.array_equal(short[i], long[i]) for i in range(len(short)))
+    limit = block or per_epoch
+    assert sorted(long.shuffle_index[:min(limit, per_epoch)]) == list(range(min(limit, per_epoch)))
+    a, b = make_corpus(tmp_path / "a", 300, first_token=0), make_corpus(tmp_path / "b", 100, first_token=10**6)
+    blends = [build_datasets(["0.7", a, "0.3", b], "1", 16, 5, (n, 0, 0), cache_dir=str(tmp_path / f"b{n}"))[0]
+              for n in (900, 2500)]
+    assert all(np.array_equal(blends[0][i], blends[1][i]) for i in range(900))
 
 
 def test_split_by_documents(tmp_path):

@@ -260,6 +260,26 @@ def test_resume_check_names_each_changed_flag(change, fragments, trained, tiny_s
     assert all(f in str(refused.value) for f in fragments), refused.value
 
 
+def test_resume_refuses_a_checkpoint_of_another_sample_order(trained, tiny_shards, tmp_path):  # noqa: F811
+    """A checkpoint records the version of the sample order it trained on (one without it predates version 2);
+    resuming it under another order is refused unless accepted, as a changed flag is."""
+    from est_megatron.checkpoint.state import read_state
+    from est_megatron.data.gpt_dataset import INDEX_VERSION
+    from est_megatron.training.arguments import parse_args
+    from est_megatron.training.resume import check_resume
+    saved = read_state(str(trained / "ckpt" / "step_000004"))
+    assert saved["data_order"] == INDEX_VERSION
+    old = {k: v for k, v in saved.items() if k != "data_order"}
+    args = parse_args(train_flags(tiny_shards, tmp_path, steps=4, **{"--load": str(trained / "ckpt")}))
+    check_resume(args, saved, saved["tokenizer_sha256"], saved["layout"], "step_000004", INDEX_VERSION)
+    check_resume(args, old, saved["tokenizer_sha256"], saved["layout"], "step_000004", None)  # SFT: not checked
+    with pytest.raises(UsageError, match="trained on sample order 1") as refused:
+        check_resume(args, old, saved["tokenizer_sha256"], saved["layout"], "step_000004", INDEX_VERSION)
+    assert "--override-resume-args data-order" in str(refused.value)
+    args.override_resume_args = ["data-order"]
+    check_resume(args, old, saved["tokenizer_sha256"], saved["layout"], "step_000004", INDEX_VERSION)
+
+
 def test_resume_override_accepts_the_named_change(trained, tiny_shards, tmp_path):  # noqa: F811
     ckpt = tmp_path / "ckpt"
     shutil.copytree(trained / "ckpt", ckpt)

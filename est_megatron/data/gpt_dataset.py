@@ -2,14 +2,16 @@
 
 Each epoch shuffles the split's documents; the epochs' token streams are concatenated, and sample j is the
 seq_length+1 tokens starting at token j*seq_length, so consecutive samples overlap by one token (the last input
-token of one sample is the first of the next) and every token is an input exactly once per epoch. A final
-shuffle permutes the samples. The three index arrays are built with numpy (cumsum + searchsorted, no per-token
-or per-sample Python loop) and cached as .npy files named by a hash of everything they depend on.
+token of one sample is the first of the next) and every token is an input exactly once per epoch. Then the samples
+are shuffled within each epoch (in blocks of at most SHUFFLE_BLOCK). Nothing in the order depends on the number of
+samples asked for: a shorter run reads exactly the first samples of a longer one (dense given EST's FLOPs sees what
+EST saw, in the same order). The three index arrays are built with numpy (cumsum + searchsorted, no per-token or
+per-sample Python loop) and cached as .npy files named by a hash of everything they depend on.
 """
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,31 +21,52 @@ from est_megatron.errors import UsageError
 if TYPE_CHECKING:
     from est_megatron.data.corpus import Corpus
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the order no longer depends on the number of samples (1 drew it from that number too)
+SHUFFLE_BLOCK = 1 << 22  # samples shuffled together at most (8.6B tokens at sequence 2048): bounds a short run's index
 
 
 def cache_key(**params: Any) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def shuffle_blocks(num_samples: int, tokens_per_epoch: int, seq_length: int) -> List[Tuple[int, int]]:
+    """[begin, end) of the blocks of samples shuffled together, up to the one holding sample num_samples - 1: each
+    epoch's samples (those whose tokens all lie in it; the one across an epoch's end opens the next block), cut at
+    every multiple of SHUFFLE_BLOCK."""
+    blocks, begin, epoch = [], 0, 1
+    while begin < num_samples:
+        while (epoch * tokens_per_epoch - 1) // seq_length <= begin:
+            epoch += 1
+        end = min((epoch * tokens_per_epoch - 1) // seq_length, (begin // SHUFFLE_BLOCK + 1) * SHUFFLE_BLOCK)
+        blocks.append((begin, end))
+        begin = end
+    return blocks
+
+
 def build_indices(sizes: np.ndarray, num_samples: int, seq_length: int,
-                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  order: Sequence[int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(document_index, sample_index, shuffle_index) for `num_samples` samples of documents with `sizes`.
 
     document_index: document ids of the epochs in order; sample_index[j] = (position in document_index, token
-    offset) where sample j starts, for j in 0..num_samples; shuffle_index: a permutation of the samples.
+    offset) where sample j starts, for every sample of the shuffle blocks read; shuffle_index[i]: the sample read
+    i-th. `order` (integers) seeds the document permutations, drawn epoch after epoch, and each block's shuffle
+    with its first sample: none of it depends on num_samples.
     """
     tokens_per_epoch = int(sizes.sum())
-    needed = num_samples * seq_length + 1
-    epochs = -(-needed // tokens_per_epoch)
+    blocks = shuffle_blocks(num_samples, tokens_per_epoch, seq_length)
+    built = blocks[-1][1]
+    epochs = -(-(built * seq_length + 1) // tokens_per_epoch)
     doc_dtype = np.int32 if sizes.size < 2**31 else np.int64
-    document_index = np.concatenate([rng.permutation(sizes.size).astype(doc_dtype) for _ in range(epochs)])
+    documents = np.random.default_rng(np.random.SeedSequence(list(order)))
+    document_index = np.concatenate([documents.permutation(sizes.size).astype(doc_dtype) for _ in range(epochs)])
     ends = np.cumsum(sizes[document_index])
-    starts = np.arange(num_samples + 1, dtype=np.int64) * seq_length
+    starts = np.arange(built + 1, dtype=np.int64) * seq_length
     position = np.searchsorted(ends, starts, side="right")
     offset = starts - (ends[position] - sizes[document_index[position]])
     sample_index = np.stack([position, offset], axis=1).astype(np.int64)
-    shuffle_index = rng.permutation(num_samples).astype(np.int64)
+    shuffle_index = np.concatenate([
+        begin + np.random.default_rng(np.random.SeedSequence([*order, begin])).permutation(end - begin)
+        for begin, end in blocks])[:num_samples].astype(np.int64)
     return document_index, sample_index, shuffle_index
 
 
@@ -71,16 +94,16 @@ class GPTDataset:
         sizes = corpus.sizes[doc_begin:doc_end]
         if sizes.sum() == 0:
             raise UsageError(f"{corpus.prefix}: the {split_name} split's documents hold no tokens; add data")
-        self.key = cache_key(version=INDEX_VERSION, corpus=corpus.fingerprint(), docs=[doc_begin, doc_end],
-                             seq_length=seq_length, num_samples=num_samples, seed=seed, split=split_name)
+        order = dict(version=INDEX_VERSION, corpus=corpus.fingerprint(), docs=[doc_begin, doc_end],
+                     seq_length=seq_length, seed=seed, split=split_name)
+        self.key = cache_key(num_samples=num_samples, **order)
         cache_dir = cache_dir or os.path.dirname(os.path.abspath(corpus.prefix))
         stem = os.path.join(cache_dir, f"{os.path.basename(corpus.prefix)}_{split_name}_{self.key}")
         paths = [f"{stem}_{name}.npy" for name in ("doc", "sample", "shuffle")]
         if all(os.path.isfile(p) for p in paths):
             arrays = [load_index(p) for p in paths]
         else:
-            seq = np.random.SeedSequence([seed, int(self.key[:8], 16)])
-            arrays = build_indices(sizes, num_samples, seq_length, np.random.default_rng(seq))
+            arrays = build_indices(sizes, num_samples, seq_length, (seed, int(cache_key(**order)[:8], 16)))
             try:
                 os.makedirs(cache_dir, exist_ok=True)
                 for path, array in zip(paths, arrays):

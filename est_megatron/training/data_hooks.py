@@ -11,12 +11,13 @@ completes, as in Megatron.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from est_megatron.data import build_corpus_sets, build_datasets, parse_data_path, parse_split, split_ranges
 from est_megatron.data.corpus import Corpus
+from est_megatron.data.gpt_dataset import INDEX_VERSION
 from est_megatron.data.integrity import check_shards_tokenizer
 from est_megatron.data.sampler import collate
 from est_megatron.data.tokenizer import spec_from_args
@@ -95,7 +96,8 @@ class DataHooks:
     build_data: Callable  # (args, dist_info) -> (tokenizer, (train, valid, test)); valid/test may be CorpusSets
     collate: Callable  # list of samples -> batch
     split: Callable = split_tokens  # batch -> (input_ids, labels)
+    order_version: Optional[int] = None  # the sample order's version, checked on resume (None: not checked)
 
 
 def pretraining_hooks() -> DataHooks:
-    return DataHooks(build_data, collate, split_tokens)
+    return DataHooks(build_data, collate, split_tokens, INDEX_VERSION)

@@ -8,6 +8,7 @@ is refused with one line that names `--init-from` (the weights, with a fresh opt
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from est_megatron.errors import UsageError
 
@@ -17,7 +18,8 @@ RESUME_FLAGS = (("--seed", "seed"), ("--method", "method"), ("--est-schedule", "
                 ("--train-data-path", "train_data_path"), ("--split", "split"),
                 ("--seq-length", "seq_length"), ("--global-batch-size", "global_batch_size"))
 TOKENIZER_FLAG = "--tokenizer-model"
-OVERRIDABLE = tuple(flag for flag, _ in RESUME_FLAGS) + (TOKENIZER_FLAG,)
+DATA_ORDER = "--data-order"  # not a flag: the version of the sample order, accepted like one
+OVERRIDABLE = tuple(flag for flag, _ in RESUME_FLAGS) + (TOKENIZER_FLAG, DATA_ORDER)
 
 
 def normalise_override(name: str) -> str:
@@ -38,9 +40,10 @@ def _partitioning(layout: dict) -> tuple:
     return layout["world_size"], layout["tp"], layout["pp"], layout["dp"], layout["zero_stage"] == 3
 
 
-def check_resume(args, saved: dict, tokenizer_sha256: str, layout: dict, where: str) -> None:
-    """UsageError naming the first flag whose value differs from the checkpoint's (unless overridden), or the
-    layout change."""
+def check_resume(args, saved: dict, tokenizer_sha256: str, layout: dict, where: str,
+                 data_order: Optional[int] = None) -> None:
+    """UsageError naming the first flag whose value differs from the checkpoint's (unless overridden), another
+    sample order than `data_order` (a checkpoint without one predates the versions: 1), or the layout change."""
     overrides = {normalise_override(n) for n in (getattr(args, "override_resume_args", None) or [])}
     saved_args = saved.get("args") or {}
     for flag, name in RESUME_FLAGS:
@@ -55,6 +58,12 @@ def check_resume(args, saved: dict, tokenizer_sha256: str, layout: dict, where: 
                          f"{saved['tokenizer_sha256'][:12]}..., {saved_args.get('tokenizer_model')}) than "
                          f"{TOKENIZER_FLAG} {args.tokenizer_model}; pass that tokenizer, or accept the change with "
                          f"--override-resume-args {TOKENIZER_FLAG.lstrip('-')}")
+    saved_order = saved.get("data_order", 1)
+    if data_order is not None and DATA_ORDER not in overrides and saved_order != data_order:
+        raise UsageError(f"checkpoint {where} was trained on sample order {saved_order} (an earlier est_megatron) but "
+                         f"this version reads the samples in order {data_order}, so a resumed run would repeat some "
+                         "and skip others; finish the run with the version that started it, or accept the change "
+                         f"with --override-resume-args {DATA_ORDER.lstrip('-')}")
     saved_layout = saved.get("layout")
     if saved_layout is not None and _partitioning(saved_layout) != _partitioning(layout):
         def show(d):

@@ -215,7 +215,7 @@ class Trainer:
             tag, saved = found
             where = os.path.join(self.args.load, tag)
             ckpt.check_model_matches(saved["model"], self.model_cfg, where)
-            check_resume(self.args, saved, self.tokenizer.sha256, self.layout_record, where)
+            check_resume(self.args, saved, self.tokenizer.sha256, self.layout_record, where, self.hooks.order_version)
         return found
 
     def _announce(self, precision: str) -> None:
@@ -484,6 +484,7 @@ class Trainer:
                  "skipped_steps": self.skips.total, "layout": self.layout_record,
                  "model": dataclasses.asdict(self.model_cfg), "method": args.method,
                  "schedule": args.est_schedule, "seed": args.seed, "tokenizer_sha256": self.tokenizer.sha256,
+                 "data_order": self.hooks.order_version,
                  "args": _json_args(args)}
         tag = ckpt.save_checkpoint(self.engine, args.save, progress.step, state, args.keep_checkpoints)
         self.log.line(f"step {progress.step:>7}: saved checkpoint {os.path.join(args.save, tag)}")
